@@ -1,0 +1,356 @@
+"""config: YAML file -> frozen `Config` dataclasses.
+
+Contract: `load_config(path)` (or `parse_config(mapping)`) returns a fully validated, immutable `Config`, or
+raises `ConfigError` whose message starts with the dotted key that is wrong (`elasticsearch.hosts is
+required`, `model.window: must be >= 1, got 0`, `source.pagesize: unknown key`). `${VAR}` and
+`${VAR:-default}` in string values are expanded from the environment so secrets stay out of the file.
+Runtime state (checkpoints, model versions) never lives here: see `state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _check(key: str, ok: bool, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {reason}")
+
+
+@dataclass(frozen=True)
+class ElasticsearchConfig:
+    hosts: tuple[str, ...]
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 30.0
+    max_retries: int = 3
+    flavour: Literal["auto", "elasticsearch", "opensearch"] = "auto"
+
+    def validate(self, key: str) -> None:
+        _check(f"{key}.hosts", len(self.hosts) > 0, "must list at least one URL")
+        for i, h in enumerate(self.hosts):
+            _check(f"{key}.hosts[{i}]", h.startswith(("http://", "https://")), f"must be an http(s) URL, got {h!r}")
+        _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
+        _check(f"{key}.max_retries", self.max_retries >= 0, f"must be >= 0, got {self.max_retries}")
+        _check(
+            f"{key}.password",
+            (self.username is None) == (self.password is None),
+            "username and password must be given together",
+        )
+        _check(
+            f"{key}.api_key",
+            not (self.api_key and self.username),
+            "give either api_key or username/password, not both",
+        )
+        if self.ca_certs is not None:
+            _check(f"{key}.ca_certs", Path(self.ca_certs).is_file(), f"file not found: {self.ca_certs}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    index: str
+    query: dict[str, Any] | None = None
+    message_field: str = "message"
+    timestamp_field: str = "@timestamp"
+    # Checkpoint order: `event.ingested` survives late-arriving events; the timestamp field is the fallback.
+    checkpoint_field: str = "event.ingested"
+    host_field: str = "host.name"
+    session_field: str | None = None
+    session_regex: str | None = None
+    page_size: int = 1000
+
+    def validate(self, key: str) -> None:
+        _check(f"{key}.index", bool(self.index.strip()), "must not be empty")
+        _check(f"{key}.page_size", 1 <= self.page_size <= 10000, f"must be in 1..10000, got {self.page_size}")
+        _check(
+            f"{key}.session_field",
+            (self.session_field is None) != (self.session_regex is None),
+            "set exactly one of session_field and session_regex",
+        )
+        if self.session_regex is not None:
+            try:
+                rx = re.compile(self.session_regex)
+            except re.error as e:
+                raise ConfigError(f"{key}.session_regex: invalid regular expression: {e}") from None
+            _check(f"{key}.session_regex", rx.groups <= 1, "must have at most one capture group (the session id)")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    name: str
+    regex: str
+
+    def validate(self, key: str) -> None:
+        _check(f"{key}.name", bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name)), "must be an identifier")
+        try:
+            re.compile(self.regex)
+        except re.error as e:
+            raise ConfigError(f"{key}.regex: invalid regular expression: {e}") from None
+
+
+@dataclass(frozen=True)
+class TemplaterConfig:
+    # Header preset naming the log format; only the message content after the header reaches Drain3.
+    format: Literal["hdfs", "openstack", "bgl", "syslog", "none"] = "hdfs"
+    header_regex: str | None = None
+    similarity_threshold: float = 0.5
+    depth: int = 4
+    max_children: int = 100
+    extra_delimiters: tuple[str, ...] = ()
+    masks: tuple[MaskConfig, ...] | None = None
+    max_message_bytes: int = 16384
+    learn_at_detection: bool = False
+
+    def validate(self, key: str) -> None:
+        _check(
+            f"{key}.similarity_threshold",
+            0.0 < self.similarity_threshold <= 1.0,
+            f"must be in (0, 1], got {self.similarity_threshold}",
+        )
+        _check(f"{key}.depth", self.depth >= 3, f"must be >= 3, got {self.depth}")
+        _check(f"{key}.max_children", self.max_children >= 1, f"must be >= 1, got {self.max_children}")
+        _check(f"{key}.max_message_bytes", self.max_message_bytes >= 64, f"must be >= 64, got {self.max_message_bytes}")
+        if self.header_regex is not None:
+            try:
+                rx = re.compile(self.header_regex)
+            except re.error as e:
+                raise ConfigError(f"{key}.header_regex: invalid regular expression: {e}") from None
+            _check(f"{key}.header_regex", "content" in rx.groupindex, "must have a named group (?P<content>...)")
+        for i, m in enumerate(self.masks or ()):
+            m.validate(f"{key}.masks[{i}]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    window: int = 10
+    top_g: int = 9
+    layers: int = 2
+    hidden: int = 64
+    embedding: int = 32
+    dropout: float = 0.0
+    epochs: int = 30
+    batch_size: int = 512
+    learning_rate: float = 0.002
+    patience: int = 3
+    validation_fraction: float = 0.1
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dir: str = "models"
+    cache_size: int = 100000
+
+    def validate(self, key: str) -> None:
+        for name in ("window", "top_g", "layers", "hidden", "embedding", "epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
+        _check(f"{key}.dropout", 0.0 <= self.dropout < 1.0, f"must be in [0, 1), got {self.dropout}")
+        _check(f"{key}.learning_rate", self.learning_rate > 0, f"must be > 0, got {self.learning_rate}")
+        _check(
+            f"{key}.validation_fraction",
+            0.0 <= self.validation_fraction < 0.5,
+            f"must be in [0, 0.5), got {self.validation_fraction}",
+        )
+        _check(f"{key}.cache_size", self.cache_size >= 0, f"must be >= 0, got {self.cache_size}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    anomalies_index: str = "deeplog-anomalies"
+    runs_index: str = "deeplog-runs"
+    workflows_index: str = "deeplog-workflows"
+    state_index: str = "deeplog-state"
+
+    def validate(self, key: str) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            _check(
+                f"{key}.{f.name}",
+                bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", v)),
+                f"must be a lowercase index name, got {v!r}",
+            )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    detect_interval_seconds: int = 60
+    feedback_interval_seconds: int = 300
+    retrain_cron: str | None = None
+    misfire_grace_seconds: int = 30
+    chunk_size: int = 20000
+
+    def validate(self, key: str) -> None:
+        for name in ("detect_interval_seconds", "feedback_interval_seconds", "misfire_grace_seconds", "chunk_size"):
+            v = getattr(self, name)
+            _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
+        if self.retrain_cron is not None:
+            _check(f"{key}.retrain_cron", len(self.retrain_cron.split()) == 5, "must be a 5-field cron expression")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: str | None = None
+    json: bool = False
+
+    def validate(self, key: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Config:
+    elasticsearch: ElasticsearchConfig
+    source: SourceConfig
+    templater: TemplaterConfig = field(default_factory=TemplaterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self, key: str = "") -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections replaced (used by the CLI and tests, e.g. a per-run output index)."""
+        return dataclasses.replace(self, **sections)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _expand_env(value: str, key: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{key}: environment variable {name} is not set")
+
+    return _ENV_RE.sub(sub, value)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if value is None:
+        raise ConfigError(f"{key}: must be {_type_name(tp)}, got null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: must be a string, got {type(value).__name__}")
+        return _expand_env(str(value), key)
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in this module
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    dotted = (prefix + ".") if prefix else ""
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), fields, n=1)
+            hint = f" (did you mean {dotted}{close[0]}?)" if close else ""
+            raise ConfigError(f"{dotted}{k}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = dotted + name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key} is required")
+    return cls(**kwargs)
+
+
+def parse_config(data: Any) -> Config:
+    """Build and validate a `Config` from an already-parsed YAML mapping."""
+    if data is None:
+        raise ConfigError("config: the file is empty")
+    cfg = _build(Config, data, "")
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, expand and validate a YAML configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config: file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config: cannot read {p}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config: {p} is not valid YAML: {e}") from None
+    return parse_config(data)
+
+
+def example_config_text() -> str:
+    """The commented example configuration shipped with the package."""
+    return resources.files("deeplog_siem").joinpath("data/example-config.yml").read_text(encoding="utf-8")
