@@ -1,0 +1,120 @@
+"""cli: the `deeplog-siem` command line.
+
+Contract: argv -> exit code. Every `DeeplogError` becomes one line on stderr (`error: ...`) and exit code 2;
+no traceback reaches the user unless `--debug` is given. Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, example_config_text, load_config
+from .errors import DeeplogError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _setup_logging(level: str, file: str | None = None, as_json: bool = False) -> None:
+    fmt = (
+        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
+        if as_json
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file:
+        handlers.append(logging.FileHandler(file))
+    logging.basicConfig(level=getattr(logging, level), format=fmt, handlers=handlers, force=True)
+    # The transport logs every request at INFO; that drowns the one summary line per run.
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    _setup_logging("DEBUG" if args.debug else cfg.logging.level, cfg.logging.file, cfg.logging.json)
+    return cfg
+
+
+def progress(message: str) -> None:
+    """Progress for long steps goes to stderr so `--json` stdout stays machine-readable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_config_text())
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: OK (source index {cfg.source.index!r}, {len(cfg.elasticsearch.hosts)} host(s))")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _add_config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        required=required,
+        metavar="FILE",
+        help="YAML configuration file (see `deeplog-siem config example`)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deeplog-siem",
+        description="DeepLog-style anomaly detection and explanation for logs in Elasticsearch/OpenSearch.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("config", help="print the example configuration or validate a configuration file")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    pe = csub.add_parser("example", help="print the commented example configuration to stdout")
+    pe.set_defaults(func=cmd_config_example)
+    pc = csub.add_parser("check", help="validate a configuration file without connecting to anything")
+    pc.add_argument("file", metavar="FILE", help="YAML configuration file")
+    pc.set_defaults(func=cmd_config_check)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        _setup_logging("DEBUG" if args.debug else "INFO")
+    try:
+        return int(args.func(args) or 0)
+    except DeeplogError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on one line: the machine-readable last line of `--json` output."""
+    print(json.dumps(obj, sort_keys=True, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
