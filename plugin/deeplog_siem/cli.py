@@ -61,6 +61,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from .server import serve_forever, start_embedded
+
+    server = start_embedded(port=args.port)
+    print(f"embedded server (in-memory, OpenSearch-compatible {server.version}) at {server.url}", flush=True)
+    print("set elasticsearch.hosts to this URL; Ctrl-C stops it (data is kept in memory only)", flush=True)
+    serve_forever(server)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -90,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     pc = csub.add_parser("check", help="validate a configuration file without connecting to anything")
     pc.add_argument("file", metavar="FILE", help="YAML configuration file")
     pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser(
+        "server", help="run the embedded in-memory server (demo/tests) until Ctrl-C or SIGTERM"
+    )
+    p.add_argument("--port", type=int, default=0, help="loopback port to listen on (default: a free port)")
+    p.set_defaults(func=cmd_server)
 
     return parser
 

@@ -1,0 +1,104 @@
+"""Shared fixtures: one real server for the whole run.
+
+By default the embedded osmem-server is started through the product's own code path
+(`deeplog_siem.server.start_embedded`). Setting DEEPLOG_TEST_ES_URL (plus optionally DEEPLOG_TEST_ES_USERNAME,
+DEEPLOG_TEST_ES_PASSWORD, DEEPLOG_TEST_ES_API_KEY, DEEPLOG_TEST_ES_CA_CERTS, DEEPLOG_TEST_ES_VERIFY=false) runs
+the same suite against a real Elasticsearch or OpenSearch cluster; every test works in indices named with a
+per-test prefix and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deeplog_siem.config import Config, ElasticsearchConfig, parse_config
+from deeplog_siem.es import Clients, connect
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def real_cluster() -> bool:
+    return bool(os.environ.get("DEEPLOG_TEST_ES_URL"))
+
+
+def need_data(*parts: str) -> Path:
+    """A file under ../shared/data; skipped with the reason when this checkout has none beside it."""
+    p = DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not found at {p} (tests expect ../shared/data beside the checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def es_url() -> Iterator[str]:
+    url = os.environ.get("DEEPLOG_TEST_ES_URL")
+    if url:
+        yield url
+        return
+    from deeplog_siem.server import start_embedded
+
+    server = start_embedded()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def es_section(es_url: str) -> dict:
+    section: dict = {"hosts": [es_url], "request_timeout": 30, "max_retries": 2}
+    env = os.environ
+    if env.get("DEEPLOG_TEST_ES_API_KEY"):
+        section["api_key"] = env["DEEPLOG_TEST_ES_API_KEY"]
+    if env.get("DEEPLOG_TEST_ES_USERNAME"):
+        section["username"] = env["DEEPLOG_TEST_ES_USERNAME"]
+        section["password"] = env.get("DEEPLOG_TEST_ES_PASSWORD", "")
+    if env.get("DEEPLOG_TEST_ES_CA_CERTS"):
+        section["ca_certs"] = env["DEEPLOG_TEST_ES_CA_CERTS"]
+    if env.get("DEEPLOG_TEST_ES_VERIFY", "true").lower() == "false":
+        section["verify_certs"] = False
+    return section
+
+
+@pytest.fixture(scope="session")
+def clients(es_section: dict) -> Iterator[Clients]:
+    c = connect(ElasticsearchConfig(**{**es_section, "hosts": tuple(es_section["hosts"])}))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def prefix(clients: Clients) -> Iterator[str]:
+    """A unique lowercase index-name prefix for one test; its indices are deleted afterwards."""
+    p = f"t{uuid.uuid4().hex[:10]}"
+    yield p
+    clients.es.options(ignore_status=404).indices.delete(index=f"{p}*", expand_wildcards="all")
+
+
+@pytest.fixture
+def make_config(es_section: dict, prefix: str, tmp_path: Path):
+    """Build a validated Config for this test: its indices carry the test prefix, models go to tmp_path."""
+
+    def build(**sections: dict) -> Config:
+        data: dict = {
+            "elasticsearch": es_section,
+            "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)"},
+            "model": {"dir": str(tmp_path / "models")},
+            "output": {
+                "anomalies_index": f"{prefix}-anomalies",
+                "runs_index": f"{prefix}-runs",
+                "workflows_index": f"{prefix}-workflows",
+                "state_index": f"{prefix}-state",
+            },
+        }
+        for name, values in sections.items():
+            data[name] = {**data.get(name, {}), **values}
+        return parse_config(data)
+
+    return build

@@ -1,0 +1,66 @@
+"""Connection: flavour detection against the real server, and actionable failures."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from deeplog_siem.config import ElasticsearchConfig
+from deeplog_siem.errors import ConnectionFailed
+from deeplog_siem.es import connect
+
+from .conftest import real_cluster
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connect_detects_flavour_and_round_trips(clients, prefix):
+    assert clients.flavour in ("elasticsearch", "opensearch")
+    if not real_cluster():
+        assert clients.flavour == "opensearch"
+    clients.es.index(index=f"{prefix}-x", id="1", document={"a": 1}, refresh=True)
+    assert clients.es.get(index=f"{prefix}-x", id="1")["_source"] == {"a": 1}
+
+
+def test_unreachable_host_names_the_host():
+    host = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(ConnectionFailed, match=r"cannot connect to http://127\.0\.0\.1:\d+"):
+        connect(ElasticsearchConfig(hosts=(host,), request_timeout=2, max_retries=0))
+
+
+def test_silent_host_times_out_within_request_timeout():
+    # A listening socket that never answers: the client must give up after request_timeout.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        host = f"http://127.0.0.1:{srv.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailed, match="did not answer within 1 s"):
+            connect(ElasticsearchConfig(hosts=(host,), request_timeout=1, max_retries=0))
+        assert time.monotonic() - t0 < 10
+
+
+def test_cli_unreachable_exits_nonzero_without_traceback(tmp_path):
+    cfg = tmp_path / "c.yml"
+    host = f"http://127.0.0.1:{_closed_port()}"
+    cfg.write_text(
+        f"elasticsearch: {{hosts: ['{host}'], request_timeout: 2, max_retries: 0}}\n"
+        "source: {index: logs, session_regex: '(blk_-?\\d+)'}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "detect", "--once", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert host in r.stderr
+    assert "Traceback" not in r.stderr
