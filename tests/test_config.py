@@ -34,7 +34,11 @@ def test_env_expansion_for_secrets(monkeypatch):
     monkeypatch.setenv("DEEPLOG_TEST_SECRET", "s3cr3t")
     cfg = parse_config(
         {
-            "elasticsearch": {"hosts": ["https://es:9200"], "username": "u", "password": "${DEEPLOG_TEST_SECRET}"},
+            "elasticsearch": {
+                "hosts": ["https://es:9200"],
+                "username": "u",
+                "password": "${DEEPLOG_TEST_SECRET}",
+            },
             "source": {"index": "logs", "session_field": "block"},
         }
     )
@@ -54,7 +58,9 @@ def test_broken_config_names_the_key(path, monkeypatch):
 def test_config_check_cli(tmp_path):
     broken = Path(__file__).parent / "fixtures" / "config" / "bad_window.yml"
     r = subprocess.run(
-        [sys.executable, "-m", "deeplog_siem.cli", "config", "check", str(broken)], capture_output=True, text=True
+        [sys.executable, "-m", "deeplog_siem.cli", "config", "check", str(broken)],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2
     assert "model.window: must be >= 1, got 0" in r.stderr
@@ -62,7 +68,9 @@ def test_config_check_cli(tmp_path):
     good = tmp_path / "ok.yml"
     good.write_text(example_config_text())
     r = subprocess.run(
-        [sys.executable, "-m", "deeplog_siem.cli", "config", "check", str(good)], capture_output=True, text=True
+        [sys.executable, "-m", "deeplog_siem.cli", "config", "check", str(good)],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
