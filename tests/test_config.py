@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_env_expansion_for_secrets(monkeypatch):
         }
     )
     assert cfg.elasticsearch.password == "s3cr3t"
-    with pytest.raises(Exception):  # frozen: runtime state never lives in config
+    with pytest.raises(dataclasses.FrozenInstanceError):  # runtime state never lives in config
         cfg.model.window = 3  # type: ignore[misc]
 
 
