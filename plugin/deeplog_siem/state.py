@@ -1,0 +1,81 @@
+"""state: a job's checkpoint and open-session tails, persisted as one document in the state index.
+
+Contract: `load_state(clients, index, job) -> JobState` (an empty state when none was saved yet) and
+`save_state(clients, index, state)`. A save is a single-document index operation, so a crash leaves either
+the previous state or the new one, never a mix. The session tails are stored compressed in a field the
+mapping never indexes; they are only read back by this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .errors import ArtifactError
+from .es import Clients
+from .source import Checkpoint
+
+FORMAT = 1
+
+
+@dataclass
+class JobState:
+    job: str
+    checkpoint: Checkpoint | None = None
+    sessions: dict[str, Any] = field(default_factory=dict)  # the session tracker's to_dict()
+    model_version: str | None = None
+    updated: str | None = None
+
+
+def _pack(obj: Any) -> str:
+    return base64.b64encode(zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 6)).decode("ascii")
+
+
+def _unpack(text: str) -> Any:
+    return json.loads(zlib.decompress(base64.b64decode(text)))
+
+
+def load_state(clients: Clients, index: str, job: str) -> JobState:
+    resp = clients.es.options(ignore_status=404).get(index=index, id=job)
+    if not resp.get("found"):
+        return JobState(job)
+    src = resp["_source"]
+    try:
+        if src.get("deeplog", {}).get("state_format") != FORMAT:
+            raise ValueError(f"unknown state format {src.get('deeplog', {}).get('state_format')}")
+        d = src["deeplog"]
+        return JobState(
+            job=job,
+            checkpoint=Checkpoint.from_dict(d.get("checkpoint")),
+            sessions=_unpack(d["sessions"]) if d.get("sessions") else {},
+            model_version=d.get("model_version"),
+            updated=src.get("@timestamp"),
+        )
+    except (KeyError, ValueError, TypeError, zlib.error) as e:
+        raise ArtifactError(
+            f"state document {index}/{job} is unreadable ({e}); delete it to start from scratch"
+        ) from None
+
+
+def save_state(clients: Clients, index: str, state: JobState) -> None:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    clients.es.index(
+        index=index,
+        id=state.job,
+        refresh="wait_for",
+        document={
+            "@timestamp": now,
+            "deeplog": {
+                "job": state.job,
+                "state_format": FORMAT,
+                "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
+                "sessions": _pack(state.sessions) if state.sessions else None,
+                "model_version": state.model_version,
+            },
+        },
+    )
+    state.updated = now
