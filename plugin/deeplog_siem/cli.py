@@ -71,6 +71,148 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(cfg: Config):
+    from .es import connect
+
+    return connect(cfg.elasticsearch)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .keyseq import read_key_sessions
+    from .replay import EPOCH, index_lines, load_sample, render
+
+    cfg = _load(args)
+    if args.keys:
+        sessions = read_key_sessions(args.keys)
+    else:
+        sample = load_sample()
+        sessions = {"train": sample.train, "test": sample.test, "all": sample.train + sample.test}[
+            args.sample
+        ]
+    sessions = sessions[: args.limit] if args.limit else sessions
+    start = datetime.fromisoformat(args.start) if args.start else EPOCH
+    lines = render(sessions, seed=args.seed, start=start)
+    index = args.index or cfg.source.index
+    progress(f"replaying {len(sessions)} sessions ({len(lines)} lines) into {index} ...")
+    clients = _connect(cfg)
+    try:
+        n = index_lines(clients, index, lines, run=args.run or f"replay-{args.seed}", progress=progress)
+    finally:
+        clients.close()
+    print(f"indexed {n} log documents into {index}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runner import train
+
+    cfg = _load(args)
+    clients = _connect(cfg)
+    try:
+        t = train(cfg, clients, start=args.start, end=args.end, progress=progress)
+    finally:
+        clients.close()
+    print(
+        f"model version {t.version} published in {cfg.model.dir}: {t.sessions} sessions, {t.docs} documents, "
+        f"{t.templates} templates, skipped {t.skipped or 0}"
+    )
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .runner import run_once
+
+    cfg = _load(args)
+    if not args.once and not (args.start or args.end):
+        raise DeeplogError(
+            "detect needs --once (new documents since the checkpoint) or --start/--end (backfill)"
+        )
+    clients = _connect(cfg)
+    try:
+        summary = run_once(
+            cfg,
+            clients,
+            start=args.start,
+            end=args.end,
+            close_sessions=args.close_sessions,
+            progress=progress,
+        )
+    finally:
+        clients.close()
+    if args.json:
+        print_json(summary.document(cfg.output.runs_index)["deeplog"]["run"])
+    else:
+        print(summary.line())
+    return 0 if summary.status == "ok" else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .demo import run_demo, write_summary
+
+    def keep(server, result) -> None:
+        if args.keep_running:
+            _print_demo(result)
+            from .server import serve_forever
+
+            print(f"\nthe embedded server stays up at {server.url} until Ctrl-C", flush=True)
+            serve_forever(server)
+
+    result = run_demo(
+        model_dir=args.model_dir,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        progress=progress,
+        keep=keep if args.keep_running else None,
+    )
+    if not args.keep_running:
+        _print_demo(result)
+    write_summary(Path(args.output) / "summary.json", result)
+    if args.json:
+        print_json(json.loads((Path(args.output) / "summary.json").read_text()))
+    return 0
+
+
+def _print_demo(r) -> None:
+    d = r.detect
+    out = r.config.output
+    print()
+    print("=" * 100)
+    print("deeplog-siem demo: DeepLog on real HDFS block sessions (loghub / DeepLog data), embedded server")
+    print("=" * 100)
+    print(f"training logs        {r.train_docs} lines replayed and learned")
+    print(
+        f"test mix             {r.test_docs} lines, {r.test_sessions} sessions, {r.anomalous_sessions} labelled anomalous"
+    )
+    print(
+        f"detection            {d.docs_read} documents read, {d.sessions} sessions, {d.anomalies_total} anomaly documents"
+    )
+    print(f"                     by type: {dict(d.anomalies)}; skipped: {dict(d.skipped) or 0}")
+    print(
+        f"session-level        flagged {r.flagged_sessions}, true positives {r.true_positives}: "
+        f"precision {r.precision:.3f}, recall {r.recall:.3f}"
+    )
+    print(
+        f"indices              anomalies: {out.anomalies_index}  runs: {out.runs_index}  state: {out.state_index}"
+    )
+    print(f"model                {r.config.model.dir}/{d.model_version}")
+    for i, ex in enumerate(r.examples, 1):
+        dl = ex["deeplog"]
+        print(f"\nexample {i}: {dl['summary']}")
+        print(f"  message : {ex['message']}")
+        print(f"  actual  : K{dl['key']['id']} {dl['key']['template']!r} p={dl['key']['probability']:.4f}")
+        for e in dl["expected"][:3]:
+            print(f"  expected: K{e['key_id']} {e['template']!r} p={e['probability']:.3f}")
+    print(
+        "\nWhere to look: the anomaly documents are in the index above (Kibana: import kibana/*.ndjson and open the "
+        "'DeepLog anomaly investigation' dashboard). The embedded server keeps data in memory only; rerun with "
+        "`deeplog-siem demo --keep-running` to explore it with curl or Dev Tools."
+    )
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -106,6 +248,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=0, help="loopback port to listen on (default: a free port)")
     p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("replay", help="render HDFS key sequences as realistic raw HDFS logs and index them")
+    _add_config_arg(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keys", metavar="FILE", help="DeepLog key-sequence file (one session per line)")
+    g.add_argument(
+        "--sample",
+        choices=("train", "test", "all"),
+        default="train",
+        help="the packaged labelled sample: normal training sessions, the test mix, or both (default: train)",
+    )
+    p.add_argument("--limit", type=int, help="replay at most this many sessions")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for block ids, IPs, sizes and timing (default 0)"
+    )
+    p.add_argument("--start", metavar="ISO8601", help="time of the first line (default 2008-11-09T20:35:15Z)")
+    p.add_argument("--index", help="target index (default: source.index of the config)")
+    p.add_argument("--run", help="name used in document ids; the same name overwrites instead of duplicating")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("train", help="learn templates and the log-key model from the source index")
+    _add_config_arg(p)
+    p.add_argument("--start", metavar="ISO8601", help="only logs with timestamp >= this")
+    p.add_argument("--end", metavar="ISO8601", help="only logs with timestamp < this")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("detect", help="run detection once over new logs, or backfill a time range")
+    _add_config_arg(p)
+    p.add_argument(
+        "--once", action="store_true", help="process everything new since the checkpoint, then exit"
+    )
+    p.add_argument(
+        "--start", metavar="ISO8601", help="backfill: logs with timestamp >= this (own checkpoint)"
+    )
+    p.add_argument("--end", metavar="ISO8601", help="backfill: logs with timestamp < this")
+    p.add_argument(
+        "--close-sessions",
+        action="store_true",
+        help="treat every open session as finished at the end (scores end-of-session; for backfills)",
+    )
+    p.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser(
+        "demo", help="end-to-end demo on real HDFS sessions with the embedded server; prints what it found"
+    )
+    p.add_argument(
+        "--model-dir", default="models/demo", help="where the demo's model is written (default models/demo)"
+    )
+    p.add_argument(
+        "--limit-train", type=int, help="train on at most this many sample sessions (default: all 4855)"
+    )
+    p.add_argument(
+        "--limit-test", type=int, help="test on at most this many sample sessions (default: all 1100)"
+    )
+    p.add_argument("--output", default="demo-output", help="folder for summary.json (default demo-output)")
+    p.add_argument(
+        "--keep-running", action="store_true", help="keep the embedded server up afterwards until Ctrl-C"
+    )
+    p.add_argument("--json", action="store_true", help="also print the summary as one JSON object")
+    p.set_defaults(func=cmd_demo)
 
     return parser
 

@@ -109,6 +109,7 @@ class LogLine:
     host: str
     session: str  # the block id, for labels and tests; documents carry it only inside the message
     key: int  # the HDFS event number the line was rendered from
+    session_index: int  # position of the session in the rendered input
 
 
 def hdfs_templates() -> dict[int, str]:
@@ -179,7 +180,7 @@ def render(
         for ei, key in enumerate(keys):
             level, component, content, host = _render_event(int(key), b, nodes, rng)
             header = f"{t:%y%m%d %H%M%S} {rng.randrange(13, 30000)} {level} {component}: "
-            rendered.append((t, si * 100000 + ei, LogLine(t, header + content, host, b, int(key))))
+            rendered.append((t, si * 100000 + ei, LogLine(t, header + content, host, b, int(key), si)))
             t += timedelta(milliseconds=rng.lognormvariate(5.5, 1.2))
     rendered.sort(key=lambda r: (r[0], r[1]))
     return [r[2] for r in rendered]

@@ -1,0 +1,308 @@
+"""runner: the thin composition of the pipeline stages.
+
+Contracts:
+- `train(config, clients) -> TrainSummary`: raw logs (source) -> templates and keys (templater) -> sessions
+  (sessions) -> key model (model) -> a new published model version (artifacts).
+- `run_once(config, clients) -> RunSummary`: new raw logs since the checkpoint (source) -> keys (templater,
+  match-only) -> per-session windows with the tails carried over from earlier runs (sessions, detector) ->
+  anomaly documents (anomaly) -> written and acknowledged (sink) -> checkpoint and tails saved (state), one
+  bounded chunk at a time; then one run document in the runs index and one summary log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import sink
+from .anomaly import EventRef, key_anomaly, session_query
+from .artifacts import KEYMODEL, TEMPLATER, ModelStore
+from .config import Config
+from .detector import KeyDetector, build_windows
+from .errors import DeeplogError
+from .es import Clients
+from .model import load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from .sessions import SessionKeyer, SessionTracker
+from .source import Checkpoint, Source, SourceDoc
+from .state import load_state, save_state
+from .templater import Templater
+from .vocab import UNK
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+DETECT_JOB = "detect"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    job: str
+    status: str = "ok"
+    docs_read: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    anomalies: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    durations_ms: Counter[str] = field(default_factory=Counter)
+    window_start: Any = None
+    window_end: Any = None
+    model_version: str | None = None
+    error: str | None = None
+    stack_trace: str | None = None
+
+    @property
+    def anomalies_total(self) -> int:
+        return sum(self.anomalies.values())
+
+    def line(self) -> str:
+        secs = self.durations_ms.get("total", 0) / 1000
+        rate = self.docs_read / secs if secs else 0.0
+        return (
+            f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
+            f"skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
+            f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
+            f"{sum(self.rejected.values())} rejected writes, model {self.model_version}, {secs:.1f} s"
+            + (f", error: {self.error}" if self.error else "")
+        )
+
+    def document(self, index: str) -> dict[str, Any]:
+        secs = self.durations_ms.get("total", 0) / 1000
+        return {
+            "_index": index,
+            "_id": self.run_id,
+            "@timestamp": _now(),
+            "event": {"kind": "metric", "module": "deeplog", "dataset": "deeplog.run"},
+            "deeplog": {
+                "run": {
+                    "id": self.run_id,
+                    "job": self.job,
+                    "status": self.status,
+                    "window_start": self.window_start,
+                    "window_end": self.window_end,
+                    "docs_read": self.docs_read,
+                    "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
+                    "skipped": dict(self.skipped),
+                    "sessions": self.sessions,
+                    "anomalies": dict(self.anomalies),
+                    "anomalies_total": self.anomalies_total,
+                    "bulk_failures": sum(self.rejected.values()),
+                    "duration_ms": dict(self.durations_ms),
+                    "model_version": self.model_version,
+                }
+            },
+            **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
+        }
+
+
+class _Timer:
+    def __init__(self, summary: RunSummary, stage: str) -> None:
+        self.summary, self.stage = summary, stage
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.summary.durations_ms[self.stage] += int((time.perf_counter() - self.t0) * 1000)
+
+
+def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
+    """The run document and the one summary line; a failure to record is logged, never raised."""
+    log.info("%s", summary.line())
+    try:
+        sink.write(clients, [summary.document(config.output.runs_index)], attempts=2, backoff_s=0.5)
+    except Exception as e:  # noqa: BLE001 - recording must not turn a finished run into a failure
+        log.warning("could not record run %s in %s: %s", summary.run_id, config.output.runs_index, e)
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+@dataclass
+class TrainSummary:
+    version: str
+    docs: int
+    sessions: int
+    templates: int
+    skipped: dict[str, int]
+    report: dict[str, Any]
+
+
+def _events(
+    docs: list[SourceDoc],
+    templater: Templater,
+    keyer: SessionKeyer,
+    cfg: Config,
+    learn: bool,
+    skipped: Counter,
+):
+    """Parse one page: (doc, session id, parsed event) for every usable document; the rest counted."""
+    messages = [d.get(cfg.source.message_field) for d in docs]
+    parsed = templater.parse_many(messages, learn=learn)
+    out = []
+    for doc, msg, ev in zip(docs, messages, parsed, strict=True):
+        if ev is None:
+            continue  # counted by the templater
+        sid = keyer.session_of(msg if isinstance(msg, str) else "", doc.source)
+        if sid is None:
+            skipped["no_session"] += 1
+            continue
+        out.append((doc, sid, ev))
+    return out
+
+
+def train(
+    config: Config,
+    clients: Clients,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    progress: Progress = _quiet,
+) -> TrainSummary:
+    summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
+    t0 = time.perf_counter()
+    try:
+        source = Source(clients, config.source)
+        templater = Templater(config.templater)
+        keyer = SessionKeyer(config.source)
+        sessions: dict[str, list[int]] = defaultdict(list)
+        skipped: Counter[str] = Counter()
+        progress(f"reading training logs from {config.source.index} ...")
+        for page in source.pages(start=start, end=end):
+            summary.docs_read += len(page)
+            for _doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
+                sessions[sid].append(ev.key)
+            if summary.docs_read % 20000 < len(page):
+                progress(
+                    f"  {summary.docs_read} documents, {len(sessions)} sessions, {len(templater.vocab) - 3} templates"
+                )
+        skipped.update(templater.skipped)
+        if not sessions:
+            raise DeeplogError(
+                f"no usable training logs in {config.source.index} (skipped: {dict(skipped) or 'none'})"
+            )
+        progress(f"training the log-key model on {len(sessions)} sessions ({summary.docs_read} events) ...")
+        model, report = train_key_model(
+            list(sessions.values()), len(templater.vocab), config.model, progress=progress
+        )
+        store = ModelStore(config.model.dir)
+        version, path = store.create()
+        templater.save(path / TEMPLATER)
+        save_checkpoint(
+            path / KEYMODEL, model, templater.vocab, {"templater": TEMPLATER, "report": _plain(report)}
+        )
+        store.publish(version)
+        summary.model_version = version
+        summary.sessions = len(sessions)
+        summary.skipped = skipped
+        return TrainSummary(
+            version, summary.docs_read, len(sessions), len(templater.vocab) - 3, dict(skipped), _plain(report)
+        )
+    except Exception as e:
+        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
+        raise
+    finally:
+        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
+        record_run(clients, config, summary)
+
+
+def _plain(report: Any) -> dict[str, Any]:
+    try:
+        return asdict(report)
+    except TypeError:
+        return dict(report) if isinstance(report, dict) else {"report": str(report)}
+
+
+# ----------------------------------------------------------------------------------------------- detect
+
+
+@dataclass
+class Detection:
+    """What a detection run needs loaded once: the current model version and its parts."""
+
+    version: str
+    templater: Templater
+    detector: KeyDetector
+    vocab: Any
+    window: int
+    top_g: int
+
+    @classmethod
+    def load(cls, config: Config) -> Detection:
+        version, path = ModelStore(config.model.dir).current()
+        device = resolve_device(config.model.device)
+        model, vocab, meta = load_checkpoint(path / KEYMODEL, device=device)
+        templater = Templater.load(path / TEMPLATER, config.templater)
+        detector = KeyDetector(
+            model, top_g=config.model.top_g, device=device, cache_size=config.model.cache_size
+        )
+        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g)
+
+
+def run_once(
+    config: Config,
+    clients: Clients,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    close_sessions: bool = False,
+    detection: Detection | None = None,
+    progress: Progress = _quiet,
+) -> RunSummary:
+    """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
+    summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
+    t0 = time.perf_counter()
+    try:
+        det = detection or Detection.load(config)
+        summary.model_version = det.version
+        backfill = start is not None or end is not None
+        state = load_state(
+            clients, config.output.state_index, DETECT_JOB if not backfill else f"{DETECT_JOB}-backfill"
+        )
+        if backfill:
+            state.checkpoint, state.sessions = None, {}
+        tracker = (
+            SessionTracker.from_dict(state.sessions, window=det.window)
+            if state.sessions
+            else SessionTracker(window=det.window)
+        )
+        keyer = SessionKeyer(config.source)
+        source = Source(clients, config.source)
+        chunk: list[SourceDoc] = []
+        seen_sessions: set[str] = set()
+        with _Timer(summary, "read"):
+            pages = source.pages(state.checkpoint, start=start, end=end)
+        for page in pages:
+            chunk.extend(page)
+            if len(chunk) >= config.schedule.chunk_size:
+                _process_chunk(
+                    config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, False
+                )
+                progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
+                chunk = []
+        _process_chunk(
+            config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions
+        )
+        summary.sessions = len(seen_sessions)
+        return summary
+    except Exception as e:
+        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
+        raise
+    finally:
+        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
+        record_run(clients, config, summary)
