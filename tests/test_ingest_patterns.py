@@ -413,7 +413,7 @@ def test_pipelines_through_real_simulate_api(clients, pipelines):
             text = json.dumps(body)
             for old, new in renamed.items():
                 text = text.replace(f'"name": "{old}"', f'"name": "{new}"')
-            es.ingest.put_pipeline(id=renamed[name], body=json.loads(text))
+            es.ingest.put_pipeline(id=renamed[name], **json.loads(text))
         hdfs = need_data("hdfs_raw", "HDFS_2k.log").read_text(encoding="utf-8").splitlines()[:50]
         cases = [("deeplog-hdfs", line) for line in hdfs]
         cases += [("deeplog-openstack", line) for line, _ in OPENSTACK]

@@ -215,6 +215,14 @@ class KibanaClient:
         )
 
 
+def _planned(obj: dict[str, Any], existing: dict[tuple[str, str], Any], stale: bool, where: str) -> Step:
+    name = f"{obj['type']}/{obj['id']}"
+    if not stale:
+        return Step("saved object", name, "unchanged")
+    held = (existing.get((obj["type"], obj["id"])) or {}).get("attributes")
+    return Step("saved object", name, "would update" if held else "would create", f"into {where}")
+
+
 def install_saved_objects(cfg: Config, url: str, dry_run: bool = False) -> list[Step]:
     """Import the saved objects unless they are all up to date; one Step per object."""
     objects = saved_objects(cfg)
@@ -230,24 +238,9 @@ def install_saved_objects(cfg: Config, url: str, dry_run: bool = False) -> list[
         if not stale:
             return [Step("saved object", f"{o['type']}/{o['id']}", "unchanged") for o in objects]
         if dry_run:
-            known = existing or {}
-            return [
-                Step(
-                    "saved object",
-                    f"{o['type']}/{o['id']}",
-                    (
-                        "unchanged"
-                        if o not in stale
-                        else "would update"
-                        if known.get((o["type"], o["id"]), {}).get("attributes")
-                        else "would create"
-                    ),
-                    f"into {where}" if o in stale else "",
-                )
-                for o in objects
-            ]
-        # Import all of them, not only the stale ones: references must resolve within the file, and
-        # overwrite=true leaves the up-to-date ones as they are.
+            return [_planned(o, existing or {}, o in stale, where) for o in objects]
+        # Import all of them, not only the stale ones: one self-contained file whose references resolve
+        # within it; the up-to-date ones are rewritten with identical content.
         result = client.import_objects(objects, overwrite=True)
     finally:
         client.close()
