@@ -213,6 +213,38 @@ def _print_demo(r) -> None:
     )
 
 
+# --- setup (issue 7): templates, policies, pipelines, indices, Kibana saved objects ------------------------
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from .es import connect
+    from .setup_assets import run_setup
+
+    cfg = _load(args)
+    clients = connect(cfg.elasticsearch)
+    try:
+        report = run_setup(clients, cfg, kibana_url=args.kibana_url, dry_run=args.dry_run)
+    finally:
+        clients.close()
+    if args.dry_run:
+        print("dry run: nothing is written; this is what setup would do", flush=True)
+    for step in report.steps:
+        print(step.line(), flush=True)
+    print(report.summary(), flush=True)
+    if args.json:
+        print_json(
+            {
+                "dry_run": report.dry_run,
+                "counts": report.counts(),
+                "steps": [vars(s) for s in report.steps],
+            }
+        )
+    return 1 if report.failed else 0
+
+
+# --- end setup -------------------------------------------------------------------------------------------
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -309,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="also print the summary as one JSON object")
     p.set_defaults(func=cmd_demo)
+
+    # --- setup (issue 7)
+    p = sub.add_parser(
+        "setup",
+        help="install index templates, retention policies, ingest pipelines, indices and Kibana saved objects",
+    )
+    _add_config_arg(p)
+    p.add_argument(
+        "--kibana-url", metavar="URL", help="Kibana / OpenSearch Dashboards URL (overrides kibana.url)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, write nothing")
+    p.add_argument("--json", action="store_true", help="also print the steps as one JSON line")
+    p.set_defaults(func=cmd_setup)
+    # --- end setup
 
     return parser
 

@@ -236,6 +236,94 @@ class LoggingConfig:
         pass
 
 
+# --- setup assets (issue 7): retention policies and the Kibana saved-objects import ---------------------
+
+_SIZE_RE = re.compile(r"\d+(b|kb|mb|gb|tb|pb)")
+_AGE_RE = re.compile(r"\d+(d|h|m|s)")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """ILM (Elasticsearch) / ISM (OpenSearch) retention for the anomalies and runs indices; off by default.
+
+    When a `*_days` value is set and the server supports lifecycle policies, `setup` bootstraps the index as a
+    rollover alias (`NAME` -> `NAME-000001`) and installs a policy that rolls over and deletes old indices.
+    """
+
+    anomalies_days: int | None = None
+    runs_days: int | None = None
+    rollover_max_age: str = "7d"
+    rollover_max_primary_shard_size: str = "50gb"
+
+    @property
+    def enabled(self) -> bool:
+        return self.anomalies_days is not None or self.runs_days is not None
+
+    def validate(self, key: str) -> None:
+        for name in ("anomalies_days", "runs_days"):
+            v = getattr(self, name)
+            if v is not None:
+                _check(f"{key}.{name}", v >= 1, f"must be >= 1 (or unset to keep forever), got {v}")
+        _check(
+            f"{key}.rollover_max_age",
+            bool(_AGE_RE.fullmatch(self.rollover_max_age)),
+            f"must be a time value such as 7d or 12h, got {self.rollover_max_age!r}",
+        )
+        _check(
+            f"{key}.rollover_max_primary_shard_size",
+            bool(_SIZE_RE.fullmatch(self.rollover_max_primary_shard_size)),
+            f"must be a byte size such as 50gb, got {self.rollover_max_primary_shard_size!r}",
+        )
+
+
+@dataclass(frozen=True)
+class KibanaConfig:
+    """Where `setup` imports the saved objects (Kibana 7.10+ or OpenSearch Dashboards); optional.
+
+    Without credentials here, the elasticsearch section's credentials are used (Kibana and OpenSearch
+    Dashboards authenticate against the same users).
+    """
+
+    url: str | None = None
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    space: str | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    request_timeout: float = 30.0
+
+    def validate(self, key: str) -> None:
+        if self.url is not None:
+            _check(
+                f"{key}.url",
+                self.url.startswith(("http://", "https://")),
+                f"must be an http(s) URL, got {self.url!r}",
+            )
+        _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
+        _check(
+            f"{key}.password",
+            (self.username is None) == (self.password is None),
+            "username and password must be given together",
+        )
+        _check(
+            f"{key}.api_key",
+            not (self.api_key and self.username),
+            "give either api_key or username/password, not both",
+        )
+        if self.space is not None:
+            _check(
+                f"{key}.space",
+                bool(re.fullmatch(r"[a-z0-9_-]+", self.space)),
+                f"must be a Kibana space id (lowercase letters, digits, _ and -), got {self.space!r}",
+            )
+        if self.ca_certs is not None:
+            _check(f"{key}.ca_certs", Path(self.ca_certs).is_file(), f"file not found: {self.ca_certs}")
+
+
+# --- end setup assets ---------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Config:
     elasticsearch: ElasticsearchConfig
@@ -245,6 +333,8 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    kibana: KibanaConfig = field(default_factory=KibanaConfig)
 
     def validate(self, key: str = "") -> None:
         for f in dataclasses.fields(self):

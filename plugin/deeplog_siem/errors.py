@@ -31,3 +31,7 @@ class DataError(DeeplogError):
 
 class SinkError(DeeplogError):
     """Anomaly documents could not be written; the checkpoint was not advanced."""
+
+
+class KibanaError(DeeplogError):
+    """Kibana / OpenSearch Dashboards could not be reached or refused the saved-objects import."""

@@ -1,0 +1,473 @@
+"""Shipped assets: every file parses, saved objects hang together and only use mapped fields, and the
+documents the job writes fit the template mappings (indexed into strict-mapped indices on the real server).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from elasticsearch import BadRequestError
+
+from deeplog_siem.config import parse_config
+from deeplog_siem.errors import ConfigError
+from deeplog_siem.kibana import saved_objects
+from deeplog_siem.setup_assets import (
+    KINDS,
+    content_hash,
+    create_indices,
+    index_mappings,
+    index_templates,
+    ingest_pipelines,
+    lifecycle_policies,
+    load_template,
+)
+
+from .conftest import REPO
+
+PACKAGE_ASSETS = REPO / "plugin" / "deeplog_siem" / "assets"
+AGGREGATABLE = {"keyword", "integer", "long", "float", "double", "date", "boolean", "ip"}
+# Saved-object attributes Kibana 7.10 and OpenSearch Dashboards know for each type (their .kibana mappings
+# are strict: an unknown attribute makes the import fail).
+KNOWN_ATTRIBUTES = {
+    "index-pattern": {"title", "timeFieldName"},
+    "search": {"title", "description", "hits", "columns", "sort", "version", "kibanaSavedObjectMeta"},
+    "visualization": {"title", "description", "visState", "uiStateJSON", "version", "kibanaSavedObjectMeta"},
+    "dashboard": {
+        "title",
+        "description",
+        "hits",
+        "panelsJSON",
+        "optionsJSON",
+        "version",
+        "timeRestore",
+        "timeFrom",
+        "timeTo",
+        "refreshInterval",
+        "kibanaSavedObjectMeta",
+    },
+}
+MIGRATION_VERSIONS = {
+    "index-pattern": "7.6.0",
+    "search": "7.9.3",
+    "visualization": "7.10.0",
+    "dashboard": "7.9.3",
+}
+
+
+def field_types(mappings: dict[str, Any]) -> dict[str, str]:
+    """Dotted field path -> mapping type, multi-fields included (`message.keyword`)."""
+    out: dict[str, str] = {}
+
+    def walk(props: dict[str, Any], prefix: str) -> None:
+        for name, spec in props.items():
+            path = prefix + name
+            out[path] = spec.get("type", "object")
+            for sub, sspec in spec.get("fields", {}).items():
+                out[f"{path}.{sub}"] = sspec["type"]
+            if "properties" in spec:
+                walk(spec["properties"], path + ".")
+
+    walk(mappings["properties"], "")
+    return out
+
+
+def repo_ndjson() -> list[dict[str, Any]]:
+    objects = []
+    for p in sorted((REPO / "kibana").glob("*.ndjson")):
+        objects += [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return objects
+
+
+# --------------------------------------------------------------------------------------- files parse
+
+
+def test_every_shipped_file_parses_and_package_copies_match_the_repo():
+    top = {
+        "ingest_pipelines": sorted((REPO / "ingest_pipelines").glob("*.json")),
+        "kibana": sorted((REPO / "kibana").glob("*.ndjson")),
+    }
+    assert len(top["ingest_pipelines"]) == 4 and len(top["kibana"]) == 1
+    for folder, files in top.items():
+        packaged = sorted((PACKAGE_ASSETS / folder).iterdir())
+        assert [p.name for p in packaged] == [p.name for p in files], folder
+        for src, copy in zip(files, packaged, strict=True):
+            # setup installs the packaged copies; the top-level folders are what users read and curl.
+            assert src.read_bytes() == copy.read_bytes(), f"{copy} differs from {src}: cp {src} {copy}"
+            if src.suffix == ".json":
+                assert isinstance(json.loads(src.read_text(encoding="utf-8")), dict)
+            else:
+                for n, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
+                    assert isinstance(json.loads(line), dict), f"{src}:{n}"
+    for kind in KINDS:
+        body = json.loads((PACKAGE_ASSETS / "templates" / f"{kind}.json").read_text(encoding="utf-8"))
+        assert body["index_patterns"] == [f"deeplog-{kind}*"]
+        assert {"settings", "mappings"} <= set(body["template"])
+    assert set(ingest_pipelines()) == {p.stem for p in top["ingest_pipelines"]}
+
+
+# ---------------------------------------------------------------------------------- saved objects
+
+
+def test_saved_object_ids_unique_and_every_reference_resolves():
+    objects = repo_ndjson()
+    keys = [(o["type"], o["id"]) for o in objects]
+    assert len(keys) == len(set(keys))
+    assert len({o["id"] for o in objects}) == len(objects)  # ids unique across types too
+    for o in objects:
+        assert set(o) <= {"id", "type", "attributes", "references", "migrationVersion"}, o["id"]
+        assert o["migrationVersion"] == {o["type"]: MIGRATION_VERSIONS[o["type"]]}, o["id"]
+        assert set(o["attributes"]) <= KNOWN_ATTRIBUTES[o["type"]], o["id"]
+        names = [r["name"] for r in o["references"]]
+        assert len(names) == len(set(names)), o["id"]
+        for r in o["references"]:
+            assert (r["type"], r["id"]) in keys, f"{o['id']} references missing {r['type']}/{r['id']}"
+        meta = o["attributes"].get("kibanaSavedObjectMeta", {}).get("searchSourceJSON")
+        if meta:
+            source = json.loads(meta)
+            if "indexRefName" in source:
+                assert source["indexRefName"] in names, o["id"]
+        if o["type"] == "dashboard":
+            panels = json.loads(o["attributes"]["panelsJSON"])
+            assert sorted(p["panelRefName"] for p in panels) == sorted(names)
+            assert len({p["panelIndex"] for p in panels}) == len(panels)
+            for p in panels:
+                g = p["gridData"]
+                assert 0 <= g["x"] and g["x"] + g["w"] <= 48, p
+
+
+def _fields_used(o: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(field, must be aggregatable) for a visualization or saved search."""
+    used: list[tuple[str, bool]] = []
+    attrs = o["attributes"]
+    if o["type"] == "visualization":
+        vis = json.loads(attrs["visState"])
+        used += [(a["params"]["field"], True) for a in vis["aggs"] if "field" in a.get("params", {})]
+    if o["type"] == "search":
+        used += [(c, False) for c in attrs["columns"]] + [(s[0], True) for s in attrs["sort"]]
+    query = json.loads(attrs["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["query"]
+    used += [(f, False) for f in re.findall(r"([\w.@]+)\s*:", query)]
+    return used
+
+
+def test_every_field_a_visualization_or_search_uses_is_mapped():
+    objects = repo_ndjson()
+    by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs"}
+    checked = 0
+    for o in objects:
+        if o["type"] not in ("visualization", "search"):
+            continue
+        (ref,) = [r for r in o["references"] if r["type"] == "index-pattern"]
+        types = field_types(index_mappings(by_pattern[ref["id"]]))
+        for field, agg in _fields_used(o):
+            assert field in types, f"{o['id']} uses {field}, not in the {ref['id']} mapping"
+            if agg:
+                assert types[field] in AGGREGATABLE, f"{o['id']} aggregates/sorts on {field} ({types[field]})"
+            checked += 1
+    assert checked > 30
+
+
+def test_dashboard_has_the_investigation_panels():
+    objects = {o["id"]: o for o in repo_ndjson()}
+    (dash,) = [o for o in objects.values() if o["type"] == "dashboard"]
+    assert dash["attributes"]["title"] == "DeepLog anomaly investigation"
+    panels = [objects[r["id"]] for r in dash["references"]]
+    fields = {f for p in panels for f, _ in _fields_used(p)}
+    # over time by type, templates, hosts, sessions, expected vs actual, and job health from the runs index
+    for f in (
+        "deeplog.anomaly_type",
+        "deeplog.key.template.keyword",
+        "host.name",
+        "deeplog.session.id",
+        "deeplog.expected_summary",
+        "deeplog.key.probability",
+        "deeplog.run.lag_seconds",
+        "deeplog.run.docs_per_s",
+        "deeplog.run.status",
+        "deeplog.run.bulk_failures",
+    ):
+        assert f in fields, f
+    assert {p["type"] for p in panels} == {"visualization", "search"}
+
+
+def test_saved_objects_follow_the_configured_index_names_and_carry_markers(make_config, prefix):
+    cfg = make_config()
+    objects = saved_objects(cfg)
+    titles = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
+    assert titles == {"deeplog-anomalies": f"{prefix}-anomalies*", "deeplog-runs": f"{prefix}-runs*"}
+    for o in objects:
+        if o["type"] != "index-pattern":
+            assert re.search(r"\(deeplog-siem asset [0-9a-f]{16}\)$", o["attributes"]["description"])
+    assert [o["id"] for o in objects] == [o["id"] for o in repo_ndjson()]
+
+
+# ---------------------------------------------------------------------------------- templates
+
+
+def test_templates_follow_config_names_with_distinct_priorities(make_config, prefix):
+    cfg = make_config()
+    templates = index_templates(cfg)
+    assert set(templates) == {f"{prefix}-{k}" for k in KINDS}
+    for name, body in templates.items():
+        assert body["index_patterns"] == [f"{name}*"]
+        assert body["template"]["mappings"]["_meta"]["managed_by"] == "deeplog-siem"
+    # the packaged file is not modified by adapting it
+    assert load_template("anomalies")["index_patterns"] == ["deeplog-anomalies*"]
+    hashes = {b["_meta"]["deeplog-siem"]["assets_hash"] for b in templates.values()}
+    assert len(hashes) == 4 and hashes == {
+        b["_meta"]["deeplog-siem"]["assets_hash"] for b in index_templates(cfg).values()
+    }
+    with pytest.raises(ConfigError, match=r"output\.runs_index: same index name as output\.anomalies_index"):
+        index_templates(make_config(output={"runs_index": f"{prefix}-anomalies"}))
+    nested = make_config(output={"anomalies_index": "deeplog", "runs_index": "deeplog-runs"})
+    prio = {n: b["priority"] for n, b in index_templates(nested).items()}
+    assert prio["deeplog-runs"] > prio["deeplog"]  # the more specific pattern wins
+
+
+def test_lifecycle_settings_and_policies_when_retention_is_on(make_config, prefix):
+    cfg = make_config(retention={"anomalies_days": 90, "runs_days": 14})
+    ilm = index_templates(cfg, "ilm")[f"{prefix}-anomalies"]["template"]["settings"]["index"]["lifecycle"]
+    assert ilm == {"name": f"{prefix}-anomalies-retention", "rollover_alias": f"{prefix}-anomalies"}
+    ism = index_templates(cfg, "ism")[f"{prefix}-runs"]["template"]["settings"]["index"]
+    assert ism["plugins.index_state_management.rollover_alias"] == f"{prefix}-runs"
+    assert "lifecycle" not in index_templates(cfg, "ilm")[f"{prefix}-state"]["template"]["settings"]["index"]
+    p = lifecycle_policies(cfg, "ilm")[f"{prefix}-anomalies-retention"]["policy"]
+    assert p["phases"]["delete"] == {"min_age": "90d", "actions": {"delete": {}}}
+    assert p["phases"]["hot"]["actions"]["rollover"] == {"max_age": "7d", "max_primary_shard_size": "50gb"}
+    q = lifecycle_policies(cfg, "ism")[f"{prefix}-runs-retention"]["policy"]
+    assert q["states"][0]["transitions"] == [{"state_name": "delete", "conditions": {"min_index_age": "14d"}}]
+    assert q["ism_template"] == [{"index_patterns": [f"{prefix}-runs-*"], "priority": 100}]
+    assert lifecycle_policies(make_config(), "ilm") == {}
+
+
+def test_retention_and_kibana_config_validation(es_section):
+    base = {"elasticsearch": es_section, "source": {"index": "x", "session_field": "s"}}
+    for section, values, message in [
+        ("retention", {"anomalies_days": 0}, r"retention\.anomalies_days: must be >= 1"),
+        ("retention", {"rollover_max_age": "week"}, r"retention\.rollover_max_age: must be a time value"),
+        (
+            "retention",
+            {"rollover_max_primary_shard_size": "50"},
+            r"rollover_max_primary_shard_size: must be a byte",
+        ),
+        ("kibana", {"url": "localhost:5601"}, r"kibana\.url: must be an http\(s\) URL"),
+        ("kibana", {"username": "u"}, r"kibana\.password: username and password must be given together"),
+        ("kibana", {"space": "My Space"}, r"kibana\.space: must be a Kibana space id"),
+        ("kibana", {"api_key": "k", "username": "u", "password": "p"}, r"kibana\.api_key: give either"),
+        ("kibana", {"spaec": "x"}, r"kibana\.spaec: unknown key \(did you mean kibana\.space\?\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({**base, section: values})
+    cfg = parse_config({**base, "kibana": {"url": "https://kb:5601", "space": "soc"}})
+    assert cfg.kibana.space == "soc" and not cfg.retention.enabled
+
+
+# ------------------------------------------------------------------ documents fit the mappings
+
+
+def sample_anomaly_document() -> dict[str, Any]:
+    """An anomaly document per the field list in ASSETS.md (to be replaced by the sink's real output)."""
+    return {
+        "@timestamp": "2008-11-09T20:36:15.000Z",
+        "event": {
+            "kind": "alert",
+            "module": "deeplog",
+            "dataset": "deeplog.anomaly",
+            "created": "2024-05-01T12:00:03.123Z",
+            "ingested": "2024-05-01T12:00:03.200Z",
+        },
+        "message": "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block "
+        "blk_38865049064139660 terminating",
+        "host": {"name": "10.251.73.220"},
+        "rule": {
+            "name": "DeepLog log-key model",
+            "id": "deeplog-log_key",
+            "description": "The next log key was not among the top-g predictions of the last h keys.",
+        },
+        "deeplog": {
+            "anomaly_type": "log_key",
+            "score": 0.9987,
+            "summary": "E10 'PacketResponder <*> for block <*> terminating' after E5; expected E5 (0.71), E22 (0.20)",
+            "model_version": "20240501T000000Z-ab12cd",
+            "run_id": "run-20240501T120000Z-0001",
+            "source": {"index": "logs-hdfs-2024.05.01", "id": "Qm9vazEyMw"},
+            "session": {
+                "id": "blk_38865049064139660",
+                "position": 3,
+                "query": 'message:"blk_38865049064139660"',
+            },
+            "key": {
+                "id": 10,
+                "template": "PacketResponder <*> for block <*> terminating",
+                "probability": 0.0013,
+                "rank": 14,
+                "params": ["1", "blk_38865049064139660"],
+            },
+            "window": {
+                "key_ids": [5, 22, 5],
+                "templates": [
+                    "Receiving block <*> src: <*> dest: <*>",
+                    "BLOCK* NameSystem.allocateBlock: <*>",
+                    "Receiving block <*> src: <*> dest: <*>",
+                ],
+            },
+            "expected": [
+                {
+                    "key_id": 5,
+                    "template": "Receiving block <*> src: <*> dest: <*>",
+                    "probability": 0.71,
+                    "rank": 1,
+                },
+                {
+                    "key_id": 22,
+                    "template": "BLOCK* NameSystem.allocateBlock: <*>",
+                    "probability": 0.2,
+                    "rank": 2,
+                },
+            ],
+            "expected_summary": "E5 (0.71), E22 (0.20)",
+            "workflow": {
+                "name": "block write",
+                "path": ["E22", "E5", "E5"],
+                "diverged_at": "E10",
+                "expected_next": ["E5", "E11"],
+                "summary": "block write: diverged after E5",
+            },
+            "feedback": "false_positive",
+            "feedback_by": "analyst@example.org",
+            "feedback_comment": "planned DataNode restart",
+            "feedback_applied_at": "2024-05-02T08:00:00Z",
+            "feedback_model_version": "20240502T000000Z-ef34ab",
+        },
+    }
+
+
+def sample_parameter_anomaly() -> dict[str, Any]:
+    doc = sample_anomaly_document()
+    doc["rule"] = {"name": "DeepLog parameter model", "id": "deeplog-parameter", "description": "x"}
+    for k in ("expected", "expected_summary", "workflow", "feedback", "feedback_by", "feedback_comment"):
+        doc["deeplog"].pop(k)
+    doc["deeplog"].pop("feedback_applied_at")
+    doc["deeplog"].pop("feedback_model_version")
+    doc["deeplog"]["anomaly_type"] = "parameter"
+    doc["deeplog"]["parameter"] = {
+        "dimension": ["elapsed_s", "size"],
+        "observed": [812.0, 67108864.0],
+        "predicted": [2.5, 67108864.0],
+        "error": 41.7,
+        "threshold": 3.9,
+        "description": "elapsed_s 812 where about 2.5 was expected",
+    }
+    return doc
+
+
+def sample_run_document() -> dict[str, Any]:
+    return {
+        "@timestamp": "2024-05-01T12:00:05Z",
+        "event": {"kind": "event", "module": "deeplog", "dataset": "deeplog.run", "outcome": "success"},
+        "host": {"name": "siem-worker-1"},
+        "deeplog": {
+            "run": {
+                "id": "run-20240501T120000Z-0001",
+                "job": "detect",
+                "status": "ok",
+                "window_start": "2024-05-01T11:59:00Z",
+                "window_end": "2024-05-01T12:00:00Z",
+                "docs_read": 15000,
+                "docs_per_s": 3120.5,
+                "skipped": {"too_long": 2, "no_session": 7, "a_reason_added_later": 1},
+                "sessions": 812,
+                "anomalies": {"log_key": 3, "session_end": 1, "parameter": 0},
+                "anomalies_total": 4,
+                "bulk_failures": 0,
+                "duration_ms": {"read": 1800, "template": 900, "detect": 1500, "write": 80, "total": 4300},
+                "lag_seconds": 4.8,
+                "model_version": "20240501T000000Z-ab12cd",
+            }
+        },
+        "error": {"message": "none", "stack_trace": "none", "type": "none"},
+    }
+
+
+def _index(clients, index: str, doc: dict[str, Any]) -> None:
+    clients.es.index(index=index, document=doc, refresh=True)
+
+
+def test_documents_validate_against_the_strict_mappings(clients, make_config, prefix):
+    cfg = make_config()
+    steps = create_indices(clients, cfg)
+    assert [s.action for s in steps] == ["created"] * 4
+    anomalies, runs = f"{prefix}-anomalies", f"{prefix}-runs"
+    _index(clients, anomalies, sample_anomaly_document())
+    _index(clients, anomalies, sample_parameter_anomaly())
+    _index(clients, runs, sample_run_document())
+    _index(clients, f"{prefix}-state", {"@timestamp": "2024-05-01T12:00:05Z", "deeplog": {"state": {
+        "job": "detect", "updated_at": "2024-05-01T12:00:05Z", "model_version": "v1",
+        "checkpoint": {"sort": [1714564805000, "abc"], "anything": {"goes": True}},
+        "tails": "eJzLSM3JyQcABiwCFQ=="}}})  # fmt: skip
+    _index(clients, f"{prefix}-workflows", {"@timestamp": "2024-05-01T12:00:05Z", "deeplog": {
+        "model_version": "v1", "workflow": {"name": "block write", "sessions": 4855,
+        "nodes": [{"id": "E5", "key_id": 5, "template": "Receiving block <*>", "count": 14000}],
+        "edges": [{"source": "E22", "target": "E5", "count": 4855, "probability": 1.0}],
+        "templates": ["Receiving block <*>"], "graph": {"free": ["form"]}}}})  # fmt: skip
+    # nested expected keys are searchable as pairs (key 22 at rank 2, not rank 1)
+    hits = clients.es.search(
+        index=anomalies,
+        query={"nested": {"path": "deeplog.expected", "query": {"bool": {"filter": [
+            {"term": {"deeplog.expected.key_id": 22}}, {"term": {"deeplog.expected.rank": 2}}]}}}},
+    )["hits"]["hits"]  # fmt: skip
+    assert len(hits) == 1
+    mapping = clients.es.indices.get_mapping(index=runs)[runs]["mappings"]
+    skipped = mapping["properties"]["deeplog"]["properties"]["run"]["properties"]["skipped"]["properties"]
+    assert skipped["a_reason_added_later"]["type"] == "long"  # open-ended reasons become counts
+
+
+@pytest.mark.parametrize(
+    "path,value,error",
+    [
+        (("deeplog", "typo_field"), 1, "strict_dynamic_mapping_exception"),
+        (("deeplog", "key", "unknown"), 1, "strict_dynamic_mapping_exception"),
+        (("deeplog", "score"), "high", "failed to parse field"),
+        (("deeplog", "key", "rank"), "first", "failed to parse field"),
+        (("@timestamp",), "yesterday", "failed to parse field"),
+    ],
+)
+def test_strict_mapping_rejects_what_the_contract_does_not_allow(
+    clients, make_config, prefix, path, value, error
+):
+    create_indices(clients, make_config())
+    doc = sample_anomaly_document()
+    cur = doc
+    for part in path[:-1]:
+        cur = cur[part]
+    cur[path[-1]] = value
+    with pytest.raises(BadRequestError, match=error):
+        _index(clients, f"{prefix}-anomalies", doc)
+
+
+def test_workflow_and_unknown_top_level_fields_stay_open(clients, make_config, prefix):
+    create_indices(clients, make_config())
+    doc = sample_anomaly_document()
+    doc["deeplog"]["workflow"]["branch_count"] = 3  # the workflow issue may add fields
+    doc["labels"] = {"team": "storage"}  # other tools' fields: kept in _source, not indexed
+    _index(clients, f"{prefix}-anomalies", doc)
+    got = clients.es.search(index=f"{prefix}-anomalies", query={"match_all": {}})["hits"]["hits"][0][
+        "_source"
+    ]
+    assert got["labels"] == {"team": "storage"}
+    props = clients.es.indices.get_mapping(index=f"{prefix}-anomalies")[f"{prefix}-anomalies"]["mappings"]
+    assert "labels" not in props["properties"]
+
+
+def test_content_hash_ignores_key_order():
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_asset_paths_are_package_data():
+    # setup.cfg ships assets/* and assets/*/*: every asset must sit at most one folder deep.
+    for p in PACKAGE_ASSETS.rglob("*"):
+        if p.is_file() and "__pycache__" not in p.parts:
+            assert len(p.relative_to(PACKAGE_ASSETS).parts) <= 2, p
