@@ -45,15 +45,16 @@ def load_state(clients: Clients, index: str, job: str) -> JobState:
         return JobState(job)
     src = resp["_source"]
     try:
-        if src.get("deeplog", {}).get("state_format") != FORMAT:
-            raise ValueError(f"unknown state format {src.get('deeplog', {}).get('state_format')}")
-        d = src["deeplog"]
+        d = src["deeplog"]["state"]
+        fmt = (d.get("data") or {}).get("format")
+        if fmt != FORMAT:
+            raise ValueError(f"unknown state format {fmt!r}")
         return JobState(
             job=job,
             checkpoint=Checkpoint.from_dict(d.get("checkpoint")),
-            sessions=_unpack(d["sessions"]) if d.get("sessions") else {},
+            sessions=_unpack(d["tails"]) if d.get("tails") else {},
             model_version=d.get("model_version"),
-            updated=src.get("@timestamp"),
+            updated=d.get("updated_at"),
         )
     except (KeyError, ValueError, TypeError, zlib.error) as e:
         raise ArtifactError(
@@ -70,11 +71,14 @@ def save_state(clients: Clients, index: str, state: JobState) -> None:
         document={
             "@timestamp": now,
             "deeplog": {
-                "job": state.job,
-                "state_format": FORMAT,
-                "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
-                "sessions": _pack(state.sessions) if state.sessions else None,
-                "model_version": state.model_version,
+                "state": {
+                    "job": state.job,
+                    "updated_at": now,
+                    "model_version": state.model_version,
+                    "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
+                    "tails": _pack(state.sessions) if state.sessions else None,
+                    "data": {"format": FORMAT},
+                }
             },
         },
     )
