@@ -47,7 +47,11 @@ class ElasticsearchConfig:
     def validate(self, key: str) -> None:
         _check(f"{key}.hosts", len(self.hosts) > 0, "must list at least one URL")
         for i, h in enumerate(self.hosts):
-            _check(f"{key}.hosts[{i}]", h.startswith(("http://", "https://")), f"must be an http(s) URL, got {h!r}")
+            _check(
+                f"{key}.hosts[{i}]",
+                h.startswith(("http://", "https://")),
+                f"must be an http(s) URL, got {h!r}",
+            )
         _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
         _check(f"{key}.max_retries", self.max_retries >= 0, f"must be >= 0, got {self.max_retries}")
         _check(
@@ -90,7 +94,9 @@ class SourceConfig:
                 rx = re.compile(self.session_regex)
             except re.error as e:
                 raise ConfigError(f"{key}.session_regex: invalid regular expression: {e}") from None
-            _check(f"{key}.session_regex", rx.groups <= 1, "must have at most one capture group (the session id)")
+            _check(
+                f"{key}.session_regex", rx.groups <= 1, "must have at most one capture group (the session id)"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,9 @@ class MaskConfig:
     regex: str
 
     def validate(self, key: str) -> None:
-        _check(f"{key}.name", bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name)), "must be an identifier")
+        _check(
+            f"{key}.name", bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name)), "must be an identifier"
+        )
         try:
             re.compile(self.regex)
         except re.error as e:
@@ -111,29 +119,50 @@ class TemplaterConfig:
     # Header preset naming the log format; only the message content after the header reaches Drain3.
     format: Literal["hdfs", "openstack", "bgl", "syslog", "none"] = "hdfs"
     header_regex: str | None = None
-    similarity_threshold: float = 0.5
+    # None: the format preset's threshold (see formats.PRESETS).
+    similarity_threshold: float | None = None
     depth: int = 4
     max_children: int = 100
     extra_delimiters: tuple[str, ...] = ()
     masks: tuple[MaskConfig, ...] | None = None
+    # Masks whose values are numbers: they make up a key's numeric parameter vector.
+    numeric_masks: tuple[str, ...] = ("NUM",)
     max_message_bytes: int = 16384
     learn_at_detection: bool = False
+    # Entries of each of the templater's two caches (line shape -> event layout, masked content -> key).
+    cache_size: int = 100000
 
     def validate(self, key: str) -> None:
-        _check(
-            f"{key}.similarity_threshold",
-            0.0 < self.similarity_threshold <= 1.0,
-            f"must be in (0, 1], got {self.similarity_threshold}",
-        )
+        if self.similarity_threshold is not None:
+            _check(
+                f"{key}.similarity_threshold",
+                0.0 < self.similarity_threshold <= 1.0,
+                f"must be in (0, 1], got {self.similarity_threshold}",
+            )
+        _check(f"{key}.cache_size", self.cache_size >= 0, f"must be >= 0, got {self.cache_size}")
+        for i, name in enumerate(self.numeric_masks):
+            _check(
+                f"{key}.numeric_masks[{i}]",
+                bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)),
+                "must be an identifier",
+            )
+        for i, d in enumerate(self.extra_delimiters):
+            _check(f"{key}.extra_delimiters[{i}]", d != "", "must not be empty")
         _check(f"{key}.depth", self.depth >= 3, f"must be >= 3, got {self.depth}")
         _check(f"{key}.max_children", self.max_children >= 1, f"must be >= 1, got {self.max_children}")
-        _check(f"{key}.max_message_bytes", self.max_message_bytes >= 64, f"must be >= 64, got {self.max_message_bytes}")
+        _check(
+            f"{key}.max_message_bytes",
+            self.max_message_bytes >= 64,
+            f"must be >= 64, got {self.max_message_bytes}",
+        )
         if self.header_regex is not None:
             try:
                 rx = re.compile(self.header_regex)
             except re.error as e:
                 raise ConfigError(f"{key}.header_regex: invalid regular expression: {e}") from None
-            _check(f"{key}.header_regex", "content" in rx.groupindex, "must have a named group (?P<content>...)")
+            _check(
+                f"{key}.header_regex", "content" in rx.groupindex, "must have a named group (?P<content>...)"
+            )
         for i, m in enumerate(self.masks or ()):
             m.validate(f"{key}.masks[{i}]")
 
@@ -196,11 +225,20 @@ class ScheduleConfig:
     chunk_size: int = 20000
 
     def validate(self, key: str) -> None:
-        for name in ("detect_interval_seconds", "feedback_interval_seconds", "misfire_grace_seconds", "chunk_size"):
+        for name in (
+            "detect_interval_seconds",
+            "feedback_interval_seconds",
+            "misfire_grace_seconds",
+            "chunk_size",
+        ):
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
         if self.retrain_cron is not None:
-            _check(f"{key}.retrain_cron", len(self.retrain_cron.split()) == 5, "must be a 5-field cron expression")
+            _check(
+                f"{key}.retrain_cron",
+                len(self.retrain_cron.split()) == 5,
+                "must be a 5-field cron expression",
+            )
 
 
 @dataclass(frozen=True)
