@@ -19,7 +19,7 @@ from .config import TemplaterConfig
 _IP1 = r"\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
 IP = rf"(?<![\w.]){_IP1}(?:,?[ \t]+{_IP1})*(?![\w.])"
 # A number standing alone: not part of a word, a dotted name, a path or an address.
-NUM = r"(?<![\w.:/-])[-+]?\d+(?:\.\d+)?(?![\w:/]|\.\w)"
+NUM = r"(?<![\w.:/-])[-+]?\d+(?:\.\d+)?(?![\w/]|[.:]\w)"
 # An absolute path that starts with a name (so "/10.0.0.1:50010" stays an address).
 PATH = r"(?<![\w/])/[A-Za-z_.][^\s]*"
 UUID = r"(?<![\w-])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-])"

@@ -229,6 +229,16 @@ def _shape_table(patterns: Sequence[str], literals: Sequence[str]) -> dict[int, 
     return table
 
 
+def _relocate(rx: str, index: int, offset: int) -> str:
+    """`rx` made safe to embed as alternative `index` of the combined mask regex after `offset` groups:
+    its named groups get unique names and numeric back-references are shifted."""
+    rx = re.sub(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>", rf"(?P<_m{index}_\1>", rx)
+    rx = re.sub(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)", rf"(?P=_m{index}_\1)", rx)
+    return re.sub(
+        r"(?<!\\)((?:\\\\)*)\\([1-9][0-9]?)", lambda m: f"{m.group(1)}\\{int(m.group(2)) + offset}", rx
+    )
+
+
 # ----------------------------------------------------------------------------------------- templater
 
 
@@ -267,10 +277,10 @@ class Templater:
             self._header = re.compile(s.header_regex, re.DOTALL) if s.header_regex else None
             names = [n for n, _ in s.masks]
             parts = []
+            groups = 0
             for i, (_, rx) in enumerate(s.masks):
-                # The masks' own named groups would clash once combined; only the mask's span matters.
-                rx = re.sub(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>", "(?:", rx)
-                parts.append(f"(?P<_m{i}>{rx})")
+                parts.append(f"(?P<_m{i}>{_relocate(rx, i, groups + 1)})")
+                groups += 1 + re.compile(rx).groups
             self._masker = re.compile("|".join(parts)) if parts else None
         except re.error as e:
             raise ConfigError(f"templater: cannot combine the header regex and masks: {e}") from None
