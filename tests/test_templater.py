@@ -435,3 +435,51 @@ def test_config_fields_are_validated() -> None:
         with pytest.raises(ConfigError, match=re.escape(key)):
             parse_config({**base, "templater": bad})
     assert "numeric_masks" in example_config_text()
+
+
+def test_random_messages_cache_exactness_and_param_positions() -> None:
+    """Seeded random messages mixing words, numbers, addresses, delimiters and wildcard positions: the cache
+    changes nothing, and each parameter is the text at its place in the message."""
+    rng = random.Random(5)
+    words = ["open", "close", "user", "conn", "from", "to", "x=1", "k=v", "a,b", "job_7", "/tmp/f", "err"]
+
+    def token() -> str:
+        r = rng.random()
+        if r < 0.2:
+            return str(rng.randint(-50, 10**6))
+        if r < 0.3:
+            return ".".join(str(rng.randint(0, 255)) for _ in range(4)) + f":{rng.randint(1, 65535)}"
+        if r < 0.35:
+            return "/" + ".".join(str(rng.randint(0, 255)) for _ in range(4))
+        return rng.choice(words)
+
+    shapes = [[token() for _ in range(rng.randint(1, 7))] for _ in range(40)]
+    messages = []
+    for _ in range(1500):
+        base = rng.choice(shapes)
+        # Re-draw numeric tokens so one shape yields many messages; sometimes change a word (-> <*>).
+        toks = [token() if any(c.isdigit() for c in t) else t for t in base]
+        if rng.random() < 0.2:
+            toks[rng.randrange(len(toks))] = rng.choice(words)
+        messages.append(" ".join(toks))
+    cfg = dict(format="none", similarity_threshold=0.4, extra_delimiters=(",", "="))
+    cached = Templater(TemplaterConfig(**cfg))  # type: ignore[arg-type]
+    plain = Templater(TemplaterConfig(**cfg, cache_size=0))  # type: ignore[arg-type]
+    for learn in (True, False):
+        a = [
+            e
+            for i in range(0, len(messages), 64)
+            for e in cached.parse_many(messages[i : i + 64], learn=learn)
+        ]
+        b = [plain.parse(m, learn=learn) for m in messages]
+        assert a == b
+    assert cached.stats["param_mismatch"] == 0
+    for m, e in zip(messages, a, strict=True):
+        assert e is not None
+        pos = 0
+        for p in e.params:  # parameters are substrings of the message, left to right
+            found = m.find(p, pos)
+            assert p and found >= 0, (m, e)
+            pos = found + len(p)
+        n_ph = len(re.findall(r"<(?:NUM|IP|UUID|\*)>", e.template))
+        assert len(e.params) == n_ph or e.key == UNK, (m, e)
