@@ -70,7 +70,7 @@ STATE_FORMAT = "deeplog-siem/templater"
 STATE_VERSION = 1
 WILDCARD = "<*>"
 _DIGITS = "0123456789"
-_NON_DIGIT_ASCII = re.compile(r"[0-9]")
+_ASCII_DIGIT = re.compile(r"[0-9]")
 # Control characters other than tab/newline/carriage return: a message made of many is not text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"\S+")
@@ -78,11 +78,11 @@ _TOKEN = re.compile(r"\S+")
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
-    key: int
-    template: str
-    params: tuple[str, ...]
-    numbers: tuple[float, ...]
-    truncated: bool = False
+    key: int  # vocabulary id; UNK when no known template matches (match-only mode)
+    template: str  # the key's template text (for UNK: the masked message)
+    params: tuple[str, ...]  # raw text of every parameter, left to right (kept for the anomaly document)
+    numbers: tuple[float, ...]  # values of the numeric-mask parameters; fixed length per template
+    truncated: bool = False  # the message was cut to max_message_bytes before templating
 
 
 # The generated __init__ of a frozen dataclass goes through object.__setattr__ per field; the slot
@@ -460,7 +460,7 @@ class Templater:
                 if a == b:
                     continue
                 lit = content[pos:a]
-                if not digit_outside and _NON_DIGIT_ASCII.search(lit):
+                if not digit_outside and _ASCII_DIGIT.search(lit):
                     digit_outside = True
                 pieces.append(lit)
                 mpos += a - pos
@@ -471,7 +471,7 @@ class Templater:
                 mpos += len(ph)
                 pos = b
         lit = content[pos:]
-        if not digit_outside and _NON_DIGIT_ASCII.search(lit):
+        if not digit_outside and _ASCII_DIGIT.search(lit):
             digit_outside = True
         pieces.append(lit)
         masked = "".join(pieces)
