@@ -119,20 +119,35 @@ class TemplaterConfig:
     # Header preset naming the log format; only the message content after the header reaches Drain3.
     format: Literal["hdfs", "openstack", "bgl", "syslog", "none"] = "hdfs"
     header_regex: str | None = None
-    similarity_threshold: float = 0.5
+    # None: the format preset's threshold (see formats.PRESETS).
+    similarity_threshold: float | None = None
     depth: int = 4
     max_children: int = 100
     extra_delimiters: tuple[str, ...] = ()
     masks: tuple[MaskConfig, ...] | None = None
+    # Masks whose values are numbers: they make up a key's numeric parameter vector.
+    numeric_masks: tuple[str, ...] = ("NUM",)
     max_message_bytes: int = 16384
     learn_at_detection: bool = False
+    # Entries of each of the templater's two caches (line shape -> event layout, masked content -> key).
+    cache_size: int = 100000
 
     def validate(self, key: str) -> None:
-        _check(
-            f"{key}.similarity_threshold",
-            0.0 < self.similarity_threshold <= 1.0,
-            f"must be in (0, 1], got {self.similarity_threshold}",
-        )
+        if self.similarity_threshold is not None:
+            _check(
+                f"{key}.similarity_threshold",
+                0.0 < self.similarity_threshold <= 1.0,
+                f"must be in (0, 1], got {self.similarity_threshold}",
+            )
+        _check(f"{key}.cache_size", self.cache_size >= 0, f"must be >= 0, got {self.cache_size}")
+        for i, name in enumerate(self.numeric_masks):
+            _check(
+                f"{key}.numeric_masks[{i}]",
+                bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)),
+                "must be an identifier",
+            )
+        for i, d in enumerate(self.extra_delimiters):
+            _check(f"{key}.extra_delimiters[{i}]", d != "", "must not be empty")
         _check(f"{key}.depth", self.depth >= 3, f"must be >= 3, got {self.depth}")
         _check(f"{key}.max_children", self.max_children >= 1, f"must be >= 1, got {self.max_children}")
         _check(

@@ -1,0 +1,738 @@
+"""templater: raw log message -> ParsedEvent (stable log key, template, parameters, numeric vector).
+
+Contract:
+- `Templater(cfg, vocab=None)`; `parse(message, learn=...)`, `parse_many(messages, learn=...)` return one
+  `ParsedEvent` per message, or None for a message that is skipped (its reason counted in `skipped`:
+  "empty", "not_string", "binary"). Nothing raises on bad input. Bytes are decoded as UTF-8; undecodable
+  bytes are replaced and counted in `stats["invalid_utf8"]`; messages longer than `max_message_bytes` are
+  truncated at a character boundary, counted in `stats["truncated"]` and still parsed.
+- Only the content matched by the format's header regex (named group `content`) is templated.
+- Keys are stable: one Drain3 cluster <-> one vocabulary id for life. When Drain3 generalises a template the
+  id stays and `Vocabulary.rename` records old and new text. `learn=False` only matches known templates
+  (drain3 `match`); a message that matches none gets key UNK, its masked content as template text.
+- `params`: the raw text of each parameter of the template, left to right: every masked value (<NUM>, <IP>,
+  ...) and every token Drain3 turned into <*>. `numbers`: the values of the parameters whose mask is in
+  `numeric_masks`, as floats; their count is fixed per template (`numeric_labels(key)` names them).
+- `save(dir)` / `Templater.load(dir, cfg)`: one JSON file, written atomically; a missing, corrupted or
+  incompatible file raises ArtifactError and nothing is half-loaded.
+
+Speed. Two bounded caches sit in front of Drain3:
+- L2, masked content -> (key, template): saves Drain3's tree search.
+- L1, line *shape* -> event layout (key, template, slices of the parameters in the line). The shape is the
+  line with every ASCII digit replaced by a representative digit, computed for a whole page with one
+  `str.translate`. It is exact, not a heuristic: the header regex and masks are checked (on their parsed
+  form) to treat the digits of a class alike, so two lines of one shape get the same header split and the
+  same mask spans; a layout is cached only when no digit is left outside the masks, so both lines give
+  Drain3 the same masked content. A hit costs a dict lookup and C-level slicing.
+Both caches are cleared whenever the template tree changes (a template created or generalised), so a cached
+answer is always the one the current tree gives. Known difference from calling Drain3 directly with
+`learn=True`: a message whose masked content is cached does not reach Drain3 again, so it neither bumps the
+cluster size nor is re-matched against clusters created since it was cached (the cache is cleared then).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import operator
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import drain3
+from drain3.drain import LogCluster, Node
+from drain3.template_miner import TemplateMiner
+from drain3.template_miner_config import TemplateMinerConfig
+
+from .config import TemplaterConfig
+from .errors import ArtifactError, ConfigError
+from .formats import ResolvedTemplating, resolve
+from .vocab import NUM_RESERVED, UNK, Vocabulary
+
+try:  # Python >= 3.11
+    import re._constants as _sc
+    import re._parser as _sp
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sc  # type: ignore[no-redef]
+    import sre_parse as _sp  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "templater.json"
+STATE_FORMAT = "deeplog-siem/templater"
+STATE_VERSION = 1
+WILDCARD = "<*>"
+_DIGITS = "0123456789"
+_ASCII_DIGIT = re.compile(r"[0-9]")
+# Control characters other than tab/newline/carriage return: a message made of many is not text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TOKEN = re.compile(r"\S+")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    key: int  # vocabulary id; UNK when no known template matches (match-only mode)
+    template: str  # the key's template text (for UNK: the masked message)
+    params: tuple[str, ...]  # raw text of every parameter, left to right (kept for the anomaly document)
+    numbers: tuple[float, ...]  # values of the numeric-mask parameters; fixed length per template
+    truncated: bool = False  # the message was cut to max_message_bytes before templating
+
+
+# The generated __init__ of a frozen dataclass goes through object.__setattr__ per field; the slot
+# descriptors are twice as fast and this runs once per parsed line.
+_new = object.__new__
+_set_key = ParsedEvent.key.__set__  # type: ignore[attr-defined]
+_set_template = ParsedEvent.template.__set__  # type: ignore[attr-defined]
+_set_params = ParsedEvent.params.__set__  # type: ignore[attr-defined]
+_set_numbers = ParsedEvent.numbers.__set__  # type: ignore[attr-defined]
+_set_truncated = ParsedEvent.truncated.__set__  # type: ignore[attr-defined]
+
+
+def _event(
+    key: int, template: str, params: tuple[str, ...], numbers: tuple[float, ...], trunc: bool
+) -> ParsedEvent:
+    ev = _new(ParsedEvent)
+    _set_key(ev, key)
+    _set_template(ev, template)
+    _set_params(ev, params)
+    _set_numbers(ev, numbers)
+    _set_truncated(ev, trunc)
+    return ev
+
+
+def _empty_tuple(_: str) -> tuple[()]:
+    return ()
+
+
+def _getter(slices: Sequence[slice]) -> Callable[[str], tuple[str, ...]]:
+    """A C-level function line -> tuple of the substrings at `slices`."""
+    if not slices:
+        return _empty_tuple
+    if len(slices) == 1:
+        (s,) = slices
+        return lambda line: (line[s],)
+    return operator.itemgetter(*slices)
+
+
+def _safe_float(v: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        return math.nan
+
+
+def _number_getter(slices: Sequence[slice], safe: bool) -> Callable[[str], tuple[float, ...]]:
+    if not slices:
+        return _empty_tuple
+    conv = _safe_float if safe else float
+    if len(slices) == 1:
+        (s,) = slices
+        return lambda line: (conv(line[s]),)
+    get = _getter(slices)
+    return lambda line: tuple(map(conv, get(line)))
+
+
+# ------------------------------------------------------------------------------ digit-shape analysis
+
+
+def _digit_tests(pattern: str) -> list[frozenset[str]] | None:
+    """The sets of ASCII digits each character test in `pattern` accepts; None if the pattern can tell
+    digits apart in a way we cannot model (back-references compare text)."""
+    tests: list[frozenset[str]] = []
+    all_digits = frozenset(_DIGITS)
+    word_like = {
+        _sc.CATEGORY_DIGIT,
+        _sc.CATEGORY_UNI_DIGIT,
+        _sc.CATEGORY_WORD,
+        _sc.CATEGORY_UNI_WORD,
+        _sc.CATEGORY_NOT_SPACE,
+        _sc.CATEGORY_UNI_NOT_SPACE,
+        _sc.CATEGORY_NOT_LINEBREAK,
+        _sc.CATEGORY_UNI_NOT_LINEBREAK,
+    }
+
+    def in_set(items: list[tuple[Any, Any]]) -> frozenset[str]:
+        acc: set[str] = set()
+        negate = False
+        for op, av in items:
+            if op is _sc.NEGATE:
+                negate = True
+            elif op is _sc.LITERAL:
+                if chr(av) in all_digits:
+                    acc.add(chr(av))
+            elif op is _sc.RANGE:
+                acc.update(d for d in _DIGITS if av[0] <= ord(d) <= av[1])
+            elif op is _sc.CATEGORY:
+                if av in word_like:
+                    acc.update(_DIGITS)
+            else:
+                raise _Unsupported(op)
+        return all_digits - acc if negate else frozenset(acc)
+
+    def walk(sub: Any) -> None:
+        for op, av in sub:
+            if op in (_sc.LITERAL, _sc.NOT_LITERAL):
+                if chr(av) in all_digits:
+                    tests.append(frozenset(chr(av)))
+            elif op is _sc.IN:
+                tests.append(in_set(av))
+            elif op in (_sc.ANY, _sc.AT):
+                pass  # ANY and anchors (\b uses \w, which holds every digit) treat all digits alike
+            elif op is _sc.BRANCH:
+                for b in av[1]:
+                    walk(b)
+            elif op is _sc.SUBPATTERN:
+                walk(av[-1])
+            elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, getattr(_sc, "POSSESSIVE_REPEAT", None)):
+                walk(av[2])
+            elif op in (_sc.ASSERT, _sc.ASSERT_NOT):
+                walk(av[1])
+            elif op is getattr(_sc, "ATOMIC_GROUP", None):
+                walk(av)
+            else:
+                raise _Unsupported(op)
+
+    try:
+        walk(_sp.parse(pattern))
+    except _Unsupported:
+        return None
+    return tests
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _shape_table(patterns: Sequence[str], literals: Sequence[str]) -> dict[int, int] | None:
+    """A translate table mapping each ASCII digit to the representative of its class (digits no pattern
+    tells apart), or None when the shape cache cannot be exact for these patterns."""
+    tests: list[frozenset[str]] = []
+    for p in patterns:
+        t = _digit_tests(p)
+        if t is None:
+            return None
+        tests.extend(t)
+    for lit in literals:
+        tests.extend(frozenset(c) for c in lit if c in _DIGITS)
+    classes: dict[tuple[bool, ...], str] = {}
+    table: dict[int, int] = {}
+    for d in _DIGITS:
+        sig = tuple(d in t for t in tests)
+        table[ord(d)] = ord(classes.setdefault(sig, d))
+    return table
+
+
+def _relocate(rx: str, index: int, offset: int) -> str:
+    """`rx` made safe to embed as alternative `index` of the combined mask regex after `offset` groups:
+    its named groups get unique names and numeric back-references are shifted."""
+    rx = re.sub(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>", rf"(?P<_m{index}_\1>", rx)
+    rx = re.sub(r"\(\?P=([A-Za-z_][A-Za-z0-9_]*)\)", rf"(?P=_m{index}_\1)", rx)
+    return re.sub(
+        r"(?<!\\)((?:\\\\)*)\\([1-9][0-9]?)", lambda m: f"{m.group(1)}\\{int(m.group(2)) + offset}", rx
+    )
+
+
+# ----------------------------------------------------------------------------------------- templater
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a line shape resolves to: the event minus the per-line values, or a skip reason."""
+
+    key: int
+    template: str
+    params: Callable[[str], tuple[str, ...]]
+    numbers: Callable[[str], tuple[float, ...]]
+    skip: str | None = None
+
+
+def _skip_layout(reason: str) -> _Layout:
+    return _Layout(UNK, "", _empty_tuple, _empty_tuple, reason)
+
+
+class Templater:
+    """One Drain3 TemplateMiner behind a header splitter, a one-pass masker and two caches."""
+
+    def __init__(self, cfg: TemplaterConfig, vocab: Vocabulary | None = None) -> None:
+        self.cfg = cfg
+        self.settings: ResolvedTemplating = resolve(cfg)
+        s = self.settings
+        self.vocab = vocab if vocab is not None else Vocabulary()
+        self.skipped: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()
+        self._cluster_key: dict[int, int] = {}
+        # Vocabulary entries from a given vocabulary that no cluster owns yet: reused on an exact match.
+        self._unowned: dict[str, int] = {
+            t: i for i, t in enumerate(self.vocab.templates[NUM_RESERVED:], NUM_RESERVED)
+        }
+
+        try:
+            self._header = re.compile(s.header_regex, re.DOTALL) if s.header_regex else None
+            names = [n for n, _ in s.masks]
+            parts = []
+            groups = 0
+            for i, (_, rx) in enumerate(s.masks):
+                parts.append(f"(?P<_m{i}>{_relocate(rx, i, groups + 1)})")
+                groups += 1 + re.compile(rx).groups
+            self._masker = re.compile("|".join(parts)) if parts else None
+        except re.error as e:
+            raise ConfigError(f"templater: cannot combine the header regex and masks: {e}") from None
+        if self._header is not None and "content" not in self._header.groupindex:
+            raise ConfigError("templater.header_regex: must have a named group (?P<content>...)")
+        self._mask_names = {f"_m{i}": n for i, n in enumerate(names)}
+        self._numeric = frozenset(s.numeric_masks)
+        self._placeholder = re.compile(
+            "|".join(re.escape(f"<{n}>") for n in dict.fromkeys(names)) or r"(?!x)x"
+        )
+
+        mc = TemplateMinerConfig()
+        mc.drain_sim_th = s.similarity_threshold
+        mc.drain_depth = s.depth
+        mc.drain_max_children = s.max_children
+        mc.drain_extra_delimiters = list(s.extra_delimiters)
+        mc.masking_instructions = []  # masking happens here, in one pass that also yields the values
+        mc.parametrize_numeric_tokens = True
+        self.miner = TemplateMiner(persistence_handler=None, config=mc)
+
+        patterns = [p for p in (s.header_regex, *(rx for _, rx in s.masks)) if p]
+        self._shape = _shape_table(patterns, s.extra_delimiters)
+        if self._shape is None:
+            log.info("templater: masks/header not digit-blind; line-shape cache disabled")
+        self._cache_size = cfg.cache_size
+        self._l1: dict[str, _Layout] = {}  # line shape -> layout (learned keys only)
+        self._l1_unk: dict[str, _Layout] = {}  # line shape -> UNK layout (match-only mode)
+        self._l2: dict[str, tuple[int | None, int, str]] = {}  # masked content -> (cluster id, key, template)
+        self._fast_max_chars = cfg.max_message_bytes // 4  # 4 bytes per char at most in UTF-8
+
+    # ------------------------------------------------------------------------------------- public
+
+    def parse(self, message: Any, *, learn: bool) -> ParsedEvent | None:
+        return self.parse_many((message,), learn=learn)[0]
+
+    def parse_many(self, messages: Sequence[Any], *, learn: bool) -> list[ParsedEvent | None]:
+        n = len(messages)
+        if n == 0:
+            return []
+        self.stats["messages"] += n
+        shape = self._shape
+        if shape is None or self._cache_size == 0:
+            return [self._parse_one(m, learn) for m in messages]
+        try:
+            page = "\n".join(messages)
+        except TypeError:  # something other than str in the page
+            return [self._parse_one(m, learn) for m in messages]
+        if page.count("\n") != n - 1 or "\x00" in page or max(map(len, messages)) > self._fast_max_chars:
+            return [self._parse_one(m, learn) for m in messages]
+
+        shapes = page.translate(shape).split("\n")
+        l1get = self._l1.get
+        unkget = None if learn else self._l1_unk.get
+        out: list[ParsedEvent | None] = []
+        append = out.append
+        misses = 0
+        for msg, sh, lay in zip(messages, shapes, map(l1get, shapes), strict=True):
+            if lay is None and unkget is not None:
+                lay = unkget(sh)
+                if lay is not None:
+                    self.stats["unk"] += 1
+            if lay is None:
+                misses += 1
+                append(self._parse_text(msg, False, learn, sh))
+            elif lay.skip is not None:
+                self.skipped[lay.skip] += 1
+                append(None)
+            else:
+                append(_event(lay.key, lay.template, lay.params(msg), lay.numbers(msg), False))
+        self.stats["l1_hits"] += n - misses
+        return out
+
+    def numeric_labels(self, key: int) -> tuple[str, ...]:
+        """Names of the numeric dimensions of `key`, in order: the word before each numeric parameter
+        ("size" in "... size <NUM>"), else the mask name. Fixed for a given template text."""
+        labels = []
+        prev = ""
+        for tok in self.vocab.template(key).split():
+            for m in self._placeholder.finditer(tok):
+                name = tok[m.start() + 1 : m.end() - 1]
+                if name in self._numeric:
+                    before = tok[: m.start()].strip(":=/ ")
+                    labels.append(before or prev or name)
+            if not self._placeholder.fullmatch(tok) and tok != WILDCARD:
+                prev = tok.strip(":=/,")
+        return tuple(labels)
+
+    def header_fields(self, message: str) -> dict[str, str]:
+        """The header regex's named groups other than content (level, component, ...); {} if none."""
+        if self._header is None or not isinstance(message, str):
+            return {}
+        m = self._header.match(message)
+        if m is None:
+            return {}
+        return {k: v for k, v in m.groupdict().items() if k != "content" and v is not None}
+
+    @property
+    def num_templates(self) -> int:
+        return len(self._cluster_key)
+
+    def templates(self) -> dict[int, str]:
+        """Key id -> current template text of every learned key."""
+        return {k: self.vocab.template(k) for k in self._cluster_key.values()}
+
+    def clear_caches(self) -> None:
+        self._l1.clear()
+        self._l1_unk.clear()
+        self._l2.clear()
+
+    # ------------------------------------------------------------------------------- slow path
+
+    def _parse_one(self, message: Any, learn: bool) -> ParsedEvent | None:
+        if isinstance(message, str):
+            text = message
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            raw = bytes(message)
+            if b"\x00" in raw:
+                self.skipped["binary"] += 1
+                return None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.stats["invalid_utf8"] += 1
+                text = raw.decode("utf-8", errors="replace")
+                if text.count("\ufffd") * 4 > len(text):  # mostly undecodable: not UTF-8 text
+                    self.skipped["binary"] += 1
+                    return None
+        else:
+            self.skipped["not_string"] += 1
+            return None
+        truncated = False
+        if len(text) > self._fast_max_chars:
+            encoded = text.encode("utf-8", errors="surrogatepass")
+            if len(encoded) > self.cfg.max_message_bytes:
+                text = encoded[: self.cfg.max_message_bytes].decode("utf-8", errors="ignore")
+                truncated = True
+                self.stats["truncated"] += 1
+        shape = None
+        if self._shape is not None and self._cache_size and "\n" not in text and not truncated:
+            shape = text.translate(self._shape)
+            lay = self._l1.get(shape) or (None if learn else self._l1_unk.get(shape))
+            if lay is not None:
+                self.stats["l1_hits"] += 1
+                if lay.skip is not None:
+                    self.skipped[lay.skip] += 1
+                    return None
+                if lay.key == UNK:
+                    self.stats["unk"] += 1
+                return _event(lay.key, lay.template, lay.params(text), lay.numbers(text), False)
+        return self._parse_text(text, truncated, learn, shape)
+
+    def _parse_text(self, text: str, truncated: bool, learn: bool, shape: str | None) -> ParsedEvent | None:
+        """Template one decoded message; caches its layout under `shape` when that is exact."""
+        self.stats["l1_misses"] += 1
+        if not text or text.isspace():
+            return self._skip(shape, "empty")
+        if "\x00" in text or len(_CONTROL.findall(text)) * 10 > len(text):
+            return self._skip(shape, "binary")
+
+        c0, c1 = 0, len(text)
+        if self._header is not None:
+            hm = self._header.match(text)
+            if hm is not None:
+                c0, c1 = hm.span("content")
+            else:
+                self.stats["no_header"] += 1
+        content = text[c0:c1]
+
+        # One masking pass: the masked content and, per mask, its span in `content` and in `masked`.
+        pieces: list[str] = []
+        spans: list[tuple[int, int, int, int, str]] = []  # (content start, end, masked start, end, name)
+        pos = mpos = 0
+        digit_outside = False
+        if self._masker is not None:
+            for m in self._masker.finditer(content):
+                a, b = m.span()
+                if a == b:
+                    continue
+                lit = content[pos:a]
+                if not digit_outside and _ASCII_DIGIT.search(lit):
+                    digit_outside = True
+                pieces.append(lit)
+                mpos += a - pos
+                name = self._mask_names[m.lastgroup]  # type: ignore[index]
+                ph = f"<{name}>"
+                pieces.append(ph)
+                spans.append((a, b, mpos, mpos + len(ph), name))
+                mpos += len(ph)
+                pos = b
+        lit = content[pos:]
+        if not digit_outside and _ASCII_DIGIT.search(lit):
+            digit_outside = True
+        pieces.append(lit)
+        masked = "".join(pieces)
+        if not masked.strip():
+            return self._skip(shape, "empty")
+
+        cid, key, template = self._lookup(masked, learn)
+        if cid is None:
+            # Unseen in match-only mode: UNK, with every masked value as a parameter.
+            self.stats["unk"] += 1
+            slices = [slice(c0 + a, c0 + b) for a, b, _, _, _ in spans]
+            lay = _Layout(UNK, " ".join(masked.split()), _getter(slices), _empty_tuple)
+            if shape is not None and not digit_outside and self._cache_size:
+                self._put(self._l1_unk, shape, lay)
+            return _event(UNK, lay.template, lay.params(text), (), truncated)
+
+        param_slices, num_slices = self._param_slices(masked, spans, template, c0)
+        pget = _getter(param_slices)
+        nvals = _getter(num_slices)(text)
+        safe = False
+        try:
+            numbers = tuple(map(float, nvals))
+        except ValueError:
+            safe = True
+            numbers = tuple(map(_safe_float, nvals))
+        if shape is not None and not digit_outside and self._cache_size:
+            self._put(self._l1, shape, _Layout(key, template, pget, _number_getter(num_slices, safe)))
+        return _event(key, template, pget(text), numbers, truncated)
+
+    def _skip(self, shape: str | None, reason: str) -> None:
+        self.skipped[reason] += 1
+        if shape is not None and self._cache_size:
+            self._put(self._l1, shape, _skip_layout(reason))
+        return None
+
+    def _lookup(self, masked: str, learn: bool) -> tuple[int | None, int, str]:
+        hit = self._l2.get(masked)
+        if hit is not None and (hit[0] is not None or not learn):
+            return hit
+        drain = self.miner.drain
+        if learn:
+            cluster, change = drain.add_log_message(masked)
+            key = self._on_learned(cluster, change)
+            res: tuple[int | None, int, str] = (cluster.cluster_id, key, self.vocab.templates[key])
+        else:
+            # "fallback": a linear search among same-length clusters when the tree walk finds nothing,
+            # so a known template is not reported as unseen; it runs once per distinct masked content.
+            cluster = drain.match(masked, full_search_strategy="fallback")
+            if cluster is None or cluster.cluster_id not in self._cluster_key:
+                res = (None, UNK, "")
+            else:
+                key = self._cluster_key[cluster.cluster_id]
+                res = (cluster.cluster_id, key, self.vocab.templates[key])
+        if self._cache_size:
+            self._put(self._l2, masked, res)
+        return res
+
+    def _on_learned(self, cluster: LogCluster, change: str) -> int:
+        template = cluster.get_template()
+        cid = cluster.cluster_id
+        if change == "cluster_created":
+            key = self._unowned.pop(template, None)
+            if key is None:
+                key = self.vocab.add(template)
+            self._cluster_key[cid] = key
+            self.stats["templates_created"] += 1
+            self.clear_caches()
+            log.debug("templater: new key %s: %s", key, template)
+        else:
+            key = self._cluster_key[cid]
+            if change == "cluster_template_changed":
+                log.info("templater: key %s generalised: %r -> %r", key, self.vocab.templates[key], template)
+                self.vocab.rename(key, template)
+                self.stats["templates_changed"] += 1
+                self.clear_caches()
+        return key
+
+    def _param_slices(
+        self, masked: str, spans: list[tuple[int, int, int, int, str]], template: str, c0: int
+    ) -> tuple[list[slice], list[slice]]:
+        """Slices (in line coordinates) of the parameters and of the numeric parameters."""
+        norm = masked
+        for d in self.settings.extra_delimiters:
+            norm = norm.replace(d, " " * len(d))  # same tokens as Drain3's split, offsets kept
+        toks = [m.span() for m in _TOKEN.finditer(norm)]
+        ttoks = template.split(" ")
+        params: list[slice] = []
+        numbers: list[slice] = []
+        if len(toks) != len(ttoks):
+            self.stats["param_mismatch"] += 1
+            return [slice(c0 + a, c0 + b) for a, b, _, _, _ in spans], []
+
+        def to_content(mp: int) -> int:
+            # masked offset -> content offset, through the spans before it
+            shift = 0
+            for a, b, ma, mb, _ in spans:
+                if mp >= mb:
+                    shift = (b - a) - (mb - ma) + shift
+                elif mp > ma:
+                    return a  # inside a placeholder: its value's start
+                else:
+                    break
+            return mp + shift
+
+        si = 0
+        for (ta, tb), tt in zip(toks, ttoks, strict=True):
+            while si < len(spans) and spans[si][3] <= ta:
+                si += 1
+            if tt == WILDCARD:
+                params.append(slice(c0 + to_content(ta), c0 + to_content(tb)))
+                while si < len(spans) and spans[si][2] < tb:
+                    si += 1
+                continue
+            while si < len(spans) and spans[si][2] < tb:
+                a, b, _, _, name = spans[si]
+                sl = slice(c0 + a, c0 + b)
+                params.append(sl)
+                if name in self._numeric:
+                    numbers.append(sl)
+                si += 1
+        return params, numbers
+
+    def _put(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self._cache_size:
+            # Drop the older half (dicts keep insertion order): amortised O(1), no per-hit bookkeeping.
+            for k in list(cache)[: max(1, len(cache) // 2)]:
+                del cache[k]
+            self.stats["cache_evictions"] += 1
+        cache[key] = value
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.settings.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
+        drain = self.miner.drain
+
+        def node(n: Node) -> list[Any]:
+            return [[[tok, node(ch)] for tok, ch in n.key_to_child_node.items()], list(n.cluster_ids)]
+
+        return {
+            "settings": self.settings.to_dict(),
+            "fingerprint": self.fingerprint(),
+            "drain3_version": getattr(drain3, "__version__", "0.9.11"),
+            "clusters_counter": drain.clusters_counter,
+            "clusters": [
+                [c.cluster_id, self._cluster_key[c.cluster_id], c.size, list(c.log_template_tokens)]
+                for c in drain.id_to_cluster.values()
+            ],
+            "tree": node(drain.root_node),
+            "vocab": self.vocab.to_dict(),
+        }
+
+    def save(self, directory: Path | str) -> Path:
+        """Write the state to `directory/templater.json` atomically; returns the file's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        doc = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+            "state": state,
+        }
+        path = directory / STATE_FILE
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.info("templater: saved %d templates to %s", len(self._cluster_key), path)
+        return path
+
+    @classmethod
+    def load(cls, directory: Path | str, cfg: TemplaterConfig) -> Templater:
+        path = Path(directory) / STATE_FILE
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"templater state not found: {path} (train first, or point model.dir at the artifacts)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"templater state {path}: cannot read: {e}") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"templater state {path}: corrupted (not valid JSON: {e})") from None
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            raise ArtifactError(f"templater state {path}: not a deeplog-siem templater state file")
+        if doc.get("version") != STATE_VERSION:
+            raise ArtifactError(
+                f"templater state {path}: version {doc.get('version')!r} is not supported "
+                f"(expected {STATE_VERSION})"
+            )
+        state = doc.get("state")
+        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if hashlib.sha256(body.encode("utf-8")).hexdigest() != doc.get("sha256"):
+            raise ArtifactError(f"templater state {path}: corrupted (checksum mismatch)")
+        return cls.from_state(state, cfg, source=str(path))
+
+    @classmethod
+    def from_state(cls, state: Any, cfg: TemplaterConfig, source: str = "templater state") -> Templater:
+        """Rebuild a templater from `state_dict()`; everything is checked before anything is kept."""
+        try:
+            vocab = Vocabulary.from_dict(state["vocab"])
+            t = cls(cfg, vocab)
+            if state["fingerprint"] != t.fingerprint():
+                saved = state.get("settings", {})
+                now = t.settings.to_dict()
+                diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+                raise ArtifactError(
+                    f"{source}: built with different templater settings ({', '.join(diff) or 'unknown'}); "
+                    "restore those settings or retrain"
+                )
+            clusters: dict[int, LogCluster] = {}
+            cluster_key: dict[int, int] = {}
+            for cid, key, size, tokens in state["clusters"]:
+                cid, key = int(cid), int(key)
+                if not NUM_RESERVED <= key < len(vocab):
+                    raise ValueError(f"cluster {cid} maps to key {key}, outside the vocabulary")
+                c = LogCluster([str(x) for x in tokens], cid)
+                c.size = int(size)
+                if c.get_template() != vocab.templates[key]:
+                    raise ValueError(f"cluster {cid} template differs from vocabulary key {key}")
+                clusters[cid] = c
+                cluster_key[cid] = key
+            if len(set(cluster_key.values())) != len(cluster_key):
+                raise ValueError("two clusters share one key")
+
+            def node(data: Any) -> Node:
+                children, ids = data
+                n = Node()
+                n.key_to_child_node = {str(tok): node(ch) for tok, ch in children}
+                n.cluster_ids = [int(i) for i in ids]
+                for i in n.cluster_ids:
+                    if i not in clusters:
+                        raise ValueError(f"tree refers to unknown cluster {i}")
+                return n
+
+            root = node(state["tree"])
+            counter = int(state["clusters_counter"])
+            if clusters and counter < max(clusters):
+                raise ValueError("clusters_counter below the highest cluster id")
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ArtifactError(f"{source}: malformed ({type(e).__name__}: {e})") from None
+        drain = t.miner.drain
+        drain.id_to_cluster = clusters
+        drain.root_node = root
+        drain.clusters_counter = counter
+        t._cluster_key = cluster_key
+        owned = set(cluster_key.values())
+        t._unowned = {tp: i for i, tp in enumerate(vocab.templates) if i >= NUM_RESERVED and i not in owned}
+        return t

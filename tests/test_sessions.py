@@ -1,0 +1,192 @@
+"""Sessions: keying by regex or field, bounded tails across runs, idle close with end-of-session."""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import tracemalloc
+from collections import defaultdict
+
+import pytest
+
+from deeplog_siem.bench.templater import HdfsPools, default_data_dir, read_key_sessions, render_hdfs
+from deeplog_siem.config import SourceConfig, TemplaterConfig
+from deeplog_siem.errors import ArtifactError, ConfigError
+from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
+from deeplog_siem.sessions import EOS, SessionKeyer, SessionTracker
+from deeplog_siem.templater import Templater
+
+DATA = default_data_dir()
+
+
+def _keyer(**kw: str) -> SessionKeyer:
+    return SessionKeyer(SourceConfig(index="logs", **kw))  # type: ignore[arg-type]
+
+
+def test_hdfs_block_id_by_regex() -> None:
+    k = _keyer(session_regex=HDFS_SESSION_REGEX)
+    line = "081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_-38865 end"
+    assert k.session_of(line, {}) == "blk_-38865"
+    assert k.session_of("081109 203615 148 INFO dfs.DataNode: no block here", {}) is None
+    assert k.session_of(None, {}) is None  # type: ignore[arg-type]
+    assert k.skipped == {"no_session": 2}
+    delete = "BLOCK* ask 10.250.14.224:50010 to delete  blk_1 blk_-2 blk_1"
+    assert k.sessions_of(delete) == ("blk_1", "blk_-2")
+
+
+def test_openstack_instance_id_by_regex() -> None:
+    k = _keyer(session_regex=OPENSTACK_SESSION_REGEX)
+    msg = (
+        "2017-05-16 00:00:04.500 2931 INFO nova.compute.manager [req-3ea4052c-895d-4b64-9e2d-04d64c4d94ab "
+        "- - - - -] [instance: b9000564-fe1a-409b-b8cc-1e88b294cd1d] VM Started (Lifecycle Event)"
+    )
+    assert k.session_of(msg, {}) == "b9000564-fe1a-409b-b8cc-1e88b294cd1d"
+
+
+def test_session_by_document_field() -> None:
+    k = _keyer(session_field="openstack.instance_id")
+    assert k.session_of("x", {"openstack": {"instance_id": "i-1"}}) == "i-1"
+    assert k.session_of("x", {"openstack.instance_id": "i-2"}) == "i-2"  # flat dotted key
+    assert k.session_of("x", {"openstack": {}}) is None
+    assert k.session_of("x", {"openstack": {"instance_id": ""}}) is None
+    hp = _keyer(session_field="host.name, process.pid")  # logs without a task id: host/process streams
+    assert hp.session_of("x", {"host": {"name": "web1"}, "process": {"pid": 812}}) == "web1|812"
+    assert hp.session_of("x", {"host": {"name": "web1"}}) is None
+    assert k.skipped["no_session"] == 2 and hp.skipped["no_session"] == 1
+
+
+def test_tail_keeps_last_window_keys_and_vectors_with_time_gaps() -> None:
+    tr = SessionTracker(window=3, idle_timeout_s=60, max_sessions=10, ttl_s=600)
+    obs = [
+        tr.observe("s", k, (float(k * 10),), ts, wall=0.0) for k, ts in [(5, 100.0), (6, 101.5), (7, 104.0)]
+    ]
+    assert obs[0].first and obs[0].vector == (0.0, 50.0) and obs[0].history == ()
+    assert obs[1].vector == (1.5, 60.0) and obs[1].history == (5,)
+    assert obs[2].vector == (2.5, 70.0) and obs[2].history == (5, 6)
+    o = tr.observe("s", 8, (), 110.0, wall=0.0)  # a key without numbers: only the time gap
+    assert o.history == (5, 6, 7) and o.vector == (6.0,)
+    tail = tr.get("s")
+    assert tail is not None
+    assert list(tail.keys) == [6, 7, 8]
+    assert tail.vectors() == [(1.5, 60.0), (2.5, 70.0), (6.0,)]
+    assert tail.last_ts == 110.0
+    # An event that arrives late does not give a negative gap or move the clock back.
+    assert tr.observe("s", 9, (), 105.0, wall=0.0).vector == (0.0,)
+    assert tr.get("s").last_ts == 110.0  # type: ignore[union-attr]
+
+
+def test_idle_sessions_close_and_are_returned_for_end_of_session_scoring() -> None:
+    tr = SessionTracker(window=10, idle_timeout_s=60, max_sessions=10, ttl_s=3600)
+    tr.observe("a", 5, (), 1000.0, wall=0.0)
+    tr.observe("a", 22, (), 1010.0, wall=0.0)
+    tr.observe("b", 5, (), 1050.0, wall=0.0)
+    assert tr.close_idle(now=1060.0, wall=0.0) == []
+    closed = tr.close_idle(now=1070.0, wall=0.0)
+    assert [(sid, list(t.keys)) for sid, t in closed] == [("a", [5, 22])]
+    # The caller scores EOS after the closed session's last keys: window (5, 22) -> EOS.
+    assert EOS == 2
+    assert "a" not in tr and "b" in tr and tr.stats["closed_idle"] == 1
+    # TTL (wall clock): a session the job has not touched for ttl_s closes even if event time stalls.
+    assert [sid for sid, _ in tr.close_idle(now=1060.0, wall=3600.0)] == ["b"]
+    assert tr.stats["closed_ttl"] == 1
+    tr.observe("c", 5, (), 1.0, wall=0.0)
+    assert [sid for sid, _ in tr.close_all()] == ["c"] and len(tr) == 0
+
+
+def test_lru_eviction_is_bounded_and_counted() -> None:
+    tr = SessionTracker(window=4, idle_timeout_s=60, max_sessions=3, ttl_s=600)
+    for sid in "abc":
+        tr.observe(sid, 5, (), 1.0, wall=0.0)
+    tr.observe("a", 6, (), 2.0, wall=0.0)  # a is now the most recently updated
+    tr.observe("d", 5, (), 3.0, wall=0.0)
+    assert sorted(sid for sid, _ in tr.sessions()) == ["a", "c", "d"]
+    assert tr.stats["evicted_lru"] == 1 and len(tr) == 3
+
+
+def test_tails_persist_through_json() -> None:
+    tr = SessionTracker(window=5, idle_timeout_s=60, max_sessions=100, ttl_s=600)
+    rng = random.Random(1)
+    for i in range(200):
+        tr.observe(f"blk_{i % 40}", rng.randint(3, 30), (rng.random() * 1e8,), 1000.0 + i * 0.37, wall=5.0)
+    blob = json.dumps(tr.to_dict(), separators=(",", ":"))
+    back = SessionTracker.from_dict(
+        json.loads(blob), window=5, idle_timeout_s=60, max_sessions=100, ttl_s=600
+    )
+    assert len(back) == len(tr) == 40
+    for sid, t in tr.sessions():
+        b = back.get(sid)
+        assert b is not None
+        assert list(b.keys) == list(t.keys) and b.vectors() == t.vectors() and b.last_ts == t.last_ts
+    # The next event after a restart gets its gap from the persisted last timestamp.
+    last = tr.get("blk_0").last_ts  # type: ignore[union-attr]
+    assert back.observe("blk_0", 5, (), last + 2.0, wall=5.0).vector == (2.0,)
+    # Restoring with a smaller window or bound keeps the newest.
+    small = SessionTracker.from_dict(
+        json.loads(blob), window=2, idle_timeout_s=60, max_sessions=10, ttl_s=600
+    )
+    assert len(small) == 10 and small.stats["evicted_lru"] == 30
+    assert all(len(t.keys) == 2 for _, t in small.sessions())
+    with pytest.raises(ArtifactError, match="session state: malformed"):
+        SessionTracker.from_dict({"version": 1, "sessions": {"x": [[1], [1, 1], [0.0], 0, 0]}}, **_ARGS)
+    with pytest.raises(ArtifactError, match="session state: malformed"):
+        SessionTracker.from_dict({"version": 9}, **_ARGS)
+
+
+_ARGS = {"window": 5, "idle_timeout_s": 60.0, "max_sessions": 10, "ttl_s": 600.0}
+
+
+def test_invalid_tracker_settings() -> None:
+    with pytest.raises(ConfigError, match="window"):
+        SessionTracker(0, 60, 10, 600)
+    with pytest.raises(ConfigError, match="ttl_s"):
+        SessionTracker(10, 60, 10, 30)
+
+
+def test_open_session_costs_under_one_kilobyte() -> None:
+    rng = random.Random(0)
+    tr = SessionTracker(window=10, idle_timeout_s=3600, max_sessions=100000, ttl_s=7200)
+    sids = [f"blk_{rng.randint(-(2**63), 2**63 - 1)}" for _ in range(10000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for j in range(12):  # more events than the window: tails are full
+            for sid in sids:
+                tr.observe(sid, 5 + j % 20, (float(rng.randint(0, 10**8)),), 1000.0 + j, wall=0.0)
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / len(tr)
+    finally:
+        tracemalloc.stop()
+    print(f"{per_session:.0f} bytes per open session (window 10, 2-dim vectors)")
+    assert per_session <= 1024
+
+
+@pytest.mark.skipif(
+    not (DATA / "hdfs_raw" / "HDFS_2k.log").is_file(), reason=f"shared data not found at {DATA}"
+)
+def test_rendered_hdfs_lines_rebuild_their_sessions() -> None:
+    """Lines -> templater -> session keyer -> tracker: each session's key sequence, closed with EOS, is the
+    original one under the key mapping (sessions interleaved in time)."""
+    sessions = read_key_sessions(DATA / "hdfs_keys" / "hdfs_train")[:200]
+    lines = render_hdfs(sessions, HdfsPools.from_log(DATA / "hdfs_raw" / "HDFS_2k.log"), seed=3)
+    tpl = Templater(TemplaterConfig(format="hdfs"))
+    keyer = _keyer(session_regex=HDFS_SESSION_REGEX)
+    tr = SessionTracker(window=100, idle_timeout_s=1e9, max_sessions=1000, ttl_s=1e9)
+    mapping: dict[int, int] = {}
+    for r, ev in zip(lines, tpl.parse_many([r.line for r in lines], learn=True), strict=True):
+        assert ev is not None
+        sid = keyer.session_of(r.line, {})
+        assert sid == r.block
+        tr.observe(sid, ev.key, ev.numbers, float(r.ts), wall=0.0)
+        assert mapping.setdefault(r.key, ev.key) == ev.key
+    assert len(set(mapping.values())) == len(mapping)
+    rebuilt = defaultdict(list)
+    for sid, tail in tr.close_all():
+        rebuilt[sid] = [*tail.keys, EOS]
+    expected = {r.block: None for r in lines}
+    assert len(rebuilt) == len(expected) == len(sessions)
+    by_block: dict[str, list[int]] = defaultdict(list)
+    for r in lines:
+        by_block[r.block].append(mapping[r.key])
+    for sid, keys in rebuilt.items():
+        assert keys == [*by_block[sid], EOS]
