@@ -82,7 +82,7 @@ def key_anomaly(
             "probability": round(float(p), 6),
             "rank": r,
         }
-        for r, (k, p) in enumerate(expected)
+        for r, (k, p) in enumerate(expected, 1)
     ]
     exp_summary = ", ".join(f"{key_label(e['key_id'], vocab)} ({e['probability']:.2f})" for e in exp[:5])
     if anomaly_type == "unseen_key":
@@ -120,7 +120,7 @@ def key_anomaly(
                 "id": int(actual),
                 "template": actual_text,
                 "probability": round(float(probability), 6),
-                "rank": int(rank),
+                "rank": int(rank) + 1,
                 "params": [str(p) for p in params],
             },
             "window": {

@@ -168,6 +168,29 @@ class TemplaterConfig:
 
 
 @dataclass(frozen=True)
+class SessionsConfig:
+    # A session with no event for this long (event time) is closed and its end-of-session key scored.
+    idle_timeout_seconds: float = 600.0
+    # Bound on open sessions kept between runs; beyond it the least recently updated is dropped (counted).
+    max_open: int = 200000
+    # Wall-clock bound: a session the job has not touched for this long is closed even if the source is quiet.
+    ttl_seconds: float = 86400.0
+
+    def validate(self, key: str) -> None:
+        _check(
+            f"{key}.idle_timeout_seconds",
+            self.idle_timeout_seconds > 0,
+            f"must be > 0, got {self.idle_timeout_seconds}",
+        )
+        _check(f"{key}.max_open", self.max_open >= 1, f"must be >= 1, got {self.max_open}")
+        _check(
+            f"{key}.ttl_seconds",
+            self.ttl_seconds >= self.idle_timeout_seconds,
+            f"must be >= sessions.idle_timeout_seconds ({self.idle_timeout_seconds:g}), got {self.ttl_seconds:g}",
+        )
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     window: int = 10
     top_g: int = 9
@@ -344,6 +367,7 @@ class Config:
     elasticsearch: ElasticsearchConfig
     source: SourceConfig
     templater: TemplaterConfig = field(default_factory=TemplaterConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

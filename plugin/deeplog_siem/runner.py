@@ -33,7 +33,7 @@ from .sessions import SessionKeyer, SessionTracker
 from .source import Checkpoint, Source, SourceDoc
 from .state import load_state, save_state
 from .templater import Templater
-from .vocab import UNK
+from .vocab import EOS
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,31 @@ def _plain(report: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- detect
 
 
+def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
+    kw = {
+        "window": window,
+        "idle_timeout_s": config.sessions.idle_timeout_seconds,
+        "max_sessions": config.sessions.max_open,
+        "ttl_s": config.sessions.ttl_seconds,
+    }
+    return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) / 1000.0
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
 @dataclass
 class Detection:
     """What a detection run needs loaded once: the current model version and its parts."""
@@ -246,7 +271,7 @@ class Detection:
     def load(cls, config: Config) -> Detection:
         version, path = ModelStore(config.model.dir).current()
         device = resolve_device(config.model.device)
-        model, vocab, meta = load_checkpoint(path / KEYMODEL, device=device)
+        model, vocab, _meta = load_checkpoint(path / KEYMODEL)
         templater = Templater.load(path / TEMPLATER, config.templater)
         detector = KeyDetector(
             model, top_g=config.model.top_g, device=device, cache_size=config.model.cache_size
@@ -276,18 +301,17 @@ def run_once(
         )
         if backfill:
             state.checkpoint, state.sessions = None, {}
-        tracker = (
-            SessionTracker.from_dict(state.sessions, window=det.window)
-            if state.sessions
-            else SessionTracker(window=det.window)
-        )
+        tracker = _tracker(config, det.window, state.sessions)
         keyer = SessionKeyer(config.source)
         source = Source(clients, config.source)
         chunk: list[SourceDoc] = []
         seen_sessions: set[str] = set()
-        with _Timer(summary, "read"):
-            pages = source.pages(state.checkpoint, start=start, end=end)
-        for page in pages:
+        pages = iter(source.pages(state.checkpoint, start=start, end=end))
+        while True:
+            with _Timer(summary, "read"):
+                page = next(pages, None)
+            if page is None:
+                break
             chunk.extend(page)
             if len(chunk) >= config.schedule.chunk_size:
                 _process_chunk(
@@ -306,3 +330,120 @@ def run_once(
     finally:
         summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
         record_run(clients, config, summary)
+
+
+def _process_chunk(
+    config: Config,
+    clients: Clients,
+    det: Detection,
+    tracker: SessionTracker,
+    keyer: SessionKeyer,
+    state: Any,
+    docs: list[SourceDoc],
+    summary: RunSummary,
+    seen: set[str],
+    close_all: bool,
+) -> None:
+    """Score one bounded chunk, write its anomalies, then (only then) save checkpoint and tails."""
+    src = config.source
+    anomalies: list[dict[str, Any]] = []
+    newest = None
+    if docs:
+        summary.docs_read += len(docs)
+        with _Timer(summary, "template"):
+            rows = []
+            for doc, sid, ev in _events(
+                docs, det.templater, keyer, config, config.templater.learn_at_detection, summary.skipped
+            ):
+                ts = epoch_seconds(doc.get(src.timestamp_field))
+                if ts is None:
+                    summary.skipped["bad_timestamp"] += 1
+                    continue
+                rows.append((doc, sid, ev, ts))
+            observed = tracker.observe_many(
+                [r[1] for r in rows],
+                [r[2].key for r in rows],
+                [r[2].numbers for r in rows],
+                [r[3] for r in rows],
+                refs=[f"{r[0].index}/{r[0].id}" for r in rows],
+            )
+            seen.update(r[1] for r in rows)
+            newest = max((r[3] for r in rows), default=None)
+        with _Timer(summary, "detect"):
+            if rows:
+                # One short sequence per event: its history (carried across runs by the tracker) + itself.
+                seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
+                windows = build_windows(
+                    seqs, det.window, context=[len(o.history) for o in observed], add_eos=False
+                )
+                scores = det.detector.score(windows)
+                for i in scores.anomalous.nonzero().flatten().tolist():
+                    doc, sid, ev, _ts = rows[int(windows.session[i])]
+                    o = observed[int(windows.session[i])]
+                    anomalies.append(
+                        _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position)
+                    )
+    closed = tracker.close_all() if close_all else (tracker.close_idle(newest) if newest is not None else [])
+    if closed:
+        with _Timer(summary, "detect"):
+            seqs = [tuple(t.keys) for _, t in closed]
+            windows = build_windows(seqs, det.window, context=[len(q) for q in seqs], add_eos=True)
+            scores = det.detector.score(windows)
+            for i in scores.anomalous.nonzero().flatten().tolist():
+                sid, tail = closed[int(windows.session[i])]
+                index, _, doc_id = tail.last_ref.partition("/")
+                ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
+                anomalies.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
+    with _Timer(summary, "write"):
+        result = sink.write(clients, anomalies)
+    summary.rejected.update(result.rejected)
+    for a in anomalies:
+        summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
+    # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
+    cp = state.checkpoint
+    for d in docs:
+        cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
+    state.checkpoint = cp
+    state.sessions = tracker.to_dict()
+    state.model_version = det.version
+    if docs:
+        summary.window_start = summary.window_start or docs[0].get(src.timestamp_field)
+        summary.window_end = docs[-1].get(src.timestamp_field)
+    save_state(clients, config.output.state_index, state)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _anomaly(
+    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position
+) -> dict[str, Any]:
+    src = config.source
+    target = int(windows.targets[i])
+    kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
+    msg = doc.get(src.message_field)
+    return key_anomaly(
+        anomaly_type=kind,
+        event=EventRef(
+            doc.index,
+            doc.id,
+            doc.get(src.timestamp_field),
+            msg if isinstance(msg, str) else "",
+            doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
+        ),
+        session_id=sid,
+        position=int(position),
+        window=windows.keys[i].tolist(),
+        actual=target,
+        probability=float(scores.prob[i]),
+        rank=int(scores.rank[i]),
+        expected=list(zip(scores.topk_keys[i].tolist(), scores.topk_probs[i].tolist(), strict=True)),
+        params=params,
+        vocab=det.vocab,
+        model_version=det.version,
+        run_id=summary.run_id,
+        query=session_query(src.session_field, sid, src.message_field),
+        top_g=det.top_g,
+        index=config.output.anomalies_index,
+    )

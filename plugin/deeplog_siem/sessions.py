@@ -105,7 +105,7 @@ class SessionKeyer:
 class SessionTail:
     """The last `window` events of one session, stored flat (arrays) to keep an open session small."""
 
-    __slots__ = ("keys", "dims", "values", "last_ts", "touched")
+    __slots__ = ("keys", "dims", "values", "last_ts", "touched", "count", "last_ref")
 
     def __init__(self, last_ts: float, touched: float) -> None:
         self.keys = array("i")  # last keys, oldest first
@@ -113,6 +113,8 @@ class SessionTail:
         self.values = array("d")  # the vectors, concatenated
         self.last_ts = last_ts  # event time of the last event (seconds)
         self.touched = touched  # wall-clock time the job last updated this session
+        self.count = 0  # events seen in this session, so positions continue across job runs
+        self.last_ref = ""  # "index/id" of the last event's source document, for end-of-session anomalies
 
     def vectors(self) -> list[tuple[float, ...]]:
         out = []
@@ -134,12 +136,21 @@ class SessionTail:
             del self.values[:n]
 
     def to_list(self) -> list[Any]:
-        return [self.keys.tolist(), self.dims.tolist(), self.values.tolist(), self.last_ts, self.touched]
+        return [
+            self.keys.tolist(),
+            self.dims.tolist(),
+            self.values.tolist(),
+            self.last_ts,
+            self.touched,
+            self.count,
+            self.last_ref,
+        ]
 
     @classmethod
     def from_list(cls, data: Any) -> SessionTail:
-        keys, dims, values, last_ts, touched = data
+        keys, dims, values, last_ts, touched, count, last_ref = data
         t = cls(float(last_ts), float(touched))
+        t.count, t.last_ref = int(count), str(last_ref)
         t.keys = array("i", (int(k) for k in keys))
         t.dims = array("B", (int(d) for d in dims))
         t.values = array("d", (float(v) for v in values))
@@ -156,6 +167,7 @@ class Observed:
     history: tuple[int, ...]  # up to `window` keys before this event in its session, oldest first
     vector: tuple[float, ...]  # (time gap since the session's previous event, *numbers); gap 0.0 if first
     first: bool  # the session's first event (seen by this tracker)
+    position: int  # index of this event in its session (0 = first), continued across job runs
 
 
 class SessionTracker:
@@ -192,6 +204,7 @@ class SessionTracker:
         numbers: Sequence[float],
         ts: float,
         wall: float | None = None,
+        ref: str = "",
     ) -> Observed:
         """Append one event (event time `ts`, seconds) to its session."""
         tails = self._tails
@@ -210,13 +223,16 @@ class SessionTracker:
             # Out-of-order events within a session get gap 0 rather than a negative one.
             gap = max(0.0, ts - tail.last_ts)
         history = tuple(tail.keys)
+        position = tail.count
+        tail.count += 1
+        tail.last_ref = ref
         vector = (gap, *numbers)
         tail._append(key, vector, self.window)
         if ts > tail.last_ts or first:
             tail.last_ts = ts
         tail.touched = wall
         tails[session_id] = tail
-        return Observed(session_id, history, vector, first)
+        return Observed(session_id, history, vector, first, position)
 
     def observe_many(
         self,
@@ -225,11 +241,14 @@ class SessionTracker:
         numbers: Sequence[Sequence[float]],
         timestamps: Sequence[float],
         wall: float | None = None,
+        refs: Sequence[str] | None = None,
     ) -> list[Observed]:
         wall = time.time() if wall is None else wall
         obs = self.observe
+        refs = refs if refs is not None else [""] * len(keys)
         return [
-            obs(s, k, n, t, wall) for s, k, n, t in zip(session_ids, keys, numbers, timestamps, strict=True)
+            obs(s, k, n, t, wall, r)
+            for s, k, n, t, r in zip(session_ids, keys, numbers, timestamps, refs, strict=True)
         ]
 
     def close_idle(self, now: float, wall: float | None = None) -> list[tuple[str, SessionTail]]:
@@ -276,9 +295,11 @@ class SessionTracker:
                 t = SessionTail.from_list(raw)
                 if len(t.keys) > window:
                     keys, vecs = t.keys.tolist(), t.vectors()
+                    count, last_ref = t.count, t.last_ref
                     t = SessionTail(t.last_ts, t.touched)
                     for k, v in zip(keys, vecs, strict=True):
                         t._append(k, v, window)
+                    t.count, t.last_ref = count, last_ref
                 tails[str(sid)] = t
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise ArtifactError(f"session state: malformed ({type(e).__name__}: {e})") from None
