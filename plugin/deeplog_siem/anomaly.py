@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .vocab import EOS, PAD, UNK, Vocabulary
+from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
 
 RULES = {
     "log_key": ("DeepLog log-key model", "The event's log key was not among the model's top-g predictions."),
@@ -78,7 +78,7 @@ def key_anomaly(
     exp = [
         {
             "key_id": int(k),
-            "template": vocab.template(k) if k >= 3 else key_label(k, vocab),
+            "template": vocab.template(k) if k >= NUM_RESERVED else key_label(k, vocab),
             "probability": round(float(p), 6),
             "rank": r,
         }
