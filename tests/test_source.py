@@ -80,3 +80,21 @@ def test_state_round_trip(clients, prefix):
     assert back.checkpoint == st.checkpoint
     assert back.sessions == st.sessions
     assert back.model_version == "v1"
+
+
+def test_identical_sort_values_across_page_boundaries(clients, prefix, make_config):
+    """Regression: search_after must not skip documents that tie with the last hit of a page."""
+    index = f"{prefix}-logs"
+    same = {"@timestamp": "2024-01-01T00:00:00.000Z", "event": {"ingested": "2024-01-01T00:00:01.000Z"}}
+    for i in range(30):
+        clients.es.index(index=index, id=f"d{i:02d}", document={**same, "message": f"m{i}"})
+    clients.es.indices.refresh(index=index)
+    src = Source(clients, make_config(source={"page_size": 7}).source)
+    docs = [d for p in src.pages() for d in p]
+    assert sorted(d.id for d in docs) == [f"d{i:02d}" for i in range(30)]
+    # Resuming in the middle of the tie continues with exactly the documents not yet processed.
+    cp = None
+    for d in docs[:11]:
+        cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
+    rest = [d.id for p in src.pages(cp) for d in p]
+    assert sorted(rest) == sorted(d.id for d in docs[11:])

@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     clients = _connect(cfg)
     try:
-        t = train(cfg, clients, start=args.start, end=args.end, progress=progress)
+        t = train(cfg, clients, start=args.start, end=args.end, index=args.index, progress=progress)
     finally:
         clients.close()
     print(
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p)
     p.add_argument("--start", metavar="ISO8601", help="only logs with timestamp >= this")
     p.add_argument("--end", metavar="ISO8601", help="only logs with timestamp < this")
+    p.add_argument("--index", help="read training logs from this index pattern instead of source.index")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("detect", help="run detection once over new logs, or backfill a time range")

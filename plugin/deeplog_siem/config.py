@@ -79,6 +79,9 @@ class SourceConfig:
     host_field: str = "host.name"
     session_field: str | None = None
     session_regex: str | None = None
+    # A field unique per document that orders events logged in the same millisecond (e.g. log.offset,
+    # event.sequence); optional: without it, ties are resolved exactly by document id at checkpoints.
+    tiebreaker_field: str | None = None
     page_size: int = 1000
 
     def validate(self, key: str) -> None:

@@ -24,6 +24,7 @@ from .server import EmbeddedServer, start_embedded
 log = logging.getLogger(__name__)
 
 DEMO_INDEX = "logs-hdfs-demo"
+TRAIN_INDEX = "logs-hdfs-demo-train"  # normal history the model learns from; detection reads DEMO_INDEX
 
 
 @dataclass
@@ -81,11 +82,11 @@ def run_demo(
         clients = connect(cfg.elasticsearch)
         try:
             _setup(clients, cfg, progress)
-            progress(f"[2/5] replaying {len(sample.train)} normal HDFS sessions into {DEMO_INDEX} ...")
+            progress(f"[2/5] replaying {len(sample.train)} normal HDFS sessions into {TRAIN_INDEX} ...")
             train_lines = render(sample.train, seed=seed)
-            index_lines(clients, DEMO_INDEX, train_lines, run="train", progress=progress)
+            index_lines(clients, TRAIN_INDEX, train_lines, run="train", progress=progress)
             progress(f"[3/5] training on {len(train_lines)} log lines ...")
-            t = train(cfg, clients, progress=progress)
+            t = train(cfg, clients, index=TRAIN_INDEX, progress=progress)
             progress(f"      model version {t.version}: {t.sessions} sessions, {t.templates} templates")
             n_bad = sum(sample.test_labels)
             progress(

@@ -17,7 +17,7 @@ import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,17 +172,19 @@ def train(
     *,
     start: str | None = None,
     end: str | None = None,
+    index: str | None = None,
     progress: Progress = _quiet,
 ) -> TrainSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
     t0 = time.perf_counter()
     try:
-        source = Source(clients, config.source)
+        src_cfg = replace(config.source, index=index) if index else config.source
+        source = Source(clients, src_cfg)
         templater = Templater(config.templater)
         keyer = SessionKeyer(config.source)
         sessions: dict[str, list[int]] = defaultdict(list)
         skipped: Counter[str] = Counter()
-        progress(f"reading training logs from {config.source.index} ...")
+        progress(f"reading training logs from {src_cfg.index} ...")
         for page in source.pages(start=start, end=end):
             summary.docs_read += len(page)
             for _doc, sid, ev in _events(page, templater, keyer, config, True, skipped):

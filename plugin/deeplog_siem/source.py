@@ -112,10 +112,14 @@ class Source:
         return sorted(set(wanted))
 
     def _sort(self) -> list[dict[str, Any]]:
+        """The persistent sort (what a checkpoint records): checkpoint field, timestamp, optional tiebreaker."""
         keys = [self.order_field]
         if self.cfg.timestamp_field != self.order_field:
             keys.append(self.cfg.timestamp_field)
-        return [{k: {"order": "asc", "unmapped_type": "date"}} for k in keys]
+        sort = [{k: {"order": "asc", "unmapped_type": "date"}} for k in keys]
+        if self.cfg.tiebreaker_field:
+            sort.append({self.cfg.tiebreaker_field: {"order": "asc", "unmapped_type": "long"}})
+        return sort
 
     def _query(self, after: Checkpoint | None, start: str | None, end: str | None) -> dict[str, Any]:
         filters: list[dict[str, Any]] = []
@@ -191,7 +195,9 @@ class Source:
         body: dict[str, Any] = {
             "size": self.cfg.page_size,
             "query": self._query(after, start, end),
-            "sort": self._sort(),
+            # `_shard_doc` breaks ties inside the point in time: without it, search_after skips documents
+            # whose sort values equal the last hit of a page (not every server adds it implicitly).
+            "sort": [*self._sort(), {"_shard_doc": "asc"}],
             "_source": self.fields,
             "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
             "track_total_hits": False,
@@ -207,8 +213,8 @@ class Source:
             body["pit"]["id"] = resp.get("pit_id", pit)
             body["search_after"] = hits[-1]["sort"]
             page = []
+            n = len(body["sort"]) - 1
             for h in hits:
-                n = len(body["sort"])
                 doc = SourceDoc(h["_index"], h["_id"], tuple(h["sort"][:n]), h.get("_source") or {})
                 if floor is not None and (doc.sort < floor or (doc.sort == floor and doc.id in skip_ids)):
                     continue
