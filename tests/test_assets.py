@@ -268,7 +268,7 @@ def test_retention_and_kibana_config_validation(es_section):
 
 
 def sample_anomaly_document() -> dict[str, Any]:
-    """An anomaly document per the field list in ASSETS.md (to be replaced by the sink's real output)."""
+    """An anomaly document using every field of the contract (the job fills a subset: see the next test)."""
     return {
         "@timestamp": "2008-11-09T20:36:15.000Z",
         "event": {
@@ -471,3 +471,56 @@ def test_asset_paths_are_package_data():
     for p in PACKAGE_ASSETS.rglob("*"):
         if p.is_file() and "__pycache__" not in p.parts:
             assert len(p.relative_to(PACKAGE_ASSETS).parts) <= 2, p
+
+
+def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, prefix):
+    """What the runner and the anomaly builder really write (not a hand-written sample) fits the templates."""
+    from collections import Counter
+
+    from deeplog_siem.anomaly import EventRef, key_anomaly
+    from deeplog_siem.runner import RunSummary
+    from deeplog_siem.vocab import EOS, Vocabulary
+
+    cfg = make_config()
+    create_indices(clients, cfg)
+    vocab = Vocabulary()
+    k_recv, k_alloc = vocab.add("Receiving block <BLK> src: <IP> dest: <IP>"), vocab.add("allocateBlock: <*>")
+    common = {
+        "event": EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1"),
+        "session_id": "blk_1",
+        "window": [0, 0, k_alloc, k_recv],
+        "expected": [(k_recv, 0.7), (EOS, 0.2)],
+        "vocab": vocab,
+        "model_version": "v1",
+        "run_id": "r1",
+        "query": 'message:"blk_1"',
+        "top_g": 2,
+        "index": cfg.output.anomalies_index,
+    }
+    docs = [
+        key_anomaly(
+            anomaly_type="log_key",
+            position=2,
+            actual=k_alloc,
+            probability=0.01,
+            rank=5,
+            params=("x",),
+            **common,
+        ),
+        key_anomaly(
+            anomaly_type="unseen_key", position=3, actual=1, probability=0.0, rank=20, params=(), **common
+        ),
+        key_anomaly(
+            anomaly_type="session_end", position=4, actual=EOS, probability=0.001, rank=9, params=(), **common
+        ),
+    ]
+    run = RunSummary(
+        run_id="r1", job="detect", docs_read=10, skipped=Counter(empty=1), anomalies=Counter(log_key=1)
+    )
+    run.durations_ms.update(read=5, total=9)
+    docs.append(run.document(cfg.output.runs_index))
+    for d in docs:
+        body = {k: v for k, v in d.items() if not k.startswith("_")}
+        clients.es.index(index=d["_index"], id=d["_id"], document=body, refresh=True)
+    assert clients.es.count(index=cfg.output.anomalies_index)["count"] == 3
+    assert clients.es.count(index=cfg.output.runs_index)["count"] == 1

@@ -81,13 +81,21 @@ def test_reprocessing_is_idempotent(clients, make_config, prefix, sample):
     cfg = make_config(model={"epochs": 3})
     index_lines(clients, f"{prefix}-train", render(train_sessions[:200], seed=3), run="train")
     train(cfg, clients, index=f"{prefix}-train")
-    index_lines(clients, cfg.source.index, render(test_sessions[:80], seed=4, start=EPOCH + timedelta(days=1)))
+    index_lines(
+        clients, cfg.source.index, render(test_sessions[:80], seed=4, start=EPOCH + timedelta(days=1))
+    )
     first = run_once(cfg, clients, close_sessions=True)
     clients.es.indices.refresh(index=cfg.output.anomalies_index)
-    ids_first = {h["_id"] for h in clients.es.search(index=cfg.output.anomalies_index, size=1000)["hits"]["hits"]}
-    second = run_once(cfg, clients, start="2000-01-01T00:00:00Z", end="2100-01-01T00:00:00Z", close_sessions=True)
+    ids_first = {
+        h["_id"] for h in clients.es.search(index=cfg.output.anomalies_index, size=1000)["hits"]["hits"]
+    }
+    second = run_once(
+        cfg, clients, start="2000-01-01T00:00:00Z", end="2100-01-01T00:00:00Z", close_sessions=True
+    )
     clients.es.indices.refresh(index=cfg.output.anomalies_index)
-    ids_second = {h["_id"] for h in clients.es.search(index=cfg.output.anomalies_index, size=1000)["hits"]["hits"]}
+    ids_second = {
+        h["_id"] for h in clients.es.search(index=cfg.output.anomalies_index, size=1000)["hits"]["hits"]
+    }
     assert first.anomalies_total == second.anomalies_total > 0
     assert ids_first == ids_second
     assert clients.es.count(index=cfg.output.anomalies_index)["count"] == first.anomalies_total

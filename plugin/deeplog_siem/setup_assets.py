@@ -436,7 +436,7 @@ def create_indices(
                         name,
                         "skipped",
                         f"retention needs {name} to be a rollover alias, but it is an index; reindex it into "
-                        f"{name}-000001 and add the alias (see ASSETS.md) — retention is not applied to it",
+                        f"{name}-000001 and add the alias (see README, Retention) — retention is not applied to it",
                     )
                 )
             want = template["mappings"]["_meta"]["mapping_hash"]
