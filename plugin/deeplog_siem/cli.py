@@ -49,6 +49,97 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# ---------------------------------------------------------------------------- evaluate (log-key model)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Train (or load) the log-key model on DeepLog key files and report detection under the HDFS protocol."""
+    import dataclasses
+
+    from .config import ModelConfig
+    from .errors import ConfigError
+    from .evaluate import run_evaluation
+
+    overrides = {k: v for k in ModelConfig.__dataclass_fields__ if (v := getattr(args, k, None)) is not None}
+    cfg = dataclasses.replace(ModelConfig(), **overrides)
+    cfg.validate("model")
+    for name in ("normal", "abnormal"):
+        if getattr(args, name) is None:
+            raise ConfigError(
+                f"--{name}: no file given and ../shared/data/hdfs_keys is not beside the checkout"
+            )
+    r = run_evaluation(
+        None if args.model else args.train,
+        args.normal,
+        args.abnormal,
+        cfg,
+        model_path=args.model,
+        save=args.save,
+        limit=args.limit,
+        progress=progress,
+    )
+    print(f"protocol: {r['protocol']}")
+    print(f"window h={r['window']}, top g={r['top_g']}, model {r['model_args']}, device {r['device']}")
+    if r.get("train_seconds") is not None:
+        print(f"training: {r['train_seconds']:.1f}s, best epoch {r['train']['best_epoch']}")
+    print(
+        f"normal sessions {r['normal_sessions']}: FP {r['fp']} (FP rate {r['fp_rate']:.4%}); "
+        f"abnormal sessions {r['abnormal_sessions']}: FN {r['fn']} (recall {r['recall']:.4%})"
+    )
+    print(
+        f"paper scale: FP {r['fp_paper']:.0f}, TP {r['tp_paper']:.0f}, precision {r['precision_paper']:.4f}, "
+        f"recall {r['recall_paper']:.4f}, F1 {r['f1_paper']:.4f} (paper: FP 833, FN 619, F1 0.96)"
+    )
+    if args.json:
+        print_json(r)
+    return 0
+
+
+def _add_evaluate_parser(sub: Any) -> None:
+    from .keyseq import HDFS_DIR
+
+    def default(name: str) -> str | None:
+        p = HDFS_DIR / name
+        return str(p) if p.is_file() else None
+
+    p = sub.add_parser(
+        "evaluate", help="train/load the log-key model on DeepLog key files and report FP/FN/F1"
+    )
+    p.add_argument("--train", metavar="FILE", default=default("hdfs_train"), help="normal training sessions")
+    p.add_argument(
+        "--normal", metavar="FILE", default=default("hdfs_test_normal_dev"), help="normal test sessions"
+    )
+    p.add_argument(
+        "--abnormal", metavar="FILE", default=default("hdfs_test_abnormal_dev"), help="abnormal test sessions"
+    )
+    p.add_argument("--model", metavar="PATH", help="load this checkpoint instead of training")
+    p.add_argument("--save", metavar="PATH", help="save the trained model to this checkpoint")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N sessions of each file")
+    for name, typ in (
+        ("window", int),
+        ("top_g", int),
+        ("layers", int),
+        ("hidden", int),
+        ("embedding", int),
+        ("dropout", float),
+        ("epochs", int),
+        ("batch_size", int),
+        ("learning_rate", float),
+        ("patience", int),
+        ("validation_fraction", float),
+        ("seed", int),
+    ):
+        p.add_argument("--" + name.replace("_", "-"), type=typ, dest=name, metavar="N", help=f"model.{name}")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="model.device (default auto)")
+    p.add_argument(
+        "--json", action="store_true", help="also print all figures as one JSON object (last line)"
+    )
+    p.set_defaults(func=cmd_evaluate)
+
+
+# ------------------------------------------------------------------------- end evaluate (log-key model)
+
+
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -279,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_evaluate_parser(sub)
 
     p = sub.add_parser("config", help="print the example configuration or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

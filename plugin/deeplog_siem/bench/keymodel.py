@@ -1,0 +1,98 @@
+"""keymodel: log-key model training time and scoring throughput (windows/s) on the HDFS dev files.
+
+(a) every window of hdfs_test_normal_dev + hdfs_test_abnormal_dev (EOS included), scored in chunks the way
+the scheduled job does, with the window cache on and starting empty; (b) the distinct windows only, cache
+off (pure model throughput); (c) the naive reference loop, one window per forward pass (batch 1), on a
+sample. Training time is `train_key_model` on hdfs_train with the default model configuration. Targets
+(issue 4, 2-core CPU): (a) >= 1M windows/s, (b) >= 50k windows/s, (b)/(c) >= 20x, training < 120 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--chunk", type=int, default=20_000, help="windows per score() call in (a)")
+    parser.add_argument("--naive-sample", type=int, default=2_000, help="windows in the naive loop (c)")
+    parser.add_argument("--model", metavar="PATH", help="score with this checkpoint instead of training one")
+
+
+def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
+    import torch
+
+    from ..config import ModelConfig
+    from ..detector import KeyDetector, Windows
+    from ..errors import DataError
+    from ..evaluate import default_file
+    from ..keyseq import build_windows, hdfs_vocabulary, read_key_sessions, to_ids
+    from ..model import load_checkpoint, resolve_device, train_key_model
+
+    files = {n: default_file(n) for n in ("hdfs_train", "hdfs_test_normal_dev", "hdfs_test_abnormal_dev")}
+    if None in files.values():
+        raise DataError("bench keymodel needs ../shared/data/hdfs_keys beside the checkout")
+    vocab = hdfs_vocabulary()
+    train, normal, abnormal = (to_ids(read_key_sessions(f), len(vocab))[0] for f in files.values())
+    cfg = ModelConfig(device=args.device)
+    device = resolve_device(cfg.device)
+    result: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    if args.model:
+        model, _, _ = load_checkpoint(args.model)
+        result["train_seconds"] = None
+    else:
+        progress("training on hdfs_train with the default model configuration")
+        model, report = train_key_model(train, len(vocab), cfg, progress=progress)
+        result.update(train_seconds=round(report.seconds, 2), train_epochs=report.epochs_run)
+    h, g = model.args.window, cfg.top_g
+
+    t0 = time.perf_counter()
+    w = build_windows(normal + abnormal, h)
+    result["build_windows_per_s"] = round(len(w) / (time.perf_counter() - t0))
+    n = len(w)
+    result["windows"] = n
+
+    # (a) every window, chunked, cache on and cold at the start.
+    det = KeyDetector(model, g, device, cfg.cache_size)
+    t0 = time.perf_counter()
+    for i in range(0, n, args.chunk):
+        part = slice(i, i + args.chunk)
+        det.score(Windows(w.keys[part], w.targets[part], w.session[part], w.position[part]))
+    dt = time.perf_counter() - t0
+    result.update(cached_windows_per_s=round(n / dt), cache_hits=det.hits, cache_misses=det.misses)
+    progress(f"(a) {n} windows in {dt:.3f}s with the cache ({det.hits} hits, {det.misses} misses)")
+
+    # (b) the distinct windows only, no cache: what the model itself sustains.
+    uniq = torch.unique(w.keys, dim=0)
+    det = KeyDetector(model, g, device, cache_size=0)
+    u = Windows(uniq, torch.full((uniq.shape[0],), 3), torch.zeros(uniq.shape[0]), torch.zeros(uniq.shape[0]))
+    det.score(u)  # warm-up: first-call allocations
+    t0 = time.perf_counter()
+    det.score(u)
+    dt = time.perf_counter() - t0
+    result.update(unique_windows=uniq.shape[0], unique_windows_per_s=round(uniq.shape[0] / dt))
+    progress(f"(b) {uniq.shape[0]} distinct windows in {dt:.3f}s without cache")
+
+    # (c) the naive reference: one window per forward pass, as public DeepLog implementations do.
+    m = min(args.naive_sample, n)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:m]
+    keys, targets = w.keys[idx].to(device), w.targets[idx]
+    model = model.to(device).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in range(m):
+            logits, _ = model(keys[i : i + 1])
+            bool(targets[i] in torch.topk(logits[0], g).indices.cpu())
+    dt = time.perf_counter() - t0
+    result.update(naive_windows=m, naive_windows_per_s=round(m / dt))
+    progress(f"(c) {m} windows one at a time in {dt:.3f}s")
+    result["speedup_unique_vs_naive"] = round(
+        result["unique_windows_per_s"] / result["naive_windows_per_s"], 1
+    )
+    result["speedup_cached_vs_naive"] = round(
+        result["cached_windows_per_s"] / result["naive_windows_per_s"], 1
+    )
+    return result

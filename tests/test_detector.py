@@ -1,0 +1,127 @@
+"""Windows and batched scoring: vectorised windows, context prefixes, cache- and batch-independent scores."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from deeplog_siem.detector import KeyDetector, KeyScores, Windows, build_windows
+from deeplog_siem.model import KeyLSTM, KeyModelArgs
+from deeplog_siem.vocab import EOS, PAD, UNK
+
+from ._synthetic import sessions
+
+
+def _reference_windows(seqs, h, context=None, add_eos=True):
+    """The obvious per-window loop, to check the vectorised version against."""
+    rows = []
+    for i, s in enumerate(seqs):
+        full = list(s) + ([EOS] if add_eos else [])
+        for t, target in enumerate(full):
+            hist = [k for k in s[:t] if k != UNK]
+            window = ([PAD] * h + hist)[-h:]
+            if t >= (context[i] if context else 0):
+                rows.append((window, target, i, t))
+    return rows
+
+
+def _rows(w: Windows):
+    return list(
+        zip(w.keys.tolist(), w.targets.tolist(), w.session.tolist(), w.position.tolist(), strict=True)
+    )
+
+
+@pytest.mark.parametrize("h", [1, 3, 10])
+def test_build_windows_matches_reference(h: int) -> None:
+    rng = random.Random(h)
+    seqs = [[rng.choice([UNK, 3, 4, 5, 6, 7]) for _ in range(rng.randint(0, 25))] for _ in range(40)]
+    context = [rng.randint(0, len(s) + 1) for s in seqs]
+    for ctx in (None, context):
+        for eos in (True, False):
+            w = build_windows(seqs, h, context=ctx, add_eos=eos)
+            assert _rows(w) == [(list(a), b, c, d) for a, b, c, d in _reference_windows(seqs, h, ctx, eos)]
+            assert w.keys.dtype == torch.long and w.keys.shape == (len(w), h)
+
+
+def test_build_windows_edge_cases() -> None:
+    assert len(build_windows([], 4)) == 0
+    w = build_windows([[]], 3)
+    assert _rows(w) == [([PAD, PAD, PAD], EOS, 0, 0)]
+    w = build_windows([[3, 4], [5]], 2, add_eos=[False, True])
+    assert _rows(w) == [([0, 0], 3, 0, 0), ([0, 3], 4, 0, 1), ([0, 0], 5, 1, 0), ([0, 5], EOS, 1, 1)]
+    with pytest.raises(ValueError, match="one entry per session"):
+        build_windows([[3]], 2, context=[0, 0])
+
+
+def test_context_prefix_scores_only_new_events() -> None:
+    """A session split across two runs gets exactly the verdicts of one run over the whole session."""
+    torch.manual_seed(0)
+    model = KeyLSTM(KeyModelArgs(vocab_size=10, window=4, embedding=4, layers=1, hidden=8))
+    det = KeyDetector(model, top_g=3)
+    whole = sessions(30, seed=5)
+    first = [s[: len(s) // 2] for s in whole]
+    # Run 1 sees the first halves (sessions still open); run 2 gets each session's last h keys as history.
+    s1 = det.score(build_windows(first, 4, add_eos=False))
+    carried = [f[-4:] for f in first]
+    second = [c + s[len(f) :] for c, f, s in zip(carried, first, whole, strict=True)]
+    w2 = build_windows(second, 4, context=[len(c) for c in carried])
+    s2 = det.score(w2)
+    full = det.score(build_windows(whole, 4))
+    assert len(s1) + len(s2) == len(full)
+    assert torch.equal(torch.cat([s1.rank, s2.rank]).sort().values, full.rank.sort().values)
+    # Run 2 scored only the new events and the ends: positions start after the carried history.
+    assert all(p >= len(carried[i]) for i, p in zip(w2.session.tolist(), w2.position.tolist(), strict=True))
+    assert int((w2.targets == EOS).sum()) == len(whole)
+
+
+def _assert_same(a: KeyScores, b: KeyScores) -> None:
+    for f in ("rank", "prob", "topk_keys", "topk_probs", "anomalous", "unseen"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+
+
+@pytest.fixture(scope="module")
+def model() -> KeyLSTM:
+    torch.manual_seed(1)
+    return KeyLSTM(KeyModelArgs(vocab_size=12, window=5, embedding=8, layers=2, hidden=16)).eval()
+
+
+def _part(w: Windows, i: int, n: int) -> Windows:
+    return Windows(w.keys[i : i + n], w.targets[i : i + n], w.session[i : i + n], w.position[i : i + n])
+
+
+def test_scores_identical_with_and_without_cache_and_across_batches(model: KeyLSTM) -> None:
+    rng = random.Random(0)
+    seqs = [[rng.choice([3, 4, 5, 6, 7, 8, UNK]) for _ in range(rng.randint(1, 30))] for _ in range(300)]
+    w = build_windows(seqs, 5)
+    ref = KeyDetector(model, 4, cache_size=0).score(w)
+    fields = KeyScores.__dataclass_fields__
+    for cache_size in (0, 40, 100_000):
+        for batch in (1, 7, 97, 1000, len(w)):
+            det = KeyDetector(model, 4, cache_size=cache_size, chunk_rows=64)
+            for _ in range(2):  # the second pass is served from the cache where it is on
+                parts = [det.score(_part(w, i, batch)) for i in range(0, len(w), batch)]
+                _assert_same(ref, KeyScores(*(torch.cat([getattr(p, f) for p in parts]) for f in fields)))
+            if cache_size:
+                assert det.hits > 0 and len(det._slots) == min(cache_size, len(w.keys.unique(dim=0)))
+
+
+def test_score_semantics(model: KeyLSTM) -> None:
+    w = build_windows([[3, 4, UNK, 5], [6, 7, 8]], 5)
+    s = KeyDetector(model, 4).score(w)
+    assert s.topk_keys.shape == (len(w), 4) and s.topk_probs.shape == (len(w), 4)
+    # rank < g exactly when the actual key is one of the top-g candidates.
+    in_topk = (s.topk_keys == w.targets[:, None]).any(1)
+    assert torch.equal(in_topk, s.rank < 4)
+    assert torch.equal(s.unseen, w.targets == UNK)
+    assert torch.equal(s.anomalous, (s.rank >= 4) | s.unseen)
+    assert not ((s.topk_keys == PAD) | (s.topk_keys == UNK)).any()  # never predicted
+    assert (s.topk_probs[:, :-1] >= s.topk_probs[:, 1:]).all()
+    # The probability of the actual key is the one in the candidate list where it is listed.
+    hit = in_topk.nonzero().flatten()
+    pos = (s.topk_keys[hit] == w.targets[hit, None]).float().argmax(1)
+    assert torch.equal(s.topk_probs[hit, pos], s.prob[hit])
+    assert len(KeyDetector(model, 4).score(build_windows([], 5))) == 0
+    with pytest.raises(ValueError, match="windows of 5"):
+        KeyDetector(model, 4).score(build_windows([[3]], 3))
