@@ -507,8 +507,15 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
             params=("x",),
             **common,
         ),
+        # One event is either a log_key or an unseen_key anomaly (both come from the key detector).
         key_anomaly(
-            anomaly_type="unseen_key", position=3, actual=1, probability=0.0, rank=20, params=(), **common
+            anomaly_type="unseen_key",
+            position=3,
+            actual=1,
+            probability=0.0,
+            rank=20,
+            params=(),
+            **{**common, "event": EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16Z", "?", None)},
         ),
         key_anomaly(
             anomaly_type="session_end", position=4, actual=EOS, probability=0.001, rank=9, params=(), **common

@@ -349,6 +349,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    """Every benchmark with its default options, one after the other (what `make bench` runs)."""
+    results: dict[str, Any] = {}
+    for name in BENCHES:
+        mod = importlib.import_module(f"deeplog_siem.bench.{name}")
+        sub = argparse.ArgumentParser(prog=f"bench {name}")
+        mod.add_arguments(sub)
+        progress(f"== bench {name}")
+        results[name] = mod.run(sub.parse_args([]), progress)
+        print_json({"bench": name, **results[name]})
+    if args.json:
+        print_json(results)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -473,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         pb.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
         mod.add_arguments(pb)
         pb.set_defaults(func=cmd_bench, bench_module=mod)
+    pa = bsub.add_parser("all", help="run every benchmark with its defaults (make bench)")
+    pa.add_argument(
+        "--json", action="store_true", help="also print all results as one JSON object (last line)"
+    )
+    pa.set_defaults(func=cmd_bench_all)
 
     return parser
 
