@@ -241,6 +241,29 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0 if summary.status == "ok" else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .scheduler import run_daemon
+
+    cfg = _load(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received signal %s", signum)
+        stop.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    clients = _connect(cfg)
+    try:
+        run_daemon(cfg, clients, stop)
+    finally:
+        clients.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -443,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("run", help="run the scheduled job (detection, retraining) until SIGTERM/Ctrl-C")
+    _add_config_arg(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "demo", help="end-to-end demo on real HDFS sessions with the embedded server; prints what it found"

@@ -247,6 +247,7 @@ class ScheduleConfig:
     detect_interval_seconds: int = 60
     feedback_interval_seconds: int = 300
     retrain_cron: str | None = None
+    retrain_lookback_days: int = 7
     misfire_grace_seconds: int = 30
     chunk_size: int = 20000
 
@@ -256,6 +257,7 @@ class ScheduleConfig:
             "feedback_interval_seconds",
             "misfire_grace_seconds",
             "chunk_size",
+            "retrain_lookback_days",
         ):
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")

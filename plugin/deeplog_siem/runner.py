@@ -12,6 +12,7 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 import uuid
@@ -289,6 +290,7 @@ def run_once(
     end: str | None = None,
     close_sessions: bool = False,
     detection: Detection | None = None,
+    stop: threading.Event | None = None,
     progress: Progress = _quiet,
 ) -> RunSummary:
     """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
@@ -321,6 +323,9 @@ def run_once(
                 )
                 progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
                 chunk = []
+                if stop is not None and stop.is_set():
+                    summary.status = "stopped"
+                    break
         _process_chunk(
             config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions
         )

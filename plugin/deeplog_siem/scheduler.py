@@ -1,0 +1,115 @@
+"""scheduler: the `deeplog-siem run` daemon.
+
+Contract: `run_daemon(config, clients, stop)` runs the jobs of the `schedule` section with APScheduler 3
+until `stop` is set (the CLI sets it on SIGTERM/SIGINT): detection every `detect_interval_seconds`, and
+retraining on `retrain_cron` when configured. One instance of each job at a time, missed runs coalesced,
+`misfire_grace_seconds` of tolerance, a warning when a run takes longer than its interval. A failed run is
+recorded in the runs index by the runner and logged here; the daemon keeps going. On stop, a detection run
+finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .artifacts import ModelStore
+from .config import Config
+from .es import Clients
+from .runner import Detection, run_once, train
+
+log = logging.getLogger(__name__)
+
+
+class DetectJob:
+    """Detection as a scheduled job: keeps the loaded model until a new version is published."""
+
+    def __init__(self, config: Config, clients: Clients, stop: threading.Event) -> None:
+        self.config, self.clients, self.stop = config, clients, stop
+        self.detection: Detection | None = None
+
+    def __call__(self) -> None:
+        t0 = time.monotonic()
+        try:
+            version, _ = ModelStore(self.config.model.dir).current()
+            if self.detection is None or self.detection.version != version:
+                self.detection = Detection.load(self.config)
+                log.info("detection uses model version %s", version)
+        except Exception:  # noqa: BLE001 - run_once loads it again and records why it cannot
+            self.detection = None
+        try:
+            run_once(self.config, self.clients, detection=self.detection, stop=self.stop)
+        except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+            log.error("detection run failed: %s", e)
+        elapsed = time.monotonic() - t0
+        if elapsed > self.config.schedule.detect_interval_seconds:
+            log.warning(
+                "detection run took %.1f s, longer than its interval of %s s: runs are falling behind",
+                elapsed,
+                self.config.schedule.detect_interval_seconds,
+            )
+
+
+def retrain_job(config: Config, clients: Clients) -> None:
+    start = (datetime.now(UTC) - timedelta(days=config.schedule.retrain_lookback_days)).isoformat()
+    try:
+        summary = train(config, clients, start=start)
+        log.info("retrained: model version %s from %s sessions", summary.version, summary.sessions)
+    except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+        log.error("retraining failed: %s", e)
+
+
+def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> BackgroundScheduler:
+    sched = BackgroundScheduler(
+        timezone=UTC,
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": config.schedule.misfire_grace_seconds,
+        },
+    )
+    sched.add_job(
+        DetectJob(config, clients, stop),
+        IntervalTrigger(seconds=config.schedule.detect_interval_seconds),
+        id="detect",
+        name="detect",
+        next_run_time=datetime.now(UTC),
+    )
+    if config.schedule.retrain_cron:
+        sched.add_job(
+            retrain_job,
+            CronTrigger.from_crontab(config.schedule.retrain_cron, timezone=UTC),
+            args=(config, clients),
+            id="retrain",
+            name="retrain",
+        )
+
+    def on_skip(event: JobExecutionEvent) -> None:
+        log.warning(
+            "job %s: a run was skipped because the previous one is still running or missed", event.job_id
+        )
+
+    sched.add_listener(on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    return sched
+
+
+def run_daemon(config: Config, clients: Clients, stop: threading.Event) -> None:
+    sched = build_scheduler(config, clients, stop)
+    sched.start()
+    log.info(
+        "deeplog-siem running: detection every %s s%s; stop with SIGTERM or Ctrl-C",
+        config.schedule.detect_interval_seconds,
+        f", retraining on '{config.schedule.retrain_cron}'" if config.schedule.retrain_cron else "",
+    )
+    try:
+        stop.wait()
+    finally:
+        log.info("stopping: waiting for the running job to finish its chunk")
+        sched.shutdown(wait=True)
