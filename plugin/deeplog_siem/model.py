@@ -5,8 +5,9 @@ Contract:
   distribution of the key that follows a window of h keys.
 - `train_key_model(sessions, vocab_size, cfg)` -> (model, TrainReport): learns from normal sessions only
   (vocabulary ids, duplicates kept). Every event is a target (windows are left-padded) and so is the end of
-  the session (EOS). Identical (window, target) pairs are trained once with their count as weight, which is
-  the same objective as training on every window and much faster on repetitive logs. A seeded split of whole
+  the session (EOS). Minibatches are drawn from the distinct (window, target) pairs with their counts, and
+  a pair drawn m times is computed once with weight m: the same gradients as minibatch SGD over every
+  window, a fraction of the compute on repetitive logs. A seeded split of whole
   sessions drives early stopping; the best epoch's weights are returned.
 - `save_checkpoint(path, model, vocab, meta)` writes one self-describing file atomically;
   `load_checkpoint(path)` -> (model, vocab, meta) with `torch.load(weights_only=True)`, or `ArtifactError`
@@ -173,6 +174,8 @@ def train_key_model(
     train = [sessions[i] for i in order[n_val:]]
     keys, targets, counts, n_windows = _unique_rows(train, cfg.window)
     vkeys, vtargets, vcounts, _ = _unique_rows(val, cfg.window) if val else (None, None, None, 0)
+    if n_windows == 0:
+        raise ArtifactError("cannot train a key model: the training sessions have no known keys")
     say(
         f"training on {len(train)} sessions ({n_windows} windows, {keys.shape[0]} unique), "
         f"validating on {len(val)} sessions, device {device}"
@@ -183,20 +186,23 @@ def train_key_model(
     if vkeys is not None:
         vkeys, vtargets, vcounts = vkeys.to(device), vtargets.to(device), vcounts.to(device)
     best, best_state, best_epoch, stale, epoch, train_loss = math.inf, None, 0, 0, 0, math.nan
+    steps = max(1, math.ceil(n_windows / cfg.batch_size))
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
         model.train()
-        perm = torch.randperm(keys.shape[0], generator=gen).to(device)
-        seen, total = 0.0, 0.0
-        for i in range(0, keys.shape[0], cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            _, loss = model(keys[idx], targets[idx], counts[idx])
+        # An epoch is n_windows / batch_size steps of batch_size windows drawn with their frequencies, the
+        # gradient of plain minibatch SGD over every window; each distinct window is computed once per step.
+        draws = torch.multinomial(counts.cpu(), steps * cfg.batch_size, replacement=True, generator=gen)
+        total = 0.0
+        for batch in draws.view(steps, cfg.batch_size):
+            idx, mult = torch.unique(batch, return_counts=True)
+            idx, mult = idx.to(device), mult.to(device, torch.float)
+            _, loss = model(keys[idx], targets[idx], mult)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            c = float(counts[idx].sum())
-            seen, total = seen + c, total + loss.item() * c
-        train_loss = total / seen
+            total += loss.item()
+        train_loss = total / steps
         score = _eval_loss(model, vkeys, vtargets, vcounts, 8192) if vkeys is not None else train_loss
         say(
             f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}"
