@@ -18,7 +18,7 @@ import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from .config import Config
 from .detector import KeyDetector, build_windows
 from .errors import DeeplogError
 from .es import Clients
-from .model import load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
 from .sessions import SessionKeyer, SessionTracker
 from .source import Checkpoint, Source, SourceDoc
 from .state import load_state, save_state
@@ -192,29 +192,39 @@ def train(
                 sessions[sid].append(ev.key)
             if summary.docs_read % 20000 < len(page):
                 progress(
-                    f"  {summary.docs_read} documents, {len(sessions)} sessions, {len(templater.vocab) - 3} templates"
+                    f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
                 )
         skipped.update(templater.skipped)
         if not sessions:
             raise DeeplogError(
-                f"no usable training logs in {config.source.index} (skipped: {dict(skipped) or 'none'})"
+                f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
             )
         progress(f"training the log-key model on {len(sessions)} sessions ({summary.docs_read} events) ...")
-        model, report = train_key_model(
-            list(sessions.values()), len(templater.vocab), config.model, progress=progress
-        )
+        training = list(sessions.values())
+        model, report = train_key_model(training, len(templater.vocab), config.model, progress=progress)
         store = ModelStore(config.model.dir)
         version, path = store.create()
         templater.save(path / TEMPLATER)
-        save_checkpoint(
-            path / KEYMODEL, model, templater.vocab, {"templater": TEMPLATER, "report": _plain(report)}
-        )
+        meta = {
+            "fingerprint": fingerprint(training),
+            "templater": f"{TEMPLATER}/templater.json",
+            "source_index": src_cfg.index,
+            "window": [start, end],
+            "documents": summary.docs_read,
+            "metrics": report.to_dict(),
+        }
+        save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
         store.publish(version)
         summary.model_version = version
         summary.sessions = len(sessions)
         summary.skipped = skipped
         return TrainSummary(
-            version, summary.docs_read, len(sessions), len(templater.vocab) - 3, dict(skipped), _plain(report)
+            version,
+            summary.docs_read,
+            len(sessions),
+            templater.num_templates,
+            dict(skipped),
+            report.to_dict(),
         )
     except Exception as e:
         summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
@@ -222,13 +232,6 @@ def train(
     finally:
         summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
         record_run(clients, config, summary)
-
-
-def _plain(report: Any) -> dict[str, Any]:
-    try:
-        return asdict(report)
-    except TypeError:
-        return dict(report) if isinstance(report, dict) else {"report": str(report)}
 
 
 # ----------------------------------------------------------------------------------------------- detect
