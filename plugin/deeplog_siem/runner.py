@@ -154,11 +154,13 @@ def _events(
 ):
     """Parse one page: (doc, session id, parsed event) for every usable document; the rest counted."""
     messages = [d.get(cfg.source.message_field) for d in docs]
+    before = Counter(templater.skipped)
     parsed = templater.parse_many(messages, learn=learn)
+    skipped.update(templater.skipped - before)  # empty, not_string, binary: counted by the templater
     out = []
     for doc, msg, ev in zip(docs, messages, parsed, strict=True):
         if ev is None:
-            continue  # counted by the templater
+            continue
         sid = keyer.session_of(msg if isinstance(msg, str) else "", doc.source)
         if sid is None:
             skipped["no_session"] += 1
@@ -194,7 +196,6 @@ def train(
                 progress(
                     f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
                 )
-        skipped.update(templater.skipped)
         if not sessions:
             raise DeeplogError(
                 f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
@@ -333,6 +334,12 @@ def run_once(
             config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions
         )
         summary.sessions = len(seen_sessions)
+        if tracker.stats["evicted_lru"]:
+            log.warning(
+                "%s open sessions evicted (sessions.max_open=%s): their end was not scored",
+                tracker.stats["evicted_lru"],
+                config.sessions.max_open,
+            )
         return summary
     except Exception as e:
         summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
