@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -525,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torch warns at import when numpy is absent; nothing here needs numpy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
