@@ -153,7 +153,8 @@ def test_open_session_costs_under_one_kilobyte() -> None:
         before = tracemalloc.get_traced_memory()[0]
         for j in range(12):  # more events than the window: tails are full
             for sid in sids:
-                tr.observe(sid, 5 + j % 20, (float(rng.randint(0, 10**8)),), 1000.0 + j, wall=0.0)
+                ref = f"logs-hdfs-2008.11.09/{rng.getrandbits(100):020x}"  # the last event's source doc
+                tr.observe(sid, 5 + j % 20, (float(rng.randint(0, 10**8)),), 1000.0 + j, wall=0.0, ref=ref)
         per_session = (tracemalloc.get_traced_memory()[0] - before) / len(tr)
     finally:
         tracemalloc.stop()

@@ -400,8 +400,9 @@ def _session_bytes(lines: Sequence[RenderedLine], events: Sequence[Any], n_sessi
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for sid, key, numbers, ts in feed:
-            tr.observe(sid, key, numbers, ts, wall=0.0)
+        for i, (sid, key, numbers, ts) in enumerate(feed):
+            # The job stores the last event's source document ("index/_id", ids of 20 characters).
+            tr.observe(sid, key, numbers, ts, wall=0.0, ref=f"logs-hdfs-2008.11.09/{i:020d}")
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
