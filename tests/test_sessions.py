@@ -10,10 +10,12 @@ from collections import defaultdict
 
 import pytest
 
-from deeplog_siem.bench.templater import HdfsPools, default_data_dir, read_key_sessions, render_hdfs
+from deeplog_siem.bench.templater import default_data_dir
 from deeplog_siem.config import SourceConfig, TemplaterConfig
 from deeplog_siem.errors import ArtifactError, ConfigError
 from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
+from deeplog_siem.keyseq import read_key_sessions
+from deeplog_siem.replay import render
 from deeplog_siem.sessions import EOS, SessionKeyer, SessionTracker
 from deeplog_siem.templater import Templater
 
@@ -169,25 +171,25 @@ def test_rendered_hdfs_lines_rebuild_their_sessions() -> None:
     """Lines -> templater -> session keyer -> tracker: each session's key sequence, closed with EOS, is the
     original one under the key mapping (sessions interleaved in time)."""
     sessions = read_key_sessions(DATA / "hdfs_keys" / "hdfs_train")[:200]
-    lines = render_hdfs(sessions, HdfsPools.from_log(DATA / "hdfs_raw" / "HDFS_2k.log"), seed=3)
+    lines = render(sessions, seed=3)
     tpl = Templater(TemplaterConfig(format="hdfs"))
     keyer = _keyer(session_regex=HDFS_SESSION_REGEX)
     tr = SessionTracker(window=100, idle_timeout_s=1e9, max_sessions=1000, ttl_s=1e9)
     mapping: dict[int, int] = {}
-    for r, ev in zip(lines, tpl.parse_many([r.line for r in lines], learn=True), strict=True):
+    for r, ev in zip(lines, tpl.parse_many([r.message for r in lines], learn=True), strict=True):
         assert ev is not None
-        sid = keyer.session_of(r.line, {})
-        assert sid == r.block
-        tr.observe(sid, ev.key, ev.numbers, float(r.ts), wall=0.0)
+        sid = keyer.session_of(r.message, {})
+        assert sid == r.session
+        tr.observe(sid, ev.key, ev.numbers, r.time.timestamp(), wall=0.0)
         assert mapping.setdefault(r.key, ev.key) == ev.key
     assert len(set(mapping.values())) == len(mapping)
     rebuilt = defaultdict(list)
     for sid, tail in tr.close_all():
         rebuilt[sid] = [*tail.keys, EOS]
-    expected = {r.block: None for r in lines}
+    expected = {r.session: None for r in lines}
     assert len(rebuilt) == len(expected) == len(sessions)
     by_block: dict[str, list[int]] = defaultdict(list)
     for r in lines:
-        by_block[r.block].append(mapping[r.key])
+        by_block[r.session].append(mapping[r.key])
     for sid, keys in rebuilt.items():
         assert keys == [*by_block[sid], EOS]

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from deeplog_siem.bench.templater import (
-    HdfsPools,
-    default_data_dir,
-    one_to_one_rate,
-    read_ground_truth,
-    read_key_sessions,
-    recovery_rate,
-    render_hdfs,
-)
+from deeplog_siem.bench.templater import default_data_dir, one_to_one_rate, read_ground_truth, recovery_rate
 from deeplog_siem.config import MaskConfig, TemplaterConfig, example_config_text, parse_config
 from deeplog_siem.errors import ArtifactError, ConfigError
+from deeplog_siem.keyseq import read_key_sessions
+from deeplog_siem.replay import render
 from deeplog_siem.templater import STATE_FILE, ParsedEvent, Templater, _shape_table
 from deeplog_siem.vocab import NUM_RESERVED, UNK, Vocabulary
 
@@ -32,11 +26,6 @@ needs_data = pytest.mark.skipif(not HDFS_2K.is_file(), reason=f"shared data not 
 @pytest.fixture(scope="module")
 def hdfs_2k() -> list[str]:
     return HDFS_2K.read_text(encoding="utf-8").splitlines()
-
-
-@pytest.fixture(scope="module")
-def pools() -> HdfsPools:
-    return HdfsPools.from_log(HDFS_2K)
 
 
 def grouping_accuracy(truth: list[str], predicted: list[int]) -> float:
@@ -98,10 +87,8 @@ def test_params_and_numbers(hdfs_2k: list[str]) -> None:
 
 
 @needs_data
-def test_cache_gives_the_same_events_as_no_cache(hdfs_2k: list[str], pools: HdfsPools) -> None:
-    rendered = [
-        r.line for r in render_hdfs(read_key_sessions(DATA / "hdfs_keys" / "hdfs_train")[:300], pools)
-    ]
+def test_cache_gives_the_same_events_as_no_cache(hdfs_2k: list[str]) -> None:
+    rendered = [r.message for r in render(read_key_sessions(DATA / "hdfs_keys" / "hdfs_train")[:300])]
     tricky = [
         "081109 203615 148 INFO dfs.DataNode: task7 finished in 12 ms",  # a digit the masks leave
         "081109 203615 148 INFO dfs.DataNode: task8 finished in 15 ms",
@@ -121,7 +108,7 @@ def test_cache_gives_the_same_events_as_no_cache(hdfs_2k: list[str], pools: Hdfs
 
 
 @needs_data
-def test_rendered_hdfs_sessions_keys_map_one_to_one(pools: HdfsPools) -> None:
+def test_rendered_hdfs_sessions_keys_map_one_to_one() -> None:
     rng = random.Random(7)
     files = ("hdfs_train", "hdfs_test_normal_dev", "hdfs_test_abnormal_dev")
     pool = [s for f in files for s in read_key_sessions(DATA / "hdfs_keys" / f)]
@@ -134,7 +121,7 @@ def test_rendered_hdfs_sessions_keys_map_one_to_one(pools: HdfsPools) -> None:
     chosen = {i for ids in per_key.values() if len(ids) < 60 for i in ids}
     chosen |= set(rng.sample(range(len(pool)), 300))
     sessions = [pool[i] for i in sorted(chosen)]
-    lines = render_hdfs(sessions, pools, seed=11)
+    lines = render(sessions, seed=11)
     rate, total = recovery_rate(TemplaterConfig(format="hdfs"), lines)
     print(f"one-to-one on {total} rendered sessions: {rate:.4f}")
     assert total == len(sessions)

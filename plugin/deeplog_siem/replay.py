@@ -56,7 +56,7 @@ _FORMATS: dict[int, tuple[str, str, str]] = {
     ),
     16: ("INFO", "dfs.DataNode$DataTransfer", "{ip}:50010:Transmitted block {b} to /{ip2}:50010"),
     17: ("WARN", "dfs.DataNode", "{ip}:50010:Failed to transfer {b} to {ip2}:50010 got {exc}"),
-    18: ("INFO", "dfs.DataNode", "{ip}:50010 Starting thread to transfer block {b} to {ip2}:50010"),
+    18: ("INFO", "dfs.DataNode", "{ip}:50010 Starting thread to transfer block {b} to {targets}"),
     19: ("INFO", "dfs.FSDataset", "Reopen Block {b}"),
     20: (
         "WARN",
@@ -71,7 +71,7 @@ _FORMATS: dict[int, tuple[str, str, str]] = {
         "dfs.FSNamesystem",
         "BLOCK* Removing block {b} from neededReplications as it does not belong to any file.",
     ),
-    25: ("INFO", "dfs.FSNamesystem", "BLOCK* ask {ip}:50010 to replicate {b} to datanode(s) {ip2}:50010"),
+    25: ("INFO", "dfs.FSNamesystem", "BLOCK* ask {ip}:50010 to replicate {b} to datanode(s) {targets_sp}"),
     26: (
         "INFO",
         "dfs.FSNamesystem",
@@ -90,13 +90,14 @@ _FORMATS: dict[int, tuple[str, str, str]] = {
     29: ("WARN", "dfs.PendingReplicationMonitor", "PendingReplicationMonitor timed out block {b}"),
     30: ("INFO", "dfs.FSNamesystem", "BLOCK* ask {ip}:50010 to delete  {b}"),
 }
-_EXCEPTIONS = (
-    "java.io.IOException: Connection reset by peer",
-    "java.io.EOFException",
-    "java.net.SocketTimeoutException: 480000 millis timeout while waiting for channel to be ready for write.",
-    "java.io.InterruptedIOException: Interruped while waiting for IO on channel java.nio.channels.SocketChannel",
-    "java.io.IOException: Could not read from stream",
-)
+# One exception text per event: in HDFS.log each event's exception varies, and Drain3 then splits it into
+# several templates; fixed texts keep the replayed keys one-to-one with the DeepLog keys they came from.
+_EXCEPTIONS = {
+    7: "java.io.IOException: Could not read from stream",
+    10: "java.io.EOFException",
+    14: "java.io.IOException: Connection reset by peer",
+    17: "java.io.IOException: Connection reset by peer",
+}
 _SUBNETS = ("10.251", "10.250")
 _NAMENODE = "10.250.19.102"  # messages of dfs.FSNamesystem come from the namenode
 EPOCH = datetime(2008, 11, 9, 20, 35, 15, tzinfo=UTC)  # HDFS.log starts 081109 203515
@@ -133,6 +134,8 @@ def _render_event(key: int, b: str, nodes: Sequence[str], rng: random.Random) ->
     except KeyError:
         raise DataError(f"HDFS event E{key} does not exist (known: E1..E{max(_FORMATS)})") from None
     job = f"job_200811092030_{rng.randrange(1, 20):04d}"
+    # Replication and transfer lines name one or two target datanodes, as in HDFS.log.
+    targets = [f"{_ip(rng)}:50010" for _ in range(rng.choice((1, 2)))]
     task = rng.randrange(0, 1500)
     values: dict[str, Any] = {
         "b": b,
@@ -141,7 +144,7 @@ def _render_event(key: int, b: str, nodes: Sequence[str], rng: random.Random) ->
         "port": rng.randrange(32768, 61000),
         "size": 67108864 if rng.random() < 0.8 else rng.randrange(1000, 67108864),
         "n": rng.randrange(0, 3),
-        "exc": rng.choice(_EXCEPTIONS),
+        "exc": _EXCEPTIONS.get(key, ""),
         "off": rng.randrange(0, 67108864),
         "off2": rng.randrange(0, 67108864),
         "off3": rng.randrange(0, 524288),
@@ -151,6 +154,8 @@ def _render_event(key: int, b: str, nodes: Sequence[str], rng: random.Random) ->
             else f"/mnt/hadoop/mapred/system/{job}/job.jar"
         ),
         "datadir": f"/mnt/hadoop/dfs/data/current/subdir{rng.randrange(0, 64)}",
+        "targets": ", ".join(targets),
+        "targets_sp": " ".join(targets),
     }
     host = _NAMENODE if component == "dfs.FSNamesystem" else values["ip"]
     return level, component, fmt.format(**values), host

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import gc
 import os
-import random
 import re
 import time
 import tracemalloc
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,95 +31,11 @@ from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
 
 from ..config import SourceConfig, TemplaterConfig
-from ..errors import DataError
 from ..formats import HDFS_SESSION_REGEX, resolve
+from ..keyseq import read_key_sessions
+from ..replay import LogLine, render
 from ..sessions import SessionKeyer, SessionTracker
 from ..templater import Templater
-
-# loghub HDFS event k (the key numbering of hdfs_keys/) -> (level, component, content). Texts follow the
-# real HDFS.log messages; {blk} block id, {ip}/{ip2}/{ip3} datanode addresses, {port} ephemeral port, {size}
-# block size, {n} small counter, {path} allocation path, {sub} data subdirectory, {off} byte offsets.
-HDFS_EVENTS: dict[int, tuple[str, str, str]] = {
-    1: ("WARN", "dfs.FSDataset", "Adding an already existing block {blk}"),
-    2: ("INFO", "dfs.DataBlockScanner", "Verification succeeded for {blk}"),
-    3: ("INFO", "dfs.DataNode$DataXceiver", "{ip}:50010 Served block {blk} to /{ip2}"),
-    4: ("WARN", "dfs.DataNode$DataXceiver", "{ip}:50010:Got exception while serving {blk} to /{ip2}:"),
-    5: ("INFO", "dfs.DataNode$DataXceiver", "Receiving block {blk} src: /{ip}:{port} dest: /{ip2}:50010"),
-    6: (
-        "INFO",
-        "dfs.DataNode$DataXceiver",
-        "Received block {blk} src: /{ip}:{port} dest: /{ip2}:50010 of size {size}",
-    ),
-    7: (
-        "INFO",
-        "dfs.DataNode$DataXceiver",
-        "writeBlock {blk} received exception java.io.IOException: Could not read from stream",
-    ),
-    8: ("INFO", "dfs.DataNode$PacketResponder", "PacketResponder {n} for block {blk} Interrupted."),
-    9: ("INFO", "dfs.DataNode$PacketResponder", "Received block {blk} of size {size} from /{ip}"),
-    10: ("INFO", "dfs.DataNode$PacketResponder", "PacketResponder {blk} {n} Exception java.io.EOFException"),
-    11: ("INFO", "dfs.DataNode$PacketResponder", "PacketResponder {n} for block {blk} terminating"),
-    12: (
-        "WARN",
-        "dfs.DataNode$DataXceiver",
-        "{ip}:50010:Exception writing block {blk} to mirror {ip2}:50010",
-    ),
-    13: ("INFO", "dfs.DataNode$DataXceiver", "Receiving empty packet for block {blk}"),
-    14: (
-        "INFO",
-        "dfs.DataNode$DataXceiver",
-        "Exception in receiveBlock for block {blk} java.io.IOException: Connection reset by peer",
-    ),
-    15: (
-        "INFO",
-        "dfs.DataNode$BlockReceiver",
-        "Changing block file offset of block {blk} from {off} to {off2} meta file offset to {n}",
-    ),
-    16: ("INFO", "dfs.DataNode$DataTransfer", "{ip}:50010:Transmitted block {blk} to /{ip2}:50010"),
-    17: (
-        "WARN",
-        "dfs.DataNode",
-        "{ip}:50010:Failed to transfer {blk} to {ip2}:50010 got java.io.IOException: "
-        "Connection reset by peer",
-    ),
-    18: ("INFO", "dfs.DataNode", "{ip}:50010 Starting thread to transfer block {blk} to {targets}"),
-    19: ("INFO", "dfs.DataNode", "Reopen Block {blk}"),
-    20: (
-        "INFO",
-        "dfs.FSDataset",
-        "Unexpected error trying to delete block {blk}. BlockInfo not found in volumeMap.",
-    ),
-    21: ("INFO", "dfs.FSDataset", "Deleting block {blk} file /mnt/hadoop/dfs/data/current/subdir{sub}/{blk}"),
-    22: ("INFO", "dfs.FSNamesystem", "BLOCK* NameSystem.allocateBlock: {path} {blk}"),
-    23: ("INFO", "dfs.FSNamesystem", "BLOCK* NameSystem.delete: {blk} is added to invalidSet of {ip}:50010"),
-    24: (
-        "INFO",
-        "dfs.FSNamesystem",
-        "BLOCK* Removing block {blk} from neededReplications as it does not belong to any file.",
-    ),
-    25: ("INFO", "dfs.FSNamesystem", "BLOCK* ask {ip}:50010 to replicate {blk} to datanode(s) {targets_sp}"),
-    26: (
-        "INFO",
-        "dfs.FSNamesystem",
-        "BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip}:50010 is added to {blk} size {size}",
-    ),
-    27: (
-        "INFO",
-        "dfs.FSNamesystem",
-        "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for {blk} on {ip}:50010 "
-        "size {size}",
-    ),
-    28: (
-        "WARN",
-        "dfs.FSNamesystem",
-        "BLOCK* NameSystem.addStoredBlock: addStoredBlock request received for {blk} on {ip}:50010 "
-        "size {size} But it does not belong to any file.",
-    ),
-    29: ("WARN", "dfs.PendingReplicationMonitor", "PendingReplicationMonitor timed out block {blk}"),
-}
-
-_UTC = dt.timezone(dt.timedelta(0))
-_HDFS_BASE = dt.datetime(2008, 11, 9, 20, 35, 18, tzinfo=_UTC)
 
 
 def default_data_dir() -> Path:
@@ -136,99 +49,6 @@ def default_data_dir() -> Path:
         if cand.is_dir():
             return cand
     return repo.parent / "shared" / "data"
-
-
-def read_key_sessions(path: Path) -> list[list[int]]:
-    """One session per line, keys separated by spaces (DeepLog's hdfs_keys format)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [[int(k) for k in line.split()] for line in f if line.strip()]
-    except FileNotFoundError:
-        raise DataError(f"key-sequence file not found: {path} (see --data-dir)") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not a key-sequence file ({e})") from None
-
-
-@dataclass
-class HdfsPools:
-    """Realistic parameter values, taken from a raw HDFS log."""
-
-    ips: list[str]
-    sizes: list[str]
-    paths: list[str]
-    pids: dict[str, list[str]] = field(default_factory=dict)
-
-    @classmethod
-    def from_log(cls, path: Path) -> HdfsPools:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"raw HDFS log not found: {path} (see --data-dir)") from None
-        ips = sorted(set(re.findall(r"(?<![\d.])(\d+\.\d+\.\d+\.\d+)", text)))
-        sizes = re.findall(r"size (\d+)", text)
-        paths = sorted(set(re.findall(r"allocateBlock: (\S+)", text)))
-        pids: dict[str, list[str]] = defaultdict(list)
-        for m in re.finditer(r"^\d{6} \d{6} (\d+) [A-Z]+ ([^\s:]+):", text, re.M):
-            pids[m.group(2)].append(m.group(1))
-        if not ips or not sizes or not paths:
-            raise DataError(f"{path}: no IPs/sizes/paths found; is it an HDFS log?")
-        return cls(ips, sizes, paths, {k: sorted(set(v)) for k, v in pids.items()})
-
-
-@dataclass(frozen=True)
-class RenderedLine:
-    line: str
-    block: str
-    key: int
-    ts: float  # epoch seconds
-
-
-def render_hdfs(
-    sessions: Sequence[Sequence[int]],
-    pools: HdfsPools,
-    *,
-    seed: int = 0,
-    span_s: float = 36000.0,
-    base: dt.datetime = _HDFS_BASE,
-) -> list[RenderedLine]:
-    """Render key sessions into raw HDFS lines, one fresh block id per session, interleaved in time."""
-    rng = random.Random(seed)
-    all_pids = sorted({p for v in pools.pids.values() for p in v}) or ["143"]
-    events: list[tuple[float, int, RenderedLine]] = []
-    seq = 0
-    base_ts = base.timestamp()
-    for keys in sessions:
-        blk = f"blk_{rng.randint(-(2**63), 2**63 - 1)}"
-        t = base_ts + rng.uniform(0, span_s)
-        replicas = rng.sample(pools.ips, 3)
-        for k in keys:
-            if k not in HDFS_EVENTS:
-                raise DataError(f"HDFS key {k} has no template to render (known: 1..{max(HDFS_EVENTS)})")
-            level, comp, fmt = HDFS_EVENTS[k]
-            ntargets = rng.choice((1, 2))
-            targets = [f"{ip}:50010" for ip in rng.sample(pools.ips, ntargets)]
-            content = fmt.format(
-                blk=blk,
-                ip=rng.choice(replicas),
-                ip2=rng.choice(replicas),
-                port=rng.randint(32768, 60999),
-                size=rng.choice(pools.sizes),
-                n=rng.randint(0, 2),
-                path=rng.choice(pools.paths),
-                sub=rng.randint(0, 63),
-                off=rng.randint(0, 67108864),
-                off2=rng.randint(0, 67108864),
-                targets=", ".join(targets),
-                targets_sp=" ".join(targets),
-            )
-            stamp = dt.datetime.fromtimestamp(int(t), _UTC).strftime("%y%m%d %H%M%S")
-            pid = rng.choice(pools.pids.get(comp) or all_pids)
-            line = f"{stamp} {pid} {level} {comp}: {content}"
-            events.append((t, seq, RenderedLine(line, blk, k, int(t))))
-            seq += 1
-            t += rng.expovariate(1 / 20.0)
-    events.sort(key=lambda e: (e[0], e[1]))
-    return [e[2] for e in events]
 
 
 def one_to_one_rate(pairs_by_session: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, int, int]:
@@ -248,15 +68,13 @@ def one_to_one_rate(pairs_by_session: Iterable[Sequence[tuple[int, int]]]) -> tu
     return (ok / len(sessions) if sessions else 1.0), ok, len(sessions)
 
 
-def recovery_rate(
-    cfg: TemplaterConfig, lines: Sequence[RenderedLine], page_size: int = 1000
-) -> tuple[float, int]:
+def recovery_rate(cfg: TemplaterConfig, lines: Sequence[LogLine], page_size: int = 1000) -> tuple[float, int]:
     """Learn every line, then the share of sessions whose recovered keys map one-to-one onto the originals."""
     tpl = Templater(cfg)
     by_session: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for page in _pages(lines, page_size):
-        for r, ev in zip(page, tpl.parse_many([r.line for r in page], learn=True), strict=True):
-            by_session[r.block].append((r.key, ev.key if ev is not None else -1))
+        for r, ev in zip(page, tpl.parse_many([r.message for r in page], learn=True), strict=True):
+            by_session[r.session].append((r.key, ev.key if ev is not None else -1))
     rate, _, total = one_to_one_rate(by_session.values())
     return rate, total
 
@@ -302,18 +120,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     data = Path(args.data_dir) if args.data_dir else default_data_dir()
-    pools = HdfsPools.from_log(data / "hdfs_raw" / "HDFS_2k.log")
     train = read_key_sessions(data / "hdfs_keys" / "hdfs_train")
     test = read_key_sessions(data / "hdfs_keys" / "hdfs_test_normal_dev") + read_key_sessions(
         data / "hdfs_keys" / "hdfs_test_abnormal_dev"
     )
     progress(f"rendering {len(train)} training and {len(test)} test sessions from {data}")
-    train_lines = render_hdfs(train, pools, seed=args.seed)
-    test_rendered = render_hdfs(test, pools, seed=args.seed + 1)
+    train_lines = render(train, seed=args.seed)
+    test_rendered = render(test, seed=args.seed + 1)
     detect = [test_rendered[i % len(test_rendered)] for i in range(args.lines)]
     cfg = TemplaterConfig(format="hdfs")
-    train_msgs = [r.line for r in train_lines]
-    detect_msgs = [r.line for r in detect]
+    train_msgs = [r.message for r in train_lines]
+    detect_msgs = [r.message for r in detect]
 
     gc.collect()
     progress(f"ours: learning {len(train_msgs)} lines, then matching {len(detect_msgs)} lines")
@@ -379,7 +196,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     }
 
 
-def _session_bytes(lines: Sequence[RenderedLine], events: Sequence[Any], n_sessions: int) -> float:
+def _session_bytes(lines: Sequence[LogLine], events: Sequence[Any], n_sessions: int) -> float:
     """tracemalloc'd memory of a SessionTracker holding `n_sessions` sessions fed with real events."""
     keyer = SessionKeyer(SourceConfig(index="x", session_regex=HDFS_SESSION_REGEX))
     feed = []
@@ -387,14 +204,14 @@ def _session_bytes(lines: Sequence[RenderedLine], events: Sequence[Any], n_sessi
     for r, ev in zip(lines, events, strict=True):
         if ev is None:
             continue
-        sid = keyer.session_of(r.line, None)
+        sid = keyer.session_of(r.message, None)
         if sid is None:
             continue
         if sid not in seen:
             if len(seen) >= n_sessions:
                 continue
             seen.add(sid)
-        feed.append((sid, ev.key, ev.numbers, float(r.ts)))
+        feed.append((sid, ev.key, ev.numbers, r.time.timestamp()))
     tr = SessionTracker(window=10, idle_timeout_s=3600.0, max_sessions=max(1, n_sessions), ttl_s=86400.0)
     gc.collect()
     tracemalloc.start()
