@@ -64,3 +64,48 @@ def test_cli_unreachable_exits_nonzero_without_traceback(tmp_path):
     assert r.returncode == 2, r.stderr
     assert host in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_tls_to_a_plain_http_server_says_what_to_fix(es_url):
+    if real_cluster():
+        pytest.skip("needs a plain-HTTP server to shake hands with: the embedded one")
+    https = es_url.replace("http://", "https://")
+    with pytest.raises(
+        ConnectionFailed, match=r"TLS handshake with https://127\.0\.0\.1:\d+ failed.*ca_certs"
+    ):
+        connect(ElasticsearchConfig(hosts=(https,), request_timeout=3, max_retries=0))
+
+
+def test_rejected_credentials_say_what_to_fix():
+    """A local endpoint answering 401 like a secured cluster does."""
+    import http.server
+    import threading
+
+    class Deny(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = (
+                b'{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}'
+            )
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{srv.server_address[1]}"
+        with pytest.raises(
+            ConnectionFailed, match="rejected the credentials .401.; check elasticsearch.api_key"
+        ):
+            connect(
+                ElasticsearchConfig(
+                    hosts=(host,), username="u", password="wrong", request_timeout=3, max_retries=0
+                )
+            )
+    finally:
+        srv.shutdown()
