@@ -18,9 +18,10 @@ import pytest
 
 from deeplog_siem.config import Config, ElasticsearchConfig, parse_config
 from deeplog_siem.es import Clients, connect
+from deeplog_siem.shared_data import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = shared_data_dir()
 
 
 def real_cluster() -> bool:

@@ -10,16 +10,16 @@ from collections import defaultdict
 
 import pytest
 
-from deeplog_siem.bench.templater import default_data_dir
 from deeplog_siem.config import SourceConfig, TemplaterConfig
 from deeplog_siem.errors import ArtifactError, ConfigError
 from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
 from deeplog_siem.keyseq import read_key_sessions
 from deeplog_siem.replay import render
 from deeplog_siem.sessions import EOS, SessionKeyer, SessionTracker
+from deeplog_siem.shared_data import shared_data_dir
 from deeplog_siem.templater import Templater
 
-DATA = default_data_dir()
+DATA = shared_data_dir()
 
 
 def _keyer(**kw: str) -> SessionKeyer:

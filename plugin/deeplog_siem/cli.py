@@ -97,10 +97,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(sub: Any) -> None:
-    from .keyseq import HDFS_DIR
+    from .shared_data import shared_data_dir
 
     def default(name: str) -> str | None:
-        p = HDFS_DIR / name
+        p = shared_data_dir() / "hdfs_keys" / name
         return str(p) if p.is_file() else None
 
     p = sub.add_parser(

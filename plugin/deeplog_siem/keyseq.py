@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from .errors import DataError
+from .shared_data import shared_data_dir
 from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
 
-HDFS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "hdfs_keys"
+HDFS_DIR = shared_data_dir() / "hdfs_keys"
 
 
 def read_key_sessions(path: str | os.PathLike[str]) -> list[list[int]]:

@@ -32,23 +32,10 @@ from drain3.template_miner_config import TemplateMinerConfig
 
 from ..config import SourceConfig, TemplaterConfig
 from ..formats import HDFS_SESSION_REGEX, resolve
-from ..keyseq import read_key_sessions
 from ..replay import LogLine, render
 from ..sessions import SessionKeyer, SessionTracker
+from ..shared_data import shared_data_dir
 from ..templater import Templater
-
-
-def default_data_dir() -> Path:
-    """$DEEPLOG_DATA_DIR, else ../shared/data relative to the repository root (or the working directory)."""
-    env = os.environ.get("DEEPLOG_DATA_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3]
-    for base in (repo, Path.cwd()):
-        cand = base.parent / "shared" / "data"
-        if cand.is_dir():
-            return cand
-    return repo.parent / "shared" / "data"
 
 
 def one_to_one_rate(pairs_by_session: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, int, int]:
@@ -119,7 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
-    data = Path(args.data_dir) if args.data_dir else default_data_dir()
+    from ..keyseq import read_key_sessions  # torch: imported only when the bench runs
+
+    data = Path(args.data_dir) if args.data_dir else shared_data_dir()
     train = read_key_sessions(data / "hdfs_keys" / "hdfs_train")
     test = read_key_sessions(data / "hdfs_keys" / "hdfs_test_normal_dev") + read_key_sessions(
         data / "hdfs_keys" / "hdfs_test_abnormal_dev"
