@@ -32,7 +32,7 @@ from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
 from .sessions import SessionKeyer, SessionTracker
 from .source import Checkpoint, Source, SourceDoc
-from .state import load_state, save_state
+from .state import JobState, load_state, save_state
 from .templater import Templater
 from .vocab import EOS
 
@@ -355,7 +355,7 @@ def _process_chunk(
     det: Detection,
     tracker: SessionTracker,
     keyer: SessionKeyer,
-    state: Any,
+    state: JobState,
     docs: list[SourceDoc],
     summary: RunSummary,
     seen: set[str],
@@ -400,7 +400,12 @@ def _process_chunk(
                     anomalies.append(
                         _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position)
                     )
-    closed = tracker.close_all() if close_all else (tracker.close_idle(newest) if newest is not None else [])
+    # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
+    closed = (
+        tracker.close_all()
+        if close_all
+        else tracker.close_idle(newest if newest is not None else float("-inf"))
+    )
     if closed:
         with _Timer(summary, "detect"):
             seqs = [tuple(t.keys) for _, t in closed]
