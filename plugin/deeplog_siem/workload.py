@@ -170,7 +170,7 @@ TASKS: dict[str, tuple[Step, ...]] = {
 # "Took" values: the time from the first line of the first step named to the line that reports it.
 _TOOK_FROM = {"spawn_s": "image", "build_s": "claim", "migrate_s": "copy", "destroy_s": "destroy"}
 FLAVORS = ((512, 1, 1, 0.25), (2048, 20, 1, 0.4), (4096, 40, 2, 0.35))  # memory MB, disk GB, vcpus, share
-HOSTS = tuple(f"cp-{i}.cloud.example" for i in range(1, 9))
+HOSTS = tuple(f"10.11.10.{i}" for i in range(11, 19))  # compute hosts, by address (masked as <IP>)
 PATH_KINDS = ("missing", "repeated", "foreign")
 _HEADER_DATE = "2017-05-16"
 _LOG_START = datetime(2017, 5, 16, 0, 0, 0, tzinfo=UTC)
