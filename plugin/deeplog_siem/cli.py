@@ -141,6 +141,81 @@ def _add_evaluate_parser(sub: Any) -> None:
 # ------------------------------------------------------------------------- end evaluate (log-key model)
 
 
+# ------------------------------------------------------------------ evaluate-params / generate (issue 5)
+
+
+def cmd_evaluate_params(args: argparse.Namespace) -> int:
+    """Generated OpenStack-like logs: recall per slowdown (parameter model), FP rate, path recall (key model)."""
+    from .evaluate_params import run
+
+    r = run(args.seed, n_train=args.train_tasks, n_test=args.test_tasks, progress=progress)
+    print(
+        f"seed {r['seed']}: {r['n_train_tasks']} training tasks, {r['n_test_tasks']} test tasks, "
+        f"{r['templates']} templates, confidence {r['confidence']}, top g={r['top_g']}"
+    )
+    for k in ("2x", "3x", "5x"):
+        print(
+            f"slowdown {k}: recall {r['recall_' + k]:.4f} of {r['slowed_tasks_' + k]} tasks "
+            f"(flag on the slowed line: {r['localised_' + k]:.4f})"
+        )
+    print(
+        f"false positives: {r['fp_tasks']} of {r['normal_tasks']} normal tasks (fp_rate {r['fp_rate']:.4%}); "
+        f"counting unlabelled tasks of anomalous sessions too: {r['fp_rate_all_unlabelled']:.4%}"
+    )
+    print(f"path anomalies found by the key model: {r['path_recall']:.4f} {r['path_by_kind']}")
+    inf = r["inference"]
+    print(
+        f"inference over {inf['events']} events, {inf['keys']} keys: one forward per key group "
+        f"{inf['per_key_group_seconds']:.2f}s, one multi-key model {inf['multi_key_seconds']:.2f}s ({inf['note']})"
+    )
+    if args.json:
+        print_json(r)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Write generated OpenStack-like logs, the label file (JSON lines) and optionally the task graphs."""
+    from pathlib import Path
+
+    from .workload import generate_workload
+
+    w = generate_workload(args.tasks, args.seed, args.anomaly_rate, tuple(args.slowdowns), args.path_rate)
+    w.write(args.out, args.labels)
+    if args.graphs:
+        Path(args.graphs).write_text(json.dumps(w.graphs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(
+        f"{len(w.lines)} lines of {len(w.tasks)} tasks to {args.out}; {len(w.labels)} labels to {args.labels}"
+    )
+    return 0
+
+
+def _add_params_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate-params",
+        help="parameter-value model on generated OpenStack-like logs: recall per slowdown, FP, path recall",
+    )
+    p.add_argument("--seed", type=int, default=0, help="workload and model seed (test data uses seed + 1)")
+    p.add_argument("--train-tasks", type=int, default=4000, help="normal training tasks (default 4000)")
+    p.add_argument("--test-tasks", type=int, default=6000, help="test tasks (default 6000)")
+    p.add_argument(
+        "--json", action="store_true", help="also print all figures as one JSON object (last line)"
+    )
+    p.set_defaults(func=cmd_evaluate_params)
+
+    p = sub.add_parser("generate", help="write generated OpenStack-like logs of VM tasks and their labels")
+    p.add_argument("--tasks", type=int, default=1000, help="number of tasks (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--anomaly-rate", type=float, default=0.0, help="share of tasks with one slowed step")
+    p.add_argument("--slowdowns", type=float, nargs="+", default=[2.0, 3.0, 5.0], help="slowdown factors")
+    p.add_argument("--path-rate", type=float, default=0.0, help="share of tasks with a path anomaly")
+    p.add_argument("--out", default="openstack-generated.log", help="log file to write")
+    p.add_argument("--labels", default="openstack-generated.labels.jsonl", help="label file (JSON lines)")
+    p.add_argument("--graphs", help="also write the true task graphs (JSON) here")
+    p.set_defaults(func=cmd_generate)
+
+
+# -------------------------------------------------------------- end evaluate-params / generate (issue 5)
+
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -410,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="debug logging and full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_evaluate_parser(sub)
+    _add_params_parsers(sub)
 
     p = sub.add_parser("config", help="print the example configuration or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -225,6 +225,40 @@ class ModelConfig:
         _check(f"{key}.cache_size", self.cache_size >= 0, f"must be >= 0, got {self.cache_size}")
 
 
+# --- params (issue 5)
+@dataclass(frozen=True)
+class ParamsConfig:
+    """Settings of the parameter-value model (the `params` section of the configuration)."""
+
+    enabled: bool = True
+    window: int = 10  # h: how many earlier vectors of the same key predict the next one
+    hidden: int = 32
+    layers: int = 1
+    epochs: int = 12
+    batch_size: int = 256
+    learning_rate: float = 0.005
+    heldout_fraction: float = 0.25  # last share of each key's normal series: residual statistics only
+    confidence: float = 0.999  # two-sided interval of the per-key error Gaussian
+    min_observations: int = 50  # fewer vectors than this: the key is not modelled (reported)
+    min_error_std: float = 0.01  # floor of the error std, in normalised units
+    seed: int = 42
+
+    def validate(self, key: str) -> None:
+        for name in ("window", "hidden", "layers", "epochs", "batch_size", "min_observations"):
+            v = getattr(self, name)
+            if v < 1:
+                raise ConfigError(f"{key}.{name}: must be >= 1, got {v}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"{key}.heldout_fraction: must be in (0, 1), got {self.heldout_fraction}")
+        if not 0.5 < self.confidence < 1.0:
+            raise ConfigError(f"{key}.confidence: must be in (0.5, 1), got {self.confidence}")
+        if self.learning_rate <= 0 or self.min_error_std <= 0:
+            raise ConfigError(f"{key}.learning_rate and {key}.min_error_std must be > 0")
+
+
+# --- end params
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     anomalies_index: str = "deeplog-anomalies"
@@ -374,6 +408,7 @@ class Config:
     templater: TemplaterConfig = field(default_factory=TemplaterConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    params: ParamsConfig = field(default_factory=ParamsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

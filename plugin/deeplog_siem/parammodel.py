@@ -1,0 +1,411 @@
+"""parammodel: per-key parameter-value vectors -> DeepLog parameter-value anomalies.
+
+Contract:
+- Input: per log key, its parameter vectors in event-time order over all sessions (DeepLog models each key's
+  values as one time series). A vector is `Observed.vector`: (time gap since the session's previous event,
+  *the key's numbers). Every key has at least the time gap, so a key without numeric parameters is modelled
+  on the gap alone; what is skipped (and counted) is a key with fewer than `min_observations` vectors, and a
+  vector whose length differs from its key's model (the template changed): `ParameterModel.skipped`.
+- `ParamLSTM(args)(history [B, h, D], target [B, D] | None)` -> (prediction [B, D], mean squared error |
+  None), in normalised units.
+- `ParameterModel.fit(series, cfg)`: per key, values are normalised per dimension with statistics of the
+  training part only: a dimension that is never negative is put on a log scale first (`log1p(x / median)`:
+  durations vary multiplicatively, and a k-times slowdown is then a shift of about log k whatever the
+  step's length), then centred and scaled; a constant dimension gets scale 1 (no division by zero). The
+  first `1 - heldout_fraction` of the series trains the regressor (normal data only); its residuals on the
+  held-out rest give a per-key, per-dimension Gaussian (mean, std) of the error. A vector is anomalous when
+  a dimension's error is outside the two-sided `confidence` interval of that Gaussian (default 99.9%,
+  |z| > 3.29); the std is floored at `min_error_std` so a constant dimension does not flag rounding noise.
+- `ParameterModel.score(keys, histories, vectors)` -> `ParamScores`, batched: events are grouped by key and
+  each key's model runs one forward over all its events (padded histories). History values are clipped to
+  the training range, so one extreme value does not make the next prediction of the key extreme too.
+- `save(path)` / `ParameterModel.load(path)`: one self-describing file (args, normalisation and error
+  statistics per key, versions) read with `torch.load(weights_only=True)`; ArtifactError when damaged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import ParamsConfig
+from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "deeplog-siem/param-lstm"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ParamModelArgs:
+    dim: int
+    window: int
+    hidden: int
+    layers: int
+
+
+class ParamLSTM(nn.Module):
+    def __init__(self, args: ParamModelArgs):
+        super().__init__()
+        self.args = args
+        self.lstm = nn.LSTM(args.dim, args.hidden, args.layers, batch_first=True)
+        self.head = nn.Linear(args.hidden, args.dim)
+
+    def forward(
+        self, history: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out, _ = self.lstm(history)  # [B, h, H]
+        pred = self.head(out[:, -1])  # [B, D]
+        if target is None:
+            return pred, None
+        return pred, ((pred - target) ** 2).mean()
+
+
+@dataclass
+class Normaliser:
+    """Per-dimension transform fitted on training values: optional log scale, then centre and scale."""
+
+    log_scale: list[float]  # > 0: x -> log1p(x / log_scale) first; 0: identity
+    mean: list[float]
+    std: list[float]  # 1.0 for a constant dimension
+    lo: list[float]  # training range after normalisation, for clipping histories
+    hi: list[float]
+    constant: list[bool]
+
+    @classmethod
+    def fit(cls, values: torch.Tensor) -> Normaliser:
+        """values [N, D] (float64)."""
+        scales = []
+        for d in range(values.shape[1]):
+            col = values[:, d]
+            pos = col[col > 0]
+            scales.append(float(pos.median()) if bool((col >= 0).all()) and pos.numel() else 0.0)
+        t = cls._log(values, scales)
+        mean, std = t.mean(0), t.std(0, unbiased=False)
+        constant = std < 1e-9
+        std = torch.where(constant, torch.ones_like(std), std)
+        z = (t - mean) / std
+        return cls(
+            scales,
+            mean.tolist(),
+            std.tolist(),
+            z.min(0).values.tolist(),
+            z.max(0).values.tolist(),
+            constant.tolist(),
+        )
+
+    @staticmethod
+    def _log(values: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+        s = torch.tensor(scales, dtype=values.dtype)
+        logged = torch.log1p(values.clamp(min=0) / torch.where(s > 0, s, torch.ones_like(s)))
+        return torch.where(s > 0, logged, values)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        v = values.double()
+        t = self._log(v, self.log_scale)
+        return ((t - torch.tensor(self.mean, dtype=v.dtype)) / torch.tensor(self.std, dtype=v.dtype)).float()
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        t = z.double() * torch.tensor(self.std, dtype=torch.float64) + torch.tensor(
+            self.mean, dtype=torch.float64
+        )
+        s = torch.tensor(self.log_scale, dtype=torch.float64)
+        return torch.where(s > 0, torch.expm1(t) * torch.where(s > 0, s, torch.ones_like(s)), t)
+
+    def clip(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(z, torch.tensor(self.hi)), torch.tensor(self.lo))
+
+
+@dataclass
+class KeyParamModel:
+    key: int
+    model: ParamLSTM
+    norm: Normaliser
+    err_mean: list[float]  # per dimension, from held-out residuals
+    err_std: list[float]  # per dimension, from held-out residuals, floored
+    n_train: int
+    n_heldout: int
+
+
+@dataclass
+class ParamTrainReport:
+    modelled: dict[int, dict[str, Any]] = field(default_factory=dict)
+    not_modelled: dict[int, str] = field(default_factory=dict)  # key -> reason
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "modelled": {str(k): v for k, v in self.modelled.items()},
+            "not_modelled": {str(k): v for k, v in self.not_modelled.items()},
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class ParamScores:
+    """Per scored event (same order as given); rows of keys not modelled have modelled=False."""
+
+    modelled: torch.Tensor  # [N] bool
+    anomalous: torch.Tensor  # [N] bool
+    error: torch.Tensor  # [N] max |z| over the dimensions (error in std units of the key's Gaussian)
+    dims: list[list[int]]  # per event: the dimensions outside the interval
+    observed: list[list[float]]  # raw values
+    predicted: list[list[float]]  # raw values
+    low: list[list[float]]  # raw bounds of the interval per dimension
+    high: list[list[float]]
+
+
+def _windows(z: torch.Tensor, h: int) -> torch.Tensor:
+    """z [N, D] -> history windows [N, h, D]: for row i the h rows before it, left-padded with zeros."""
+    n, d = z.shape
+    padded = torch.cat([torch.zeros(h, d), z])  # [h+N, D]
+    return padded.unfold(0, h, 1)[:n].transpose(1, 2)  # [N, h, D]
+
+
+class ParameterModel:
+    def __init__(self, cfg: ParamsConfig, models: dict[int, KeyParamModel] | None = None):
+        self.cfg = cfg
+        self.models = models or {}
+        self.skipped: dict[str, int] = {"not_modelled": 0, "dim_mismatch": 0}
+
+    # ------------------------------------------------------------------------------------------ training
+
+    @classmethod
+    def fit(
+        cls, series: Mapping[int, Sequence[Sequence[float]]], cfg: ParamsConfig
+    ) -> tuple[ParameterModel, ParamTrainReport]:
+        t0 = time.perf_counter()
+        cfg.validate("params")
+        pm, report = cls(cfg), ParamTrainReport()
+        torch.manual_seed(cfg.seed)
+        for key in sorted(series):
+            vecs = series[key]
+            dims = {len(v) for v in vecs}
+            if len(vecs) < cfg.min_observations:
+                report.not_modelled[key] = (
+                    f"{len(vecs)} observations < min_observations {cfg.min_observations}"
+                )
+                continue
+            if len(dims) != 1 or 0 in dims:
+                report.not_modelled[key] = f"vectors of differing or zero lengths {sorted(dims)}"
+                continue
+            km = pm._fit_key(key, torch.tensor(vecs, dtype=torch.float64))
+            pm.models[key] = km
+            report.modelled[key] = {
+                "dim": km.model.args.dim,
+                "train": km.n_train,
+                "heldout": km.n_heldout,
+                "err_std": [round(s, 4) for s in km.err_std],
+                "constant_dims": [i for i, c in enumerate(km.norm.constant) if c],
+            }
+        report.seconds = time.perf_counter() - t0
+        log.info(
+            "parameter model: %s keys modelled, %s not modelled (%.1fs)",
+            len(pm.models),
+            len(report.not_modelled),
+            report.seconds,
+        )
+        return pm, report
+
+    def _fit_key(self, key: int, values: torch.Tensor) -> KeyParamModel:
+        cfg = self.cfg
+        n = values.shape[0]
+        n_train = max(1, min(n - 1, int(round(n * (1 - cfg.heldout_fraction)))))
+        norm = Normaliser.fit(values[:n_train])
+        z = norm.forward(values)  # [N, D]
+        hist = _windows(norm.clip(z), cfg.window)  # [N, h, D]
+        model = ParamLSTM(ParamModelArgs(values.shape[1], cfg.window, cfg.hidden, cfg.layers))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        gen = torch.Generator().manual_seed(cfg.seed + key)
+        model.train()
+        for _ in range(cfg.epochs):
+            for idx in torch.randperm(n_train, generator=gen).split(cfg.batch_size):
+                _, loss = model(hist[idx], z[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            pred, _ = model(hist[n_train:])
+        resid = z[n_train:] - pred  # held-out residuals only: training residuals understate the error
+        err_mean = resid.mean(0)
+        err_std = (
+            resid.std(0, unbiased=False).clamp(min=cfg.min_error_std)
+            if resid.shape[0] > 1
+            else (torch.full_like(err_mean, cfg.min_error_std))
+        )
+        return KeyParamModel(key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train)
+
+    # ----------------------------------------------------------------------------------------- scoring
+
+    @torch.no_grad()
+    def score(
+        self,
+        keys: Sequence[int],
+        histories: Sequence[Sequence[Sequence[float]]],
+        vectors: Sequence[Sequence[float]],
+    ) -> ParamScores:
+        """Score events: `histories[i]` holds up to `window` earlier vectors of key `keys[i]`, oldest first."""
+        n = len(keys)
+        z_thr = NormalDist().inv_cdf(0.5 + self.cfg.confidence / 2)
+        modelled = torch.zeros(n, dtype=torch.bool)
+        anomalous = torch.zeros(n, dtype=torch.bool)
+        error = torch.zeros(n)
+        dims: list[list[int]] = [[] for _ in range(n)]
+        observed = [list(map(float, v)) for v in vectors]
+        predicted: list[list[float]] = [[] for _ in range(n)]
+        low: list[list[float]] = [[] for _ in range(n)]
+        high: list[list[float]] = [[] for _ in range(n)]
+        groups: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault(int(k), []).append(i)
+        for k, rows in groups.items():
+            km = self.models.get(k)
+            if km is None:
+                self.skipped["not_modelled"] += len(rows)
+                continue
+            d, h = km.model.args.dim, km.model.args.window
+            ok = [i for i in rows if len(vectors[i]) == d and all(len(x) == d for x in histories[i])]
+            self.skipped["dim_mismatch"] += len(rows) - len(ok)
+            if not ok:
+                continue
+            # Left-padded with NaN, normalised in one call, then the padding set to 0 (the training mean).
+            nan_row = [math.nan] * d
+            raw = [
+                [nan_row] * (h - len(p)) + [list(x) for x in p] for p in (list(histories[i])[-h:] for i in ok)
+            ]
+            hist = km.norm.clip(km.norm.forward(torch.tensor(raw, dtype=torch.float64).view(-1, d))).view(
+                -1, h, d
+            )
+            hist = torch.nan_to_num(hist, nan=0.0)  # [n_k, h, D]
+            obs = torch.tensor([vectors[i] for i in ok], dtype=torch.float64)
+            zobs = km.norm.forward(obs)
+            pred, _ = km.model(hist)  # one forward per key group: [n_k, D]
+            mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
+            zs = ((zobs - pred) - mu) / sd  # [n_k, D]
+            out = zs.abs() > z_thr
+            idx = torch.tensor(ok)
+            modelled[idx] = True
+            anomalous[idx] = out.any(1)
+            error[idx] = zs.abs().max(1).values
+            raw_pred = km.norm.inverse(pred + mu)
+            raw_lo = km.norm.inverse(pred + mu - z_thr * sd)
+            raw_hi = km.norm.inverse(pred + mu + z_thr * sd)
+            for j, i in enumerate(ok):
+                dims[i] = out[j].nonzero().flatten().tolist()
+                predicted[i] = raw_pred[j].tolist()
+                low[i] = raw_lo[j].tolist()
+                high[i] = raw_hi[j].tolist()
+        return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high)
+
+    def score_series(self, keys: Sequence[int], vectors: Sequence[Sequence[float]]) -> ParamScores:
+        """Score a stream of events in time order, each against the earlier vectors of its key in it."""
+        h = self.cfg.window
+        past: dict[int, list[Sequence[float]]] = {}
+        histories = []
+        for k, v in zip(keys, vectors, strict=True):
+            p = past.setdefault(int(k), [])
+            histories.append(p[-h:])
+            p.append(v)
+            if len(p) > 4 * h:
+                del p[: len(p) - h]
+        return self.score(keys, histories, vectors)
+
+    # -------------------------------------------------------------------------------------- checkpoint
+
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
+        p = Path(path)
+        header = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "torch_version": str(torch.__version__),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": dataclasses.asdict(self.cfg),
+            "keys": {
+                str(k): {
+                    "args": dataclasses.asdict(km.model.args),
+                    "norm": dataclasses.asdict(km.norm),
+                    "err_mean": km.err_mean,
+                    "err_std": km.err_std,
+                    "n_train": km.n_train,
+                    "n_heldout": km.n_heldout,
+                }
+                for k, km in self.models.items()
+            },
+            "meta": json.loads(json.dumps(meta or {})),
+        }
+        state = {
+            f"{k}/{name}": t.detach().cpu()
+            for k, km in self.models.items()
+            for name, t in km.model.state_dict().items()
+        }
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"header": json.dumps(header), "state": state}, f)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ParameterModel:
+        p = Path(path)
+        if not p.is_file():
+            raise ArtifactError(f"{p}: parameter model not found")
+        try:
+            ck = torch.load(p, map_location="cpu", weights_only=True)
+            header, state = json.loads(ck["header"]), ck["state"]
+        except Exception as e:  # damaged zip, pickle or JSON: all mean the same to the user
+            raise ArtifactError(f"{p}: not a readable parameter model: {e}") from None
+        if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{p}: format {header.get('format')!r} v{header.get('format_version')}, expected {FORMAT!r} "
+                f"v{FORMAT_VERSION}: retrain the parameter model"
+            )
+        try:
+            cfg = ParamsConfig(**header["config"])
+            models = {}
+            for ks, entry in header["keys"].items():
+                k = int(ks)
+                model = ParamLSTM(ParamModelArgs(**entry["args"]))
+                prefix = f"{k}/"
+                model.load_state_dict({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)})
+                model.eval()
+                models[k] = KeyParamModel(
+                    k,
+                    model,
+                    Normaliser(**entry["norm"]),
+                    entry["err_mean"],
+                    entry["err_std"],
+                    entry["n_train"],
+                    entry["n_heldout"],
+                )
+        except (KeyError, TypeError, RuntimeError, ValueError) as e:
+            raise ArtifactError(f"{p}: parameter model does not match its arguments: {e}") from None
+        return cls(cfg, models)
+
+
+def describe(label: str, observed: float, predicted: float, low: float, high: float, unit: str = "") -> str:
+    """ "time gap 4.8 s, expected 0.9 (0.7 .. 1.2 s)": one deviated dimension for the anomaly document."""
+    u = f" {unit}" if unit else ""
+    return f"{label} {observed:.4g}{u}, expected {predicted:.4g} ({low:.4g} .. {high:.4g}{u})"

@@ -1,0 +1,88 @@
+"""Parameter-value model: held-out thresholds, constant dimensions, gap-only keys, batched scoring, save/load."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from deeplog_siem.config import ParamsConfig
+from deeplog_siem.errors import ArtifactError
+from deeplog_siem.parammodel import ParameterModel
+
+CFG = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, heldout_fraction=0.25)
+
+
+def _series(n: int, seed: int = 0) -> list[tuple[float, ...]]:
+    rng = random.Random(seed)
+    # (time gap, a constant "total memory", a noisy size)
+    return [(math.exp(rng.gauss(1.0, 0.2)), 64172.0, 100 + rng.gauss(0, 5)) for _ in range(n)]
+
+
+def test_threshold_comes_from_heldout_residuals_not_training_ones() -> None:
+    # Training part quiet, held-out part noisy: a threshold from training residuals would be narrow.
+    rng = random.Random(1)
+    quiet = [(1.0 + rng.gauss(0, 0.01),) for _ in range(300)]
+    noisy = [(1.0 + rng.gauss(0, 0.3),) for _ in range(100)]
+    pm, report = ParameterModel.fit({5: quiet + noisy}, CFG)
+    km = pm.models[5]
+    assert (km.n_train, km.n_heldout) == (300, 100)
+    z = km.norm.forward(torch.tensor(quiet + noisy, dtype=torch.float64))
+    with torch.no_grad():
+        from deeplog_siem.parammodel import _windows
+
+        pred, _ = km.model(_windows(km.norm.clip(z), CFG.window))
+    train_std = float((z[:300] - pred[:300]).std())
+    held_std = float((z[300:] - pred[300:]).std(unbiased=False))
+    assert km.err_std[0] == pytest.approx(held_std, rel=1e-4)
+    assert km.err_std[0] > 5 * train_std
+    assert report.modelled[5]["heldout"] == 100
+
+
+def test_constant_dimension_does_not_divide_by_zero_and_change_is_flagged() -> None:
+    pm, report = ParameterModel.fit({3: _series(200)}, CFG)
+    km = pm.models[3]
+    assert km.norm.constant == [False, True, False]
+    assert all(math.isfinite(s) and s > 0 for s in km.norm.std + km.err_std)
+    hist = [_series(4, seed=9)]
+    ok = pm.score([3], hist, [_series(1, seed=10)[0]])
+    changed = pm.score([3], hist, [(2.7, 128344.0, 100.0)])
+    assert torch.isfinite(ok.error).all() and torch.isfinite(changed.error).all()
+    assert not ok.anomalous[0]
+    assert changed.anomalous[0] and changed.dims[0] == [1]
+    assert report.modelled[3]["constant_dims"] == [1]
+
+
+def test_gap_only_keys_are_modelled_rare_and_mismatched_keys_skipped_and_counted() -> None:
+    rng = random.Random(2)
+    gap_only = [(math.exp(rng.gauss(0.0, 0.2)),) for _ in range(200)]
+    pm, report = ParameterModel.fit({3: gap_only, 4: _series(10)}, CFG)
+    assert 3 in pm.models and pm.models[3].model.args.dim == 1
+    assert 4 in report.not_modelled and "min_observations" in report.not_modelled[4]
+    s = pm.score(
+        [3, 4, 3, 99], [gap_only[:4], [], [(1.0, 2.0)], []], [(1.0,), (1.0, 2.0, 3.0), (1.0, 2.0), (0.0,)]
+    )
+    assert s.modelled.tolist() == [True, False, False, False]
+    assert pm.skipped == {"not_modelled": 2, "dim_mismatch": 1}
+    slow = pm.score([3], [gap_only[-4:]], [(5.0,)])  # five times the usual ~1 s
+    assert slow.anomalous[0] and slow.dims[0] == [0] and slow.observed[0] == [5.0]
+    assert slow.low[0][0] < slow.predicted[0][0] < slow.high[0][0] < 5.0
+
+
+def test_batched_scoring_equals_one_by_one_and_save_load_roundtrip(tmp_path) -> None:
+    pm, _ = ParameterModel.fit({3: _series(200, 1), 4: [(v[0],) for v in _series(200, 2)]}, CFG)
+    keys = [3, 4, 3, 4]
+    hists = [_series(2, 5), [(1.0,)], _series(4, 6), []]
+    vecs = [_series(1, 7)[0], (2.0,), _series(1, 8)[0], (0.5,)]
+    batch = pm.score(keys, hists, vecs)
+    for i in range(4):
+        one = pm.score([keys[i]], [hists[i]], [vecs[i]])
+        assert float(one.error[0]) == pytest.approx(float(batch.error[i]), abs=1e-5)
+    path = pm.save(tmp_path / "params.pt", meta={"run": "t"})
+    again = ParameterModel.load(path)
+    assert torch.allclose(again.score(keys, hists, vecs).error, batch.error)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ArtifactError):
+        ParameterModel.load(path)
