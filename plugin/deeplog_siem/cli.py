@@ -204,7 +204,12 @@ def _add_params_parsers(sub: Any) -> None:
 
     p = sub.add_parser("generate", help="write generated OpenStack-like logs of VM tasks and their labels")
     p.add_argument("--tasks", type=int, default=1000, help="number of tasks (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="workload seed (default 0): the same seed writes the same logs and labels",
+    )
     p.add_argument("--anomaly-rate", type=float, default=0.0, help="share of tasks with one slowed step")
     p.add_argument("--slowdowns", type=float, nargs="+", default=[2.0, 3.0, 5.0], help="slowdown factors")
     p.add_argument("--path-rate", type=float, default=0.0, help="share of tasks with a path anomaly")
