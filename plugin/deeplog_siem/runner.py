@@ -12,11 +12,12 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import traceback
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
 from .sessions import SessionKeyer, SessionTracker
-from .source import Checkpoint, Source, SourceDoc
+from .source import Source, SourceDoc, advance
 from .state import load_state, save_state
 from .templater import Templater
 from .vocab import EOS
@@ -55,7 +56,10 @@ class RunSummary:
     run_id: str
     job: str
     status: str = "ok"
+    # Counts cover committed chunks only (anomalies written, checkpoint saved): a chunk a failed run could
+    # not commit is read again by the next run, so summing docs_read over runs counts every document once.
     docs_read: int = 0
+    processed: int = 0  # documents scored; docs_read == processed + sum(skipped)
     skipped: Counter[str] = field(default_factory=Counter)
     sessions: int = 0
     anomalies: Counter[str] = field(default_factory=Counter)
@@ -76,7 +80,7 @@ class RunSummary:
         rate = self.docs_read / secs if secs else 0.0
         return (
             f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
-            f"skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
+            f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, model {self.model_version}, {secs:.1f} s"
             + (f", error: {self.error}" if self.error else "")
@@ -97,6 +101,7 @@ class RunSummary:
                     "window_start": self.window_start,
                     "window_end": self.window_end,
                     "docs_read": self.docs_read,
+                    "docs_processed": self.processed,
                     "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
                     "skipped": dict(self.skipped),
                     "sessions": self.sessions,
@@ -122,13 +127,30 @@ class _Timer:
         self.summary.durations_ms[self.stage] += int((time.perf_counter() - self.t0) * 1000)
 
 
+# Run documents that could not be written (the server was away: often the very reason the run failed) wait
+# here and go with the next run's document, so an outage still leaves its failed runs in the runs index.
+# Bounded: a long outage keeps the latest ones.
+_UNRECORDED: deque[dict[str, Any]] = deque(maxlen=1000)
+_UNRECORDED_LOCK = threading.Lock()
+
+
 def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
     """The run document and the one summary line; a failure to record is logged, never raised."""
     log.info("%s", summary.line())
+    with _UNRECORDED_LOCK:
+        batch = [*_UNRECORDED, summary.document(config.output.runs_index)]
+        _UNRECORDED.clear()
     try:
-        sink.write(clients, [summary.document(config.output.runs_index)], attempts=2, backoff_s=0.5)
+        sink.write(clients, batch, attempts=2, backoff_s=0.5)
     except Exception as e:  # noqa: BLE001 - recording must not turn a finished run into a failure
-        log.warning("could not record run %s in %s: %s", summary.run_id, config.output.runs_index, e)
+        with _UNRECORDED_LOCK:
+            _UNRECORDED.extendleft(reversed(batch))
+        log.warning(
+            "could not record run %s in %s (kept to write with the next run): %s",
+            summary.run_id,
+            config.output.runs_index,
+            e,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -248,19 +270,29 @@ def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTrack
     return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
 
 
+# Years 1..9999: what datetime (and so every timestamp the job writes) can represent.
+_MIN_TS, _MAX_TS = -62135596800.0, 253402300799.0
+
+
 def epoch_seconds(value: Any) -> float | None:
-    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable."""
+    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable
+    (wrong type, unparseable, or outside the years 1..9999)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) / 1000.0
-    if isinstance(value, str):
+        ts = float(value) / 1000.0
+    elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
             return None
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    return None
+        try:
+            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (OverflowError, ValueError):
+            return None
+    else:
+        return None
+    return ts if math.isfinite(ts) and _MIN_TS <= ts <= _MAX_TS else None
 
 
 @dataclass
@@ -323,7 +355,7 @@ def run_once(
             chunk.extend(page)
             if len(chunk) >= config.schedule.chunk_size:
                 _process_chunk(
-                    config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, False
+                    config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, False, source
                 )
                 progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
                 chunk = []
@@ -331,7 +363,7 @@ def run_once(
                     summary.status = "stopped"
                     break
         _process_chunk(
-            config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions
+            config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions, source
         )
         summary.sessions = len(seen_sessions)
         if tracker.stats["evicted_lru"]:
@@ -360,21 +392,22 @@ def _process_chunk(
     summary: RunSummary,
     seen: set[str],
     close_all: bool,
+    source: Source,
 ) -> None:
     """Score one bounded chunk, write its anomalies, then (only then) save checkpoint and tails."""
     src = config.source
     anomalies: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
     newest = None
+    rows = []
     if docs:
-        summary.docs_read += len(docs)
         with _Timer(summary, "template"):
-            rows = []
             for doc, sid, ev in _events(
-                docs, det.templater, keyer, config, config.templater.learn_at_detection, summary.skipped
+                docs, det.templater, keyer, config, config.templater.learn_at_detection, skipped
             ):
                 ts = epoch_seconds(doc.get(src.timestamp_field))
                 if ts is None:
-                    summary.skipped["bad_timestamp"] += 1
+                    skipped["bad_timestamp"] += 1
                     continue
                 rows.append((doc, sid, ev, ts))
             observed = tracker.observe_many(
@@ -395,10 +428,12 @@ def _process_chunk(
                 )
                 scores = det.detector.score(windows)
                 for i in scores.anomalous.nonzero().flatten().tolist():
-                    doc, sid, ev, _ts = rows[int(windows.session[i])]
+                    doc, sid, ev, ts = rows[int(windows.session[i])]
                     o = observed[int(windows.session[i])]
                     anomalies.append(
-                        _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position)
+                        _anomaly(
+                            config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts
+                        )
                     )
     closed = tracker.close_all() if close_all else (tracker.close_idle(newest) if newest is not None else [])
     if closed:
@@ -413,20 +448,22 @@ def _process_chunk(
                 anomalies.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
     with _Timer(summary, "write"):
         result = sink.write(clients, anomalies)
+    # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
+    state.checkpoint = advance(state.checkpoint, docs, source.overlap_ms)
+    state.sessions = tracker.to_dict()
+    state.model_version = det.version
+    save_state(clients, config.output.state_index, state)
+    # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
+    summary.docs_read += len(docs)
+    summary.processed += len(rows)
+    summary.skipped.update(skipped)
     summary.rejected.update(result.rejected)
     for a in anomalies:
         summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
-    # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-    cp = state.checkpoint
-    for d in docs:
-        cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
-    state.checkpoint = cp
-    state.sessions = tracker.to_dict()
-    state.model_version = det.version
-    if docs:
-        summary.window_start = summary.window_start or docs[0].get(src.timestamp_field)
-        summary.window_end = docs[-1].get(src.timestamp_field)
-    save_state(clients, config.output.state_index, state)
+    if rows:
+        first, last = _iso(min(r[3] for r in rows)), _iso(max(r[3] for r in rows))
+        summary.window_start = summary.window_start or first
+        summary.window_end = last
 
 
 def _iso(ts: float) -> str:
@@ -434,7 +471,7 @@ def _iso(ts: float) -> str:
 
 
 def _anomaly(
-    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position
+    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position, ts: float | None = None
 ) -> dict[str, Any]:
     src = config.source
     target = int(windows.targets[i])
@@ -445,7 +482,8 @@ def _anomaly(
         event=EventRef(
             doc.index,
             doc.id,
-            doc.get(src.timestamp_field),
+            # Normalised: the source may hold epoch millis or ISO text the anomaly mapping would refuse.
+            _iso(ts) if ts is not None else doc.get(src.timestamp_field),
             msg if isinstance(msg, str) else "",
             doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
         ),
