@@ -18,8 +18,11 @@ Documents without the order field are never read (they cannot be placed in order
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,14 +46,17 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"sort": list(self.sort), "ids": list(self.ids)}
         if self.recent:
-            d["recent"] = [[k, v] for k, v in self.recent.items()]
+            # One opaque string: a mapping never sees (or conflicts over) thousands of ids and values.
+            raw = json.dumps(self.recent, separators=(",", ":")).encode()
+            d["recent"] = base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Checkpoint | None:
         if not d or not d.get("sort"):
             return None
-        return cls(tuple(d["sort"]), tuple(d.get("ids", ())), {k: v for k, v in d.get("recent", ())})
+        recent = json.loads(zlib.decompress(base64.b64decode(d["recent"]))) if d.get("recent") else {}
+        return cls(tuple(d["sort"]), tuple(d.get("ids", ())), recent)
 
     def advance(self, doc: SourceDoc) -> Checkpoint:
         return self.advance_many([doc])
