@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 import traceback
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -260,6 +261,60 @@ def train(
 # ----------------------------------------------------------------------------------------------- detect
 
 
+class _Prefetch:
+    """Pages read by a background thread, at most `depth` ahead, so the next page is on its way while this
+    one is templated and scored (the job then runs at the speed of its slower half, not of the sum).
+    `close()` stops the reader, which closes the source iterator (and its point in time) in its own thread."""
+
+    _END = object()
+
+    def __init__(self, pages: Iterator[list[SourceDoc]], depth: int = 2) -> None:
+        self._pages = pages
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deeplog-source-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for page in self._pages:
+                if not self._put(page):
+                    break
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+        finally:
+            close = getattr(self._pages, "close", None)
+            if close is not None:
+                close()
+
+    def next(self) -> list[SourceDoc] | None:
+        item = self._q.get()
+        if item is self._END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
 def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
     kw = {
         "window": window,
@@ -344,27 +399,28 @@ def run_once(
         tracker = _tracker(config, det.window, state.sessions)
         keyer = SessionKeyer(config.source)
         source = Source(clients, config.source)
-        chunk: list[SourceDoc] = []
+        chunk = _Chunk()
         seen_sessions: set[str] = set()
-        pages = iter(source.pages(state.checkpoint, start=start, end=end))
-        while True:
-            with _Timer(summary, "read"):
-                page = next(pages, None)
-            if page is None:
-                break
-            chunk.extend(page)
-            if len(chunk) >= config.schedule.chunk_size:
-                _process_chunk(
-                    config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, False, source
-                )
-                progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
-                chunk = []
-                if stop is not None and stop.is_set():
-                    summary.status = "stopped"
+        # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
+        depth = max(2, SCORE_BATCH // config.source.page_size + 1)
+        pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
+        try:
+            while True:
+                with _Timer(summary, "read"):  # time spent waiting for a page, not reading in the background
+                    page = pages.next()
+                if page is None:
                     break
-        _process_chunk(
-            config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions, source
-        )
+                _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions)
+                if len(chunk.docs) >= config.schedule.chunk_size:
+                    _commit_chunk(config, clients, det, tracker, state, chunk, summary, False, source)
+                    progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
+                    chunk = _Chunk()
+                    if stop is not None and stop.is_set():
+                        summary.status = "stopped"
+                        break
+        finally:
+            pages.close()
+        _commit_chunk(config, clients, det, tracker, state, chunk, summary, close_sessions, source)
         summary.sessions = len(seen_sessions)
         if tracker.stats["evicted_lru"]:
             log.warning(
@@ -381,61 +437,105 @@ def run_once(
         record_run(clients, config, summary)
 
 
-def _process_chunk(
+@dataclass
+class _Chunk:
+    """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
+
+    docs: list[SourceDoc] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    processed: int = 0
+    first: float | None = None
+    newest: float | None = None
+    # Templated and observed events not scored yet: scoring waits for SCORE_BATCH of them, because every
+    # forward pass has a fixed shape and a page's few hundred new windows would cost a whole pass.
+    pending_rows: list[tuple[SourceDoc, str, Any, float]] = field(default_factory=list)
+    pending_observed: list[Any] = field(default_factory=list)
+
+
+SCORE_BATCH = 8192
+
+
+def _score_page(
+    config: Config,
+    det: Detection,
+    tracker: SessionTracker,
+    keyer: SessionKeyer,
+    docs: list[SourceDoc],
+    chunk: _Chunk,
+    summary: RunSummary,
+    seen: set[str],
+) -> None:
+    """Template one page and observe its events into `chunk`; score once enough are pending (nothing is
+    written or checkpointed here)."""
+    src = config.source
+    chunk.docs.extend(docs)
+    rows = []
+    with _Timer(summary, "template"):
+        for doc, sid, ev in _events(
+            docs, det.templater, keyer, config, config.templater.learn_at_detection, chunk.skipped
+        ):
+            ts = epoch_seconds(doc.get(src.timestamp_field))
+            if ts is None:
+                chunk.skipped["bad_timestamp"] += 1
+                continue
+            rows.append((doc, sid, ev, ts))
+        if not rows:
+            return
+        observed = tracker.observe_many(
+            [r[1] for r in rows],
+            [r[2].key for r in rows],
+            [r[2].numbers for r in rows],
+            [r[3] for r in rows],
+            refs=[f"{r[0].index}/{r[0].id}" for r in rows],
+        )
+        seen.update(r[1] for r in rows)
+        lo, hi = min(r[3] for r in rows), max(r[3] for r in rows)
+        chunk.processed += len(rows)
+        chunk.first = lo if chunk.first is None else min(chunk.first, lo)
+        chunk.newest = hi if chunk.newest is None else max(chunk.newest, hi)
+    chunk.pending_rows.extend(rows)
+    chunk.pending_observed.extend(observed)
+    if len(chunk.pending_rows) >= SCORE_BATCH:
+        _score_pending(config, det, chunk, summary)
+
+
+def _score_pending(config: Config, det: Detection, chunk: _Chunk, summary: RunSummary) -> None:
+    rows, observed = chunk.pending_rows, chunk.pending_observed
+    chunk.pending_rows, chunk.pending_observed = [], []
+    if not rows:
+        return
+    with _Timer(summary, "detect"):
+        # One short sequence per event: its history (carried across runs by the tracker) + itself.
+        seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
+        windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
+        scores = det.detector.score(windows)
+        for i in scores.anomalous.nonzero().flatten().tolist():
+            doc, sid, ev, ts = rows[int(windows.session[i])]
+            o = observed[int(windows.session[i])]
+            chunk.anomalies.append(
+                _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts)
+            )
+
+
+def _commit_chunk(
     config: Config,
     clients: Clients,
     det: Detection,
     tracker: SessionTracker,
-    keyer: SessionKeyer,
     state: Any,
-    docs: list[SourceDoc],
+    chunk: _Chunk,
     summary: RunSummary,
-    seen: set[str],
     close_all: bool,
     source: Source,
 ) -> None:
-    """Score one bounded chunk, write its anomalies, then (only then) save checkpoint and tails."""
+    """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails."""
     src = config.source
-    anomalies: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
-    newest = None
-    rows = []
-    if docs:
-        with _Timer(summary, "template"):
-            for doc, sid, ev in _events(
-                docs, det.templater, keyer, config, config.templater.learn_at_detection, skipped
-            ):
-                ts = epoch_seconds(doc.get(src.timestamp_field))
-                if ts is None:
-                    skipped["bad_timestamp"] += 1
-                    continue
-                rows.append((doc, sid, ev, ts))
-            observed = tracker.observe_many(
-                [r[1] for r in rows],
-                [r[2].key for r in rows],
-                [r[2].numbers for r in rows],
-                [r[3] for r in rows],
-                refs=[f"{r[0].index}/{r[0].id}" for r in rows],
-            )
-            seen.update(r[1] for r in rows)
-            newest = max((r[3] for r in rows), default=None)
-        with _Timer(summary, "detect"):
-            if rows:
-                # One short sequence per event: its history (carried across runs by the tracker) + itself.
-                seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
-                windows = build_windows(
-                    seqs, det.window, context=[len(o.history) for o in observed], add_eos=False
-                )
-                scores = det.detector.score(windows)
-                for i in scores.anomalous.nonzero().flatten().tolist():
-                    doc, sid, ev, ts = rows[int(windows.session[i])]
-                    o = observed[int(windows.session[i])]
-                    anomalies.append(
-                        _anomaly(
-                            config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts
-                        )
-                    )
-    closed = tracker.close_all() if close_all else (tracker.close_idle(newest) if newest is not None else [])
+    _score_pending(config, det, chunk, summary)
+    if close_all:
+        closed = tracker.close_all()
+    else:
+        closed = tracker.close_idle(chunk.newest) if chunk.newest is not None else []
     if closed:
         with _Timer(summary, "detect"):
             seqs = [tuple(t.keys) for _, t in closed]
@@ -445,25 +545,26 @@ def _process_chunk(
                 sid, tail = closed[int(windows.session[i])]
                 index, _, doc_id = tail.last_ref.partition("/")
                 ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
-                anomalies.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
+                chunk.anomalies.append(
+                    _anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count)
+                )
     with _Timer(summary, "write"):
-        result = sink.write(clients, anomalies)
-    # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-    state.checkpoint = advance(state.checkpoint, docs, source.overlap_ms)
-    state.sessions = tracker.to_dict()
-    state.model_version = det.version
-    save_state(clients, config.output.state_index, state)
+        result = sink.write(clients, chunk.anomalies)
+        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
+        state.checkpoint = advance(state.checkpoint, chunk.docs, source.overlap_ms)
+        state.sessions = tracker.to_dict()
+        state.model_version = det.version
+        save_state(clients, config.output.state_index, state)
     # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
-    summary.docs_read += len(docs)
-    summary.processed += len(rows)
-    summary.skipped.update(skipped)
+    summary.docs_read += len(chunk.docs)
+    summary.processed += chunk.processed
+    summary.skipped.update(chunk.skipped)
     summary.rejected.update(result.rejected)
-    for a in anomalies:
+    for a in chunk.anomalies:
         summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
-    if rows:
-        first, last = _iso(min(r[3] for r in rows)), _iso(max(r[3] for r in rows))
-        summary.window_start = summary.window_start or first
-        summary.window_end = last
+    if chunk.first is not None and chunk.newest is not None:
+        summary.window_start = summary.window_start or _iso(chunk.first)
+        summary.window_end = _iso(chunk.newest)
 
 
 def _iso(ts: float) -> str:
