@@ -89,7 +89,8 @@ def make_config(es_section: dict, prefix: str, tmp_path: Path):
     def build(**sections: dict) -> Config:
         data: dict = {
             "elasticsearch": es_section,
-            "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)"},
+            # Replayed test data is refreshed before any run: no query delay needed (test_reliability covers it).
+            "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)", "query_delay_seconds": 0},
             "model": {"dir": str(tmp_path / "models")},
             "output": {
                 "anomalies_index": f"{prefix}-anomalies",

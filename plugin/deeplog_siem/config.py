@@ -83,9 +83,19 @@ class SourceConfig:
     # event.sequence); optional: without it, ties are resolved exactly by document id at checkpoints.
     tiebreaker_field: str | None = None
     page_size: int = 1000
+    # Only documents whose checkpoint field (event.ingested, or the timestamp field when the index has no
+    # event.ingested) is older than now minus this are read: a document indexed but not yet searchable
+    # (refresh interval, a slow shard) must not be jumped over by the checkpoint.
+    query_delay_seconds: float = 5.0
+    # Timestamp order only: each run re-reads this far behind the checkpoint and processes the documents it
+    # has not seen (their ids are kept in the checkpoint), so events that arrive slightly late are not lost.
+    overlap_seconds: float = 30.0
 
     def validate(self, key: str) -> None:
         _check(f"{key}.index", bool(self.index.strip()), "must not be empty")
+        for name in ("query_delay_seconds", "overlap_seconds"):
+            v = getattr(self, name)
+            _check(f"{key}.{name}", 0 <= v <= 86400, f"must be in 0..86400, got {v}")
         _check(f"{key}.page_size", 1 <= self.page_size <= 10000, f"must be in 1..10000, got {self.page_size}")
         _check(
             f"{key}.session_field",

@@ -47,7 +47,8 @@ def demo_config(url: str, model_dir: str) -> Config:
     return parse_config(
         {
             "elasticsearch": {"hosts": [url]},
-            "source": {"index": DEMO_INDEX, "session_regex": r"(blk_-?\d+)"},
+            # The replay is refreshed before detection starts: nothing can still be in flight.
+            "source": {"index": DEMO_INDEX, "session_regex": r"(blk_-?\d+)", "query_delay_seconds": 0},
             "templater": {"format": "hdfs"},
             "model": {"dir": model_dir},
         }

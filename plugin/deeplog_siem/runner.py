@@ -12,12 +12,14 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import math
+import queue
 import threading
 import time
 import traceback
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +33,7 @@ from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
 from .sessions import SessionKeyer, SessionTracker
-from .source import Checkpoint, Source, SourceDoc
+from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
 from .templater import Templater
 from .vocab import EOS
@@ -55,7 +57,10 @@ class RunSummary:
     run_id: str
     job: str
     status: str = "ok"
+    # Counts cover committed chunks only (anomalies written, checkpoint saved): a chunk a failed run could
+    # not commit is read again by the next run, so summing docs_read over runs counts every document once.
     docs_read: int = 0
+    processed: int = 0  # documents scored; docs_read == processed + sum(skipped)
     skipped: Counter[str] = field(default_factory=Counter)
     sessions: int = 0
     anomalies: Counter[str] = field(default_factory=Counter)
@@ -76,7 +81,7 @@ class RunSummary:
         rate = self.docs_read / secs if secs else 0.0
         return (
             f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
-            f"skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
+            f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, model {self.model_version}, {secs:.1f} s"
             + (f", error: {self.error}" if self.error else "")
@@ -97,6 +102,7 @@ class RunSummary:
                     "window_start": self.window_start,
                     "window_end": self.window_end,
                     "docs_read": self.docs_read,
+                    "docs_processed": self.processed,
                     "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
                     "skipped": dict(self.skipped),
                     "sessions": self.sessions,
@@ -122,13 +128,30 @@ class _Timer:
         self.summary.durations_ms[self.stage] += int((time.perf_counter() - self.t0) * 1000)
 
 
+# Run documents that could not be written (the server was away: often the very reason the run failed) wait
+# here and go with the next run's document, so an outage still leaves its failed runs in the runs index.
+# Bounded: a long outage keeps the latest ones.
+_UNRECORDED: deque[dict[str, Any]] = deque(maxlen=1000)
+_UNRECORDED_LOCK = threading.Lock()
+
+
 def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
     """The run document and the one summary line; a failure to record is logged, never raised."""
     log.info("%s", summary.line())
+    with _UNRECORDED_LOCK:
+        batch = [*_UNRECORDED, summary.document(config.output.runs_index)]
+        _UNRECORDED.clear()
     try:
-        sink.write(clients, [summary.document(config.output.runs_index)], attempts=2, backoff_s=0.5)
+        sink.write(clients, batch, attempts=2, backoff_s=0.5)
     except Exception as e:  # noqa: BLE001 - recording must not turn a finished run into a failure
-        log.warning("could not record run %s in %s: %s", summary.run_id, config.output.runs_index, e)
+        with _UNRECORDED_LOCK:
+            _UNRECORDED.extendleft(reversed(batch))
+        log.warning(
+            "could not record run %s in %s (kept to write with the next run): %s",
+            summary.run_id,
+            config.output.runs_index,
+            e,
+        )
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -238,6 +261,60 @@ def train(
 # ----------------------------------------------------------------------------------------------- detect
 
 
+class _Prefetch:
+    """Pages read by a background thread, at most `depth` ahead, so the next page is on its way while this
+    one is templated and scored (the job then runs at the speed of its slower half, not of the sum).
+    `close()` stops the reader, which closes the source iterator (and its point in time) in its own thread."""
+
+    _END = object()
+
+    def __init__(self, pages: Iterator[list[SourceDoc]], depth: int = 2) -> None:
+        self._pages = pages
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="deeplog-source-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for page in self._pages:
+                if not self._put(page):
+                    break
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(e)
+        finally:
+            close = getattr(self._pages, "close", None)
+            if close is not None:
+                close()
+
+    def next(self) -> list[SourceDoc] | None:
+        item = self._q.get()
+        if item is self._END:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
 def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
     kw = {
         "window": window,
@@ -248,19 +325,29 @@ def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTrack
     return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
 
 
+# Years 1..9999: what datetime (and so every timestamp the job writes) can represent.
+_MIN_TS, _MAX_TS = -62135596800.0, 253402300799.0
+
+
 def epoch_seconds(value: Any) -> float | None:
-    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable."""
+    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable
+    (wrong type, unparseable, or outside the years 1..9999)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        return float(value) / 1000.0
-    if isinstance(value, str):
+        ts = float(value) / 1000.0
+    elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
             return None
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    return None
+        try:
+            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        except (OverflowError, ValueError):
+            return None
+    else:
+        return None
+    return ts if math.isfinite(ts) and _MIN_TS <= ts <= _MAX_TS else None
 
 
 @dataclass
@@ -312,27 +399,28 @@ def run_once(
         tracker = _tracker(config, det.window, state.sessions)
         keyer = SessionKeyer(config.source)
         source = Source(clients, config.source)
-        chunk: list[SourceDoc] = []
+        chunk = _Chunk()
         seen_sessions: set[str] = set()
-        pages = iter(source.pages(state.checkpoint, start=start, end=end))
-        while True:
-            with _Timer(summary, "read"):
-                page = next(pages, None)
-            if page is None:
-                break
-            chunk.extend(page)
-            if len(chunk) >= config.schedule.chunk_size:
-                _process_chunk(
-                    config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, False
-                )
-                progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
-                chunk = []
-                if stop is not None and stop.is_set():
-                    summary.status = "stopped"
+        # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
+        depth = max(2, SCORE_BATCH // config.source.page_size + 1)
+        pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
+        try:
+            while True:
+                with _Timer(summary, "read"):  # time spent waiting for a page, not reading in the background
+                    page = pages.next()
+                if page is None:
                     break
-        _process_chunk(
-            config, clients, det, tracker, keyer, state, chunk, summary, seen_sessions, close_sessions
-        )
+                _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions)
+                if len(chunk.docs) >= config.schedule.chunk_size:
+                    _commit_chunk(config, clients, det, tracker, state, chunk, summary, False, source)
+                    progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
+                    chunk = _Chunk()
+                    if stop is not None and stop.is_set():
+                        summary.status = "stopped"
+                        break
+        finally:
+            pages.close()
+        _commit_chunk(config, clients, det, tracker, state, chunk, summary, close_sessions, source)
         summary.sessions = len(seen_sessions)
         if tracker.stats["evicted_lru"]:
             log.warning(
@@ -349,63 +437,106 @@ def run_once(
         record_run(clients, config, summary)
 
 
-def _process_chunk(
+@dataclass
+class _Chunk:
+    """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
+
+    docs: list[SourceDoc] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    processed: int = 0
+    first: float | None = None
+    newest: float | None = None
+    # Templated and observed events not scored yet: scoring waits for SCORE_BATCH of them, because every
+    # forward pass has a fixed shape and a page's few hundred new windows would cost a whole pass.
+    pending_rows: list[tuple[SourceDoc, str, Any, float]] = field(default_factory=list)
+    pending_observed: list[Any] = field(default_factory=list)
+
+
+SCORE_BATCH = 8192
+
+
+def _score_page(
+    config: Config,
+    det: Detection,
+    tracker: SessionTracker,
+    keyer: SessionKeyer,
+    docs: list[SourceDoc],
+    chunk: _Chunk,
+    summary: RunSummary,
+    seen: set[str],
+) -> None:
+    """Template one page and observe its events into `chunk`; score once enough are pending (nothing is
+    written or checkpointed here)."""
+    src = config.source
+    chunk.docs.extend(docs)
+    rows = []
+    with _Timer(summary, "template"):
+        for doc, sid, ev in _events(
+            docs, det.templater, keyer, config, config.templater.learn_at_detection, chunk.skipped
+        ):
+            ts = epoch_seconds(doc.get(src.timestamp_field))
+            if ts is None:
+                chunk.skipped["bad_timestamp"] += 1
+                continue
+            rows.append((doc, sid, ev, ts))
+        if not rows:
+            return
+        observed = tracker.observe_many(
+            [r[1] for r in rows],
+            [r[2].key for r in rows],
+            [r[2].numbers for r in rows],
+            [r[3] for r in rows],
+            refs=[f"{r[0].index}/{r[0].id}" for r in rows],
+        )
+        seen.update(r[1] for r in rows)
+        lo, hi = min(r[3] for r in rows), max(r[3] for r in rows)
+        chunk.processed += len(rows)
+        chunk.first = lo if chunk.first is None else min(chunk.first, lo)
+        chunk.newest = hi if chunk.newest is None else max(chunk.newest, hi)
+    chunk.pending_rows.extend(rows)
+    chunk.pending_observed.extend(observed)
+    if len(chunk.pending_rows) >= SCORE_BATCH:
+        _score_pending(config, det, chunk, summary)
+
+
+def _score_pending(config: Config, det: Detection, chunk: _Chunk, summary: RunSummary) -> None:
+    rows, observed = chunk.pending_rows, chunk.pending_observed
+    chunk.pending_rows, chunk.pending_observed = [], []
+    if not rows:
+        return
+    with _Timer(summary, "detect"):
+        # One short sequence per event: its history (carried across runs by the tracker) + itself.
+        seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
+        windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
+        scores = det.detector.score(windows)
+        for i in scores.anomalous.nonzero().flatten().tolist():
+            doc, sid, ev, ts = rows[int(windows.session[i])]
+            o = observed[int(windows.session[i])]
+            chunk.anomalies.append(
+                _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts)
+            )
+
+
+def _commit_chunk(
     config: Config,
     clients: Clients,
     det: Detection,
     tracker: SessionTracker,
-    keyer: SessionKeyer,
     state: JobState,
-    docs: list[SourceDoc],
+    chunk: _Chunk,
     summary: RunSummary,
-    seen: set[str],
     close_all: bool,
+    source: Source,
 ) -> None:
-    """Score one bounded chunk, write its anomalies, then (only then) save checkpoint and tails."""
+    """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails."""
     src = config.source
-    anomalies: list[dict[str, Any]] = []
-    newest = None
-    if docs:
-        summary.docs_read += len(docs)
-        with _Timer(summary, "template"):
-            rows = []
-            for doc, sid, ev in _events(
-                docs, det.templater, keyer, config, config.templater.learn_at_detection, summary.skipped
-            ):
-                ts = epoch_seconds(doc.get(src.timestamp_field))
-                if ts is None:
-                    summary.skipped["bad_timestamp"] += 1
-                    continue
-                rows.append((doc, sid, ev, ts))
-            observed = tracker.observe_many(
-                [r[1] for r in rows],
-                [r[2].key for r in rows],
-                [r[2].numbers for r in rows],
-                [r[3] for r in rows],
-                refs=[f"{r[0].index}/{r[0].id}" for r in rows],
-            )
-            seen.update(r[1] for r in rows)
-            newest = max((r[3] for r in rows), default=None)
-        with _Timer(summary, "detect"):
-            if rows:
-                # One short sequence per event: its history (carried across runs by the tracker) + itself.
-                seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
-                windows = build_windows(
-                    seqs, det.window, context=[len(o.history) for o in observed], add_eos=False
-                )
-                scores = det.detector.score(windows)
-                for i in scores.anomalous.nonzero().flatten().tolist():
-                    doc, sid, ev, _ts = rows[int(windows.session[i])]
-                    o = observed[int(windows.session[i])]
-                    anomalies.append(
-                        _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position)
-                    )
+    _score_pending(config, det, chunk, summary)
     # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
-    closed = (
-        tracker.close_all()
-        if close_all
-        else tracker.close_idle(newest if newest is not None else float("-inf"))
-    )
+    if close_all:
+        closed = tracker.close_all()
+    else:
+        closed = tracker.close_idle(chunk.newest if chunk.newest is not None else float("-inf"))
     if closed:
         with _Timer(summary, "detect"):
             seqs = [tuple(t.keys) for _, t in closed]
@@ -415,23 +546,26 @@ def _process_chunk(
                 sid, tail = closed[int(windows.session[i])]
                 index, _, doc_id = tail.last_ref.partition("/")
                 ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
-                anomalies.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
+                chunk.anomalies.append(
+                    _anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count)
+                )
     with _Timer(summary, "write"):
-        result = sink.write(clients, anomalies)
+        result = sink.write(clients, chunk.anomalies)
+        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
+        state.checkpoint = advance(state.checkpoint, chunk.docs, source.overlap_ms)
+        state.sessions = tracker.to_dict()
+        state.model_version = det.version
+        save_state(clients, config.output.state_index, state)
+    # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
+    summary.docs_read += len(chunk.docs)
+    summary.processed += chunk.processed
+    summary.skipped.update(chunk.skipped)
     summary.rejected.update(result.rejected)
-    for a in anomalies:
+    for a in chunk.anomalies:
         summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
-    # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-    cp = state.checkpoint
-    for d in docs:
-        cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
-    state.checkpoint = cp
-    state.sessions = tracker.to_dict()
-    state.model_version = det.version
-    if docs:
-        summary.window_start = summary.window_start or docs[0].get(src.timestamp_field)
-        summary.window_end = docs[-1].get(src.timestamp_field)
-    save_state(clients, config.output.state_index, state)
+    if chunk.first is not None and chunk.newest is not None:
+        summary.window_start = summary.window_start or _iso(chunk.first)
+        summary.window_end = _iso(chunk.newest)
 
 
 def _iso(ts: float) -> str:
@@ -439,7 +573,7 @@ def _iso(ts: float) -> str:
 
 
 def _anomaly(
-    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position
+    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position, ts: float | None = None
 ) -> dict[str, Any]:
     src = config.source
     target = int(windows.targets[i])
@@ -450,7 +584,8 @@ def _anomaly(
         event=EventRef(
             doc.index,
             doc.id,
-            doc.get(src.timestamp_field),
+            # Normalised: the source may hold epoch millis or ISO text the anomaly mapping would refuse.
+            _iso(ts) if ts is not None else doc.get(src.timestamp_field),
             msg if isinstance(msg, str) else "",
             doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
         ),

@@ -8,12 +8,22 @@ and `search_after`, so a page boundary never skips or repeats a document even wh
 A `Checkpoint` is the sort values of the last processed document plus the ids of the processed documents
 that share exactly those values: resuming with a range query from those values and dropping the listed
 ids is exact without any tiebreaker field in the documents.
+
+Only documents whose order field is older than now - `query_delay_seconds` are read, so a document that is
+indexed but not yet searchable is never jumped over. In timestamp order (no `event.ingested`), each read
+also goes `overlap_seconds` behind the checkpoint, and the checkpoint keeps the ids of the documents it
+processed in that window: a late event inside the window is processed once, a re-read one is skipped.
+Documents without the order field are never read (they cannot be placed in order).
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from collections.abc import Iterator, Mapping
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,20 +39,52 @@ KEEP_ALIVE = "2m"
 class Checkpoint:
     sort: tuple[Any, ...]  # (checkpoint field value, timestamp value) of the last processed document
     ids: tuple[str, ...] = ()  # processed document ids whose sort values equal `sort`
+    # Timestamp order with an overlap: processed document id -> its order value (epoch ms), for every
+    # document within the overlap window behind `sort`; a re-read of that window skips exactly these.
+    recent: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sort": list(self.sort), "ids": list(self.ids)}
+        d: dict[str, Any] = {"sort": list(self.sort), "ids": list(self.ids)}
+        if self.recent:
+            # One opaque string: a mapping never sees (or conflicts over) thousands of ids and values.
+            raw = json.dumps(self.recent, separators=(",", ":")).encode()
+            d["recent"] = base64.b64encode(zlib.compress(raw, 6)).decode("ascii")
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> Checkpoint | None:
         if not d or not d.get("sort"):
             return None
-        return cls(tuple(d["sort"]), tuple(d.get("ids", ())))
+        recent = json.loads(zlib.decompress(base64.b64decode(d["recent"]))) if d.get("recent") else {}
+        return cls(tuple(d["sort"]), tuple(d.get("ids", ())), recent)
 
     def advance(self, doc: SourceDoc) -> Checkpoint:
-        if tuple(doc.sort) == self.sort:
-            return Checkpoint(self.sort, (*self.ids, doc.id))
-        return Checkpoint(tuple(doc.sort), (doc.id,))
+        return self.advance_many([doc])
+
+    def advance_many(self, docs: Iterable[SourceDoc], overlap_ms: float = 0) -> Checkpoint:
+        """The checkpoint after `docs` (in read order); one pass, whatever the number of ties."""
+        return advance(self, docs, overlap_ms)  # type: ignore[return-value]
+
+
+def advance(cp: Checkpoint | None, docs: Iterable[SourceDoc], overlap_ms: float = 0) -> Checkpoint | None:
+    """`cp` moved past `docs` (given in read order). A document sorting before `cp` (a late arrival
+    re-read in the overlap window) never moves the checkpoint back; it is only remembered as seen."""
+    sort = cp.sort if cp else None
+    ids = list(cp.ids) if cp else []
+    recent = dict(cp.recent) if cp and overlap_ms > 0 else {}
+    for d in docs:
+        if overlap_ms > 0:
+            recent[d.id] = d.sort[0]
+        if sort is None or d.sort > sort:
+            sort, ids = tuple(d.sort), [d.id]
+        elif d.sort == sort:
+            ids.append(d.id)
+    if sort is None:
+        return None
+    if recent and isinstance(sort[0], (int, float)):
+        lo = sort[0] - overlap_ms
+        recent = {k: v for k, v in recent.items() if isinstance(v, (int, float)) and v >= lo}
+    return Checkpoint(sort, tuple(ids), recent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +147,15 @@ class Source:
         return self.cfg.timestamp_field
 
     @property
+    def timestamp_order(self) -> bool:
+        return self.order_field == self.cfg.timestamp_field
+
+    @property
+    def overlap_ms(self) -> float:
+        """How far behind the checkpoint a run re-reads: timestamp order only (event.ingested needs none)."""
+        return self.cfg.overlap_seconds * 1000.0 if self.timestamp_order else 0.0
+
+    @property
     def fields(self) -> list[str]:
         wanted = [self.cfg.message_field, self.cfg.timestamp_field, self.cfg.host_field, self.order_field]
         if self.cfg.session_field:
@@ -123,25 +174,24 @@ class Source:
 
     def _query(self, after: Checkpoint | None, start: str | None, end: str | None) -> dict[str, Any]:
         filters: list[dict[str, Any]] = []
-        rng: dict[str, Any] = {}
+        # Epoch milliseconds: what the server returns as sort values of date fields, so they compare alike.
+        rng: dict[str, Any] = {"lt": int((time.time() - self.cfg.query_delay_seconds) * 1000)}
         if after is not None:
-            rng["gte"] = after.sort[0]
-        if start is not None and self.order_field == self.cfg.timestamp_field:
-            rng["gte"] = max(rng.get("gte", start), start) if "gte" in rng else start
-        if end is not None and self.order_field == self.cfg.timestamp_field:
-            rng["lt"] = end
-        if rng:
-            filters.append({"range": {self.order_field: rng}})
-        if self.order_field != self.cfg.timestamp_field and (start or end):
-            ts: dict[str, Any] = {}
-            if start:
-                ts["gte"] = start
-            if end:
-                ts["lt"] = end
+            floor = after.sort[0]
+            if self.overlap_ms and isinstance(floor, (int, float)):
+                floor = int(floor - self.overlap_ms)
+            rng["gte"] = floor
+        ts: dict[str, Any] = {}
+        if start is not None:
+            ts["gte"] = start
+        if end is not None:
+            ts["lt"] = end
+        filters.append({"range": {self.order_field: rng}})
+        if ts:
             filters.append({"range": {self.cfg.timestamp_field: ts}})
         if self.cfg.query:
             filters.append(self.cfg.query)
-        return {"bool": {"filter": filters}} if filters else {"match_all": {}}
+        return {"bool": {"filter": filters}}
 
     # PIT differs between the flavours: Elasticsearch `_pit`, OpenSearch `_search/point_in_time`.
     def _open_pit(self) -> str:
@@ -203,6 +253,7 @@ class Source:
             "track_total_hits": False,
         }
         skip_ids = set(after.ids) if after else set()
+        seen = after.recent if after else {}
         floor = tuple(after.sort) if after else None
         left = limit
         while left is None or left > 0:
@@ -216,8 +267,12 @@ class Source:
             n = len(body["sort"]) - 1
             for h in hits:
                 doc = SourceDoc(h["_index"], h["_id"], tuple(h["sort"][:n]), h.get("_source") or {})
-                if floor is not None and (doc.sort < floor or (doc.sort == floor and doc.id in skip_ids)):
-                    continue
+                if floor is not None:
+                    if doc.sort == floor and doc.id in skip_ids:
+                        continue
+                    # Behind the checkpoint: only a late arrival in the overlap window not processed yet.
+                    if doc.sort < floor and (not self.overlap_ms or doc.id in seen or doc.id in skip_ids):
+                        continue
                 page.append(doc)
             if left is not None:
                 page = page[:left]

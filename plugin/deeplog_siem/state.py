@@ -2,7 +2,8 @@
 
 Contract: `load_state(clients, index, job) -> JobState` (an empty state when none was saved yet) and
 `save_state(clients, index, state)`. A save is a single-document index operation, so a crash leaves either
-the previous state or the new one, never a mix. The session tails are stored compressed in a field the
+the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
+back by id (a real-time GET), and waiting for the refresh interval cost up to a second per chunk. The session tails are stored compressed in a field the
 mapping never indexes; they are only read back by this module.
 """
 
@@ -67,7 +68,6 @@ def save_state(clients: Clients, index: str, state: JobState) -> None:
     clients.es.index(
         index=index,
         id=state.job,
-        refresh="wait_for",
         document={
             "@timestamp": now,
             "deeplog": {

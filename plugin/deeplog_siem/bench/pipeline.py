@@ -1,0 +1,185 @@
+"""bench pipeline: documents/s through the whole detection job vs a plain read of the same documents, and
+the job's peak memory for two backlog sizes.
+
+Contract: `add_arguments(parser)`, `run(args, progress) -> dict` (printed as one JSON object by the CLI).
+
+Method: the embedded server holds real HDFS sessions (the packaged DeepLog sample) replayed as raw lines
+(`replay`), stamped with `event.ingested`. A small log-key model is trained on normal sessions first. Then,
+on the same `--docs` documents and in the same process: a plain read (the job's own `Source.pages`: point in
+time + search_after, same page size and source fields, nothing else), the full job (`run_once`: read,
+template, sessions, batched LSTM scoring, anomaly writes, a checkpoint per chunk) from an empty checkpoint,
+and the plain read again; the faster of the two reads is the baseline, so the ratio is conservative.
+Peak RSS: for each of `--rss-sizes`, a fresh child process loads the model and runs the job over an index
+of that many documents (`resource.getrusage` in the child), so the sizes never share a peak.
+Everything shares the machine with the embedded server (and with whatever else runs there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, parse_config
+from ..es import Clients, connect
+from ..replay import EPOCH, index_lines, load_sample, render
+from ..runner import Detection, run_once, train
+from ..server import start_embedded
+from ..source import Source
+
+Progress = Callable[[str], None]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--docs", type=int, default=20000, help="documents for the throughput comparison")
+    p.add_argument(
+        "--rss-sizes",
+        default="20000,100000",
+        help="backlog sizes whose peak RSS is measured, each in a fresh process (comma-separated)",
+    )
+    p.add_argument("--page-size", type=int, default=1000, help="source.page_size")
+    p.add_argument("--chunk-size", type=int, default=20000, help="schedule.chunk_size")
+    p.add_argument("--train-sessions", type=int, default=400, help="normal sessions the model learns")
+    p.add_argument("--epochs", type=int, default=3)
+
+
+def bench_config(url: str, prefix: str, model_dir: str, page_size: int, chunk_size: int) -> Config:
+    return parse_config(
+        {
+            "elasticsearch": {"hosts": [url], "request_timeout": 120},
+            "source": {
+                "index": f"{prefix}-logs",
+                "session_regex": r"(blk_-?\d+)",
+                "page_size": page_size,
+                "query_delay_seconds": 0,  # the replay is refreshed before any read
+            },
+            "templater": {"format": "hdfs"},
+            "model": {"dir": model_dir, "device": "cpu", "epochs": 3, "patience": 1},
+            "schedule": {"chunk_size": chunk_size},
+            "output": {
+                "anomalies_index": f"{prefix}-anomalies",
+                "runs_index": f"{prefix}-runs",
+                "workflows_index": f"{prefix}-workflows",
+                "state_index": f"{prefix}-state",
+            },
+        }
+    )
+
+
+def _lines(n: int):
+    """At least n raw lines from the sample's test mix, rendered again with new block ids as needed."""
+    test = load_sample().test
+    out = []
+    rep = 0
+    while len(out) < n:
+        out += render(test, seed=100 + rep, start=EPOCH + timedelta(days=1 + rep))
+        rep += 1
+    return out[:n]
+
+
+def plain_read(clients: Clients, cfg: Config) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    for page in Source(clients, cfg.source).pages():
+        n += len(page)
+    return n, time.perf_counter() - t0
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    """In a fresh process: the job over one index; its own peak RSS."""
+    cfg = bench_config(spec["url"], spec["prefix"], spec["model_dir"], spec["page_size"], spec["chunk_size"])
+    clients = connect(cfg.elasticsearch)
+    try:
+        t0 = time.perf_counter()
+        s = run_once(cfg, clients)
+        secs = time.perf_counter() - t0
+    finally:
+        clients.close()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"docs": s.docs_read, "seconds": round(secs, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    sizes = [int(x) for x in str(args.rss_sizes).split(",") if x.strip()]
+    server = start_embedded()
+    result: dict[str, Any] = {"docs": args.docs, "page_size": args.page_size, "chunk_size": args.chunk_size}
+    try:
+        with tempfile.TemporaryDirectory(prefix="deeplog-bench-") as tmp:
+            model_dir = str(Path(tmp) / "models")
+            cfg = bench_config(server.url, "bench", model_dir, args.page_size, args.chunk_size)
+            cfg = cfg.replace(model=type(cfg.model)(**{**vars(cfg.model), "epochs": args.epochs}))
+            clients = connect(cfg.elasticsearch)
+            sample = load_sample()
+            train_lines = render(sample.train[: args.train_sessions], seed=5)
+            progress(f"indexing {len(train_lines)} training lines and training a small model ...")
+            index_lines(clients, "bench-train", train_lines, run="train")
+            t = train(cfg, clients, index="bench-train")
+            result["model"] = {"sessions": t.sessions, "templates": t.templates}
+
+            progress(f"indexing {args.docs} documents for the throughput comparison ...")
+            index_lines(clients, cfg.source.index, _lines(args.docs), run="rate")
+            det = Detection.load(cfg)
+            n1, r1 = plain_read(clients, cfg)
+            progress(f"  plain read: {n1} docs in {r1:.2f} s")
+            t0 = time.perf_counter()
+            s = run_once(cfg, clients, detection=det)
+            job_s = time.perf_counter() - t0
+            progress(f"  job: {s.docs_read} docs in {job_s:.2f} s; stages {dict(s.durations_ms)} ms")
+            n2, r2 = plain_read(clients, cfg)
+            progress(f"  plain read again: {n2} docs in {r2:.2f} s")
+            read_s = min(r1, r2)
+            result.update(
+                job_docs_per_s=round(s.docs_read / job_s, 1),
+                read_docs_per_s=round(n1 / read_s, 1),
+                ratio=round((s.docs_read / job_s) / (n1 / read_s), 3),
+                job_seconds=round(job_s, 2),
+                read_seconds=[round(r1, 2), round(r2, 2)],
+                job_stage_ms=dict(s.durations_ms),
+                anomalies=s.anomalies_total,
+                docs_read=s.docs_read,
+            )
+            clients.close()
+
+            for n in sizes:
+                prefix = f"rss{n}"
+                c = connect(cfg.elasticsearch)
+                progress(f"indexing {n} documents for the memory run ...")
+                index_lines(c, f"{prefix}-logs", _lines(n), run=prefix)
+                c.close()
+                spec = {
+                    "url": server.url,
+                    "prefix": prefix,
+                    "model_dir": model_dir,
+                    "page_size": args.page_size,
+                    "chunk_size": args.chunk_size,
+                }
+                out = subprocess.run(
+                    [sys.executable, "-m", "deeplog_siem.bench.pipeline", json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                child = json.loads(out.stdout.strip().splitlines()[-1])
+                progress(f"  {n} docs: {child}")
+                label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+                result[f"peak_rss_mb_{label}"] = child["peak_rss_mb"]
+                result[f"job_docs_per_s_{label}"] = round(child["docs"] / child["seconds"], 1)
+                c = connect(cfg.elasticsearch)
+                c.es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
+                c.close()
+    finally:
+        server.stop()
+    result["target"] = "ratio >= 0.9; peak RSS independent of backlog size"
+    return result
+
+
+if __name__ == "__main__":  # the child process of the memory measurement
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
