@@ -41,8 +41,8 @@ PAPER_NORMAL, PAPER_ABNORMAL = 553_366, 16_838
 PROTOCOL = (
     "trained on every session of the training file (duplicates kept; a seeded share of sessions held out "
     "for early stopping); no test session de-duplicated; a session is anomalous when any event fails "
-    "detection (actual key not in the top-g of the model's prediction from the previous h keys, windows "
-    "left-padded so the first events are scored) or its end-of-session key does; paper scale: "
+    "detection (actual key not in the top-g of the model's prediction from the previous h keys, or its "
+    "probability below model.min_probability when that is set; windows left-padded so the first events are scored) or its end-of-session key does; paper scale: "
     f"FP_paper = FP rate x {PAPER_NORMAL:,}, TP_paper = recall x {PAPER_ABNORMAL:,}"
 )
 
@@ -119,7 +119,12 @@ def run_evaluation(
         if unknown:
             say(f"{path}: {unknown} keys have no template and are scored as UNK")
         sets[name] = sessions
-    result: dict[str, Any] = {"protocol": PROTOCOL, "window": cfg.window, "top_g": cfg.top_g}
+    result: dict[str, Any] = {
+        "protocol": PROTOCOL,
+        "window": cfg.window,
+        "top_g": cfg.top_g,
+        "min_probability": cfg.min_probability,
+    }
     if model_path:
         model, ck_vocab, header = load_checkpoint(model_path)
         if ck_vocab.templates != vocab.templates:
@@ -146,7 +151,7 @@ def run_evaluation(
             save_checkpoint(save, model, vocab, meta)
             say(f"model saved to {save}")
     device = resolve_device(cfg.device)
-    detector = KeyDetector(model, cfg.top_g, device, cfg.cache_size)
+    detector = KeyDetector(model, cfg.top_g, device, cfg.cache_size, min_probability=cfg.min_probability)
     result.update(evaluate(detector, sets["normal"], sets["abnormal"]))
     result["device"] = str(device)
     result["model_args"] = asdict(model.args)
