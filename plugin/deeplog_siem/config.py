@@ -197,7 +197,7 @@ class SessionsConfig:
 class ModelConfig:
     window: int = 10
     top_g: int = 9
-    min_probability: float = 0.0
+    min_probability: float = 0.0002
     layers: int = 2
     hidden: int = 64
     embedding: int = 32
@@ -205,7 +205,7 @@ class ModelConfig:
     epochs: int = 30
     batch_size: int = 512
     learning_rate: float = 0.002
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.003
     patience: int = 3
     validation_fraction: float = 0.1
     seed: int = 42
