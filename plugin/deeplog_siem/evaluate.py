@@ -20,7 +20,8 @@ Then, seeds 42/1/2/3 each (FP/FN): a probability floor alone (min_probability 1e
 16/914 (the EOS of seeds 2-3 sits above 1e-4); refitting on all sessions for the best epoch count: no
 change in FP; 40 epochs at lr 0.001 (best epoch ~39): top-9 FP 7/5/9/10 but FN 34/526/3588/3496, with floor
 1e-4 13-18 FP; nucleus sets (1-delta of the mass, capped at 9) are never better than the floor; a whitelist
-of transitions seen in training (last k keys -> key) cuts FP to 2-6 only at k <= 2, where FN exceeds 2,000;
+of transitions seen in training (last k keys -> key) cuts FP to 2-6 only at k <= 2, where FN exceeds 2,000 (with the defaults below, k=6 gives FP 11/12/10/10,
+FN 18/9/12/103: the one robust FP gain, not yet in the detector as it needs the set in the checkpoint);
 averaging 4 seeds' distributions: label smoothing 0.01 + floor 3e-4 FP 7 / FN 167 (4x the training).
 Label smoothing makes the floor robust: the keys the model has no evidence for sit at the smoothing share
 (about label_smoothing / V), so a floor of about twice that separates "never seen here" from "rare": label
