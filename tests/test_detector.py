@@ -125,3 +125,18 @@ def test_score_semantics(model: KeyLSTM) -> None:
     assert len(KeyDetector(model, 4).score(build_windows([], 5))) == 0
     with pytest.raises(ValueError, match="windows of 5"):
         KeyDetector(model, 4).score(build_windows([[3]], 3))
+
+
+def test_min_probability_floor(model: KeyLSTM) -> None:
+    """The floor removes low-probability keys from the top-g candidates and changes nothing else."""
+    w = build_windows([[3, 4, UNK, 5], [6, 7, 8], [9, 10, 11, 3]], 5)
+    plain = KeyDetector(model, 4).score(w)
+    # Just above the least likely accepted key: at least that event goes from accepted to flagged.
+    floor = float(plain.prob[~plain.anomalous].min()) * 1.001
+    s = KeyDetector(model, 4, min_probability=floor).score(w)
+    for f in ("rank", "prob", "topk_keys", "topk_probs", "unseen"):
+        assert torch.equal(getattr(s, f), getattr(plain, f)), f
+    assert torch.equal(s.anomalous, plain.anomalous | (s.prob < floor))
+    assert (s.anomalous & ~plain.anomalous).any()  # some top-g keys are flagged by the floor alone
+    with pytest.raises(ValueError, match="min_probability"):
+        KeyDetector(model, 4, min_probability=1.0)

@@ -61,7 +61,7 @@ def test_evaluate_cli_json_on_real_slice(tmp_path: Path, capsys) -> None:
     args = ["--train", str(need("hdfs_train")), "--normal", str(need("hdfs_test_normal_dev"))]
     args += ["--abnormal", str(need("hdfs_test_abnormal_dev")), "--limit", "1500", "--device", "cpu"]
     model = tmp_path / "key.pt"
-    assert main(["evaluate", *args, "--epochs", "40", "--save", str(model), "--json"]) == 0
+    assert main(["evaluate", *args, "--epochs", "12", "--save", str(model), "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("protocol: ") for line in out)
     r = json.loads(out[-1])

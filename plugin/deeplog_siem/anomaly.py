@@ -71,6 +71,7 @@ def key_anomaly(
     query: str,
     top_g: int,
     index: str,
+    min_probability: float = 0.0,
 ) -> dict[str, Any]:
     name, description = RULES[anomaly_type]
     history = [k for k in window if k != PAD]
@@ -90,9 +91,15 @@ def key_anomaly(
     elif anomaly_type == "session_end":
         summary = f"session {session_id} ended after {position} events; expected next: {exp_summary}"
     else:
+        # A key inside the top g is flagged only by the probability floor (model.min_probability).
+        why = (
+            f"rank {rank + 1} > top-{top_g}"
+            if rank >= top_g
+            else f"below min_probability {min_probability:g}"
+        )
         summary = (
             f'unexpected {key_label(actual, vocab)} "{actual_text}" at event {position} of session '
-            f"{session_id} (p={probability:.4f}, rank {rank + 1} > top-{top_g}); expected: {exp_summary}"
+            f"{session_id} (p={probability:.4g}, {why}); expected: {exp_summary}"
         )
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return {

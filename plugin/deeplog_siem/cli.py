@@ -80,7 +80,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=progress,
     )
     print(f"protocol: {r['protocol']}")
-    print(f"window h={r['window']}, top g={r['top_g']}, model {r['model_args']}, device {r['device']}")
+    print(
+        f"window h={r['window']}, top g={r['top_g']}, min probability {r['min_probability']:g}, "
+        f"model {r['model_args']}, device {r['device']}"
+    )
     if r.get("train_seconds") is not None:
         print(f"training: {r['train_seconds']:.1f}s, best epoch {r['train']['best_epoch']}")
     print(
@@ -119,6 +122,7 @@ def _add_evaluate_parser(sub: Any) -> None:
     for name, typ in (
         ("window", int),
         ("top_g", int),
+        ("min_probability", float),
         ("layers", int),
         ("hidden", int),
         ("embedding", int),
@@ -126,6 +130,7 @@ def _add_evaluate_parser(sub: Any) -> None:
         ("epochs", int),
         ("batch_size", int),
         ("learning_rate", float),
+        ("label_smoothing", float),
         ("patience", int),
         ("validation_fraction", float),
         ("seed", int),

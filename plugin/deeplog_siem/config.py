@@ -207,6 +207,7 @@ class SessionsConfig:
 class ModelConfig:
     window: int = 10
     top_g: int = 9
+    min_probability: float = 0.0002
     layers: int = 2
     hidden: int = 64
     embedding: int = 32
@@ -214,6 +215,7 @@ class ModelConfig:
     epochs: int = 30
     batch_size: int = 512
     learning_rate: float = 0.002
+    label_smoothing: float = 0.003
     patience: int = 3
     validation_fraction: float = 0.1
     seed: int = 42
@@ -225,7 +227,17 @@ class ModelConfig:
         for name in ("window", "top_g", "layers", "hidden", "embedding", "epochs", "batch_size", "patience"):
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
+        _check(
+            f"{key}.min_probability",
+            0.0 <= self.min_probability < 1.0,
+            f"must be in [0, 1), got {self.min_probability}",
+        )
         _check(f"{key}.dropout", 0.0 <= self.dropout < 1.0, f"must be in [0, 1), got {self.dropout}")
+        _check(
+            f"{key}.label_smoothing",
+            0.0 <= self.label_smoothing < 1.0,
+            f"must be in [0, 1), got {self.label_smoothing}",
+        )
         _check(f"{key}.learning_rate", self.learning_rate > 0, f"must be > 0, got {self.learning_rate}")
         _check(
             f"{key}.validation_fraction",

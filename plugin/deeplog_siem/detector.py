@@ -1,9 +1,11 @@
 """detector: windows of log keys -> per-event verdicts of the log-key model.
 
-Contract: `KeyDetector(model, top_g, device, cache_size).score(windows)` -> `KeyScores` with, for every window
-(one event, or the end of a session), the 0-based rank and the probability of the actual key, the top-g
-candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and `anomalous`
-(rank >= g, or unseen). Scoring is batched: identical windows are scored once (`torch.unique`), the
+Contract: `KeyDetector(model, top_g, device, cache_size, min_probability).score(windows)` -> `KeyScores` with,
+for every window (one event, or the end of a session), the 0-based rank and the probability of the actual key,
+the top-g candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and
+`anomalous` (rank >= g, or probability < min_probability, or unseen). The candidate set is DeepLog's top-g,
+refined by an optional probability floor: keys the model gives almost no mass are not candidates even when
+they rank in the top g (with 30 keys and one near-certain successor, the tail of the top-g is noise). Scoring is batched: identical windows are scored once (`torch.unique`), the
 distribution of the next key is cached per window (LRU, bounded by `cache_size`), and the verdict is read
 from the distribution, so results do not depend on the cache, on batch sizes or on what else is scored in
 the same call. PAD and UNK are never predicted (their probability is 0); EOS is a valid prediction.
@@ -49,7 +51,11 @@ class KeyDetector:
         device: torch.device | str = "cpu",
         cache_size: int = 100_000,
         chunk_rows: int = 2048,
+        min_probability: float = 0.0,
     ):
+        if not 0.0 <= min_probability < 1.0:
+            raise ValueError(f"min_probability must be in [0, 1), got {min_probability}")
+        self.min_probability = min_probability
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.h, self.vocab_size = model.args.window, model.args.vocab_size
@@ -139,13 +145,14 @@ class KeyDetector:
         sorted_probs, order = probs.sort(dim=1, descending=True, stable=True)  # [U, V]
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(self.vocab_size).expand_as(order))
         rank = ranks[inverse, targets]
+        prob = probs[inverse, targets]
         unseen = targets == UNK
         g = self.top_g
         return KeyScores(
             rank=rank,
-            prob=probs[inverse, targets],
+            prob=prob,
             topk_keys=order[inverse, :g],
             topk_probs=sorted_probs[inverse, :g],
-            anomalous=(rank >= g) | unseen,
+            anomalous=(rank >= g) | (prob < self.min_probability) | unseen,
             unseen=unseen,
         )

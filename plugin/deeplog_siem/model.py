@@ -76,7 +76,11 @@ class KeyLSTM(nn.Module):
         self.head = nn.Linear(args.hidden, args.vocab_size)
 
     def forward(
-        self, keys: torch.Tensor, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None
+        self,
+        keys: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.embed(keys)  # [B, h, E]
         out, _ = self.lstm(x)  # [B, h, H]
@@ -84,9 +88,10 @@ class KeyLSTM(nn.Module):
         if targets is None:
             return logits, None
         if weights is None:
-            return logits, F.cross_entropy(logits, targets)
+            return logits, F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
         # Weighted mean: a unique (window, target) row with weight c counts as c identical rows.
-        return logits, (F.cross_entropy(logits, targets, reduction="none") * weights).sum() / weights.sum()
+        ce = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+        return logits, (ce * weights).sum() / weights.sum()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,14 +148,24 @@ def _unique_rows(
 
 @torch.no_grad()
 def _eval_loss(
-    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor, bs: int
+    model: KeyLSTM,
+    keys: torch.Tensor,
+    targets: torch.Tensor,
+    counts: torch.Tensor,
+    bs: int,
+    label_smoothing: float = 0.0,
 ) -> float:
     model.eval()
     total = 0.0
     for i in range(0, keys.shape[0], bs):
         logits, _ = model(keys[i : i + bs])
         total += float(
-            (F.cross_entropy(logits, targets[i : i + bs], reduction="none") * counts[i : i + bs]).sum()
+            (
+                F.cross_entropy(
+                    logits, targets[i : i + bs], reduction="none", label_smoothing=label_smoothing
+                )
+                * counts[i : i + bs]
+            ).sum()
         )
     return total / float(counts.sum())
 
@@ -197,13 +212,17 @@ def train_key_model(
         for batch in draws.view(steps, cfg.batch_size):
             idx, mult = torch.unique(batch, return_counts=True)
             idx, mult = idx.to(device), mult.to(device, torch.float)
-            _, loss = model(keys[idx], targets[idx], mult)
+            _, loss = model(keys[idx], targets[idx], mult, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
         train_loss = total / steps
-        score = _eval_loss(model, vkeys, vtargets, vcounts, 8192) if vkeys is not None else train_loss
+        score = (
+            _eval_loss(model, vkeys, vtargets, vcounts, 8192, cfg.label_smoothing)
+            if vkeys is not None
+            else train_loss
+        )
         say(
             f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f}"
             + (f", validation loss {score:.4f}" if vkeys is not None else "")

@@ -368,7 +368,11 @@ class Detection:
         model, vocab, _meta = load_checkpoint(path / KEYMODEL)
         templater = Templater.load(path / TEMPLATER, config.templater)
         detector = KeyDetector(
-            model, top_g=config.model.top_g, device=device, cache_size=config.model.cache_size
+            model,
+            top_g=config.model.top_g,
+            device=device,
+            cache_size=config.model.cache_size,
+            min_probability=config.model.min_probability,
         )
         return cls(version, templater, detector, vocab, model.args.window, config.model.top_g)
 
@@ -603,4 +607,5 @@ def _anomaly(
         query=session_query(src.session_field, sid, src.message_field),
         top_g=det.top_g,
         index=config.output.anomalies_index,
+        min_probability=det.detector.min_probability,
     )
