@@ -54,7 +54,9 @@ def test_replay_train_detect_end_to_end(clients, make_config, prefix, sample):
         assert d["summary"]
         if d["anomaly_type"] == "log_key":
             # Outside the top g, or inside it with less than the probability floor.
-            assert d["key"]["rank"] > cfg.model.top_g or d["key"]["probability"] <= cfg.model.min_probability
+            assert d["key"]["rank"] > cfg.model.top_g or d["key"]["probability"] <= cfg.model.floor(
+                t.templates + 3
+            )
             assert len(d["expected"]) == cfg.model.top_g
             assert d["key"]["template"] and d["window"]["key_ids"]
         if d["anomaly_type"] != "session_end":

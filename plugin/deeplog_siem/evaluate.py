@@ -7,7 +7,7 @@ and 16,838 abnormal test sessions). No session is de-duplicated. `run_evaluation
 train-or-load / score / report pipeline behind `deeplog-siem evaluate`.
 
 Dev-file results (h=10, g=9, 2x64, embedding 32; `deeplog-siem evaluate --json [--seed N]`; all figures
-and commands in BENCHMARKS-keymodel.md). Plain DeepLog rule, no smoothing (`--label-smoothing 0
+and commands in BENCHMARKS.md). Plain DeepLog rule, no smoothing (`--label-smoothing 0
 --min-probability 0`): seed 42 FP 9 / FN 18 (F1_paper 0.958); seed 1 FP 14 / FN 237; seed 2 FP 12 / FN 3374;
 seed 3 FP 10 / FN 3334. The spread comes from the end of the short truncated abnormal sessions (`22 5`,
 `5 22`, `22 5 5`, `5 5 22`, `5 22 5`: 3,070 of 8,419 sessions): the next key is near-certain there and the
@@ -138,7 +138,7 @@ def run_evaluation(
         "protocol": PROTOCOL,
         "window": cfg.window,
         "top_g": cfg.top_g,
-        "min_probability": cfg.min_probability,
+        "min_probability": cfg.floor(len(vocab)),
     }
     if model_path:
         model, ck_vocab, header = load_checkpoint(model_path)
@@ -166,7 +166,9 @@ def run_evaluation(
             save_checkpoint(save, model, vocab, meta)
             say(f"model saved to {save}")
     device = resolve_device(cfg.device)
-    detector = KeyDetector(model, cfg.top_g, device, cfg.cache_size, min_probability=cfg.min_probability)
+    detector = KeyDetector(
+        model, cfg.top_g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size)
+    )
     result.update(evaluate(detector, sets["normal"], sets["abnormal"]))
     result["device"] = str(device)
     result["model_args"] = asdict(model.args)

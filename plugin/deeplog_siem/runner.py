@@ -372,7 +372,7 @@ class Detection:
             top_g=config.model.top_g,
             device=device,
             cache_size=config.model.cache_size,
-            min_probability=config.model.min_probability,
+            min_probability=config.model.floor(model.args.vocab_size),
         )
         return cls(version, templater, detector, vocab, model.args.window, config.model.top_g)
 

@@ -1,4 +1,4 @@
-"""keyacc_sweep: decision rules of the log-key model swept offline on the HDFS dev files (BENCHMARKS-keymodel.md).
+"""keyacc_sweep: decision rules of the log-key model swept offline on the HDFS dev files (BENCHMARKS.md).
 
 Contract: `python -m deeplog_siem.bench.keyacc_sweep TAG '{"seed": 42, "label_smoothing": 0.01}'` trains one
 model with those ModelConfig overrides (dev protocol of ../shared/data/README.md, CPU) and prints, as JSON

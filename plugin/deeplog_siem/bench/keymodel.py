@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     result["windows"] = n
 
     # (a) every window, chunked, cache on and cold at the start.
-    det = KeyDetector(model, g, device, cfg.cache_size, min_probability=cfg.min_probability)
+    det = KeyDetector(model, g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size))
     t0 = time.perf_counter()
     for i in range(0, n, args.chunk):
         part = slice(i, i + args.chunk)
