@@ -32,6 +32,15 @@ def _check(key: str, ok: bool, reason: str) -> None:
         raise ConfigError(f"{key}: {reason}")
 
 
+def _check_credentials(key: str, api_key: str | None, username: str | None, password: str | None) -> None:
+    _check(
+        f"{key}.password",
+        (username is None) == (password is None),
+        "username and password must be given together",
+    )
+    _check(f"{key}.api_key", not (api_key and username), "give either api_key or username/password, not both")
+
+
 @dataclass(frozen=True)
 class ElasticsearchConfig:
     hosts: tuple[str, ...]
@@ -54,16 +63,7 @@ class ElasticsearchConfig:
             )
         _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
         _check(f"{key}.max_retries", self.max_retries >= 0, f"must be >= 0, got {self.max_retries}")
-        _check(
-            f"{key}.password",
-            (self.username is None) == (self.password is None),
-            "username and password must be given together",
-        )
-        _check(
-            f"{key}.api_key",
-            not (self.api_key and self.username),
-            "give either api_key or username/password, not both",
-        )
+        _check_credentials(key, self.api_key, self.username, self.password)
         if self.ca_certs is not None:
             _check(f"{key}.ca_certs", Path(self.ca_certs).is_file(), f"file not found: {self.ca_certs}")
 
@@ -411,16 +411,7 @@ class KibanaConfig:
                 f"must be an http(s) URL, got {self.url!r}",
             )
         _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
-        _check(
-            f"{key}.password",
-            (self.username is None) == (self.password is None),
-            "username and password must be given together",
-        )
-        _check(
-            f"{key}.api_key",
-            not (self.api_key and self.username),
-            "give either api_key or username/password, not both",
-        )
+        _check_credentials(key, self.api_key, self.username, self.password)
         if self.space is not None:
             _check(
                 f"{key}.space",

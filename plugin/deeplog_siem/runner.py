@@ -20,6 +20,7 @@ import traceback
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -154,6 +155,20 @@ def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
         )
 
 
+@contextmanager
+def _recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[RunSummary]:
+    """Time a run and record it, failed or not; a failure is re-raised after it is recorded."""
+    t0 = time.perf_counter()
+    try:
+        yield summary
+    except Exception as e:
+        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
+        raise
+    finally:
+        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
+        record_run(clients, config, summary)
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -202,8 +217,7 @@ def train(
     progress: Progress = _quiet,
 ) -> TrainSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
-    t0 = time.perf_counter()
-    try:
+    with _recorded(clients, config, summary):
         src_cfg = replace(config.source, index=index) if index else config.source
         source = Source(clients, src_cfg)
         templater = Templater(config.templater)
@@ -250,12 +264,6 @@ def train(
             dict(skipped),
             report.to_dict(),
         )
-    except Exception as e:
-        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
-        raise
-    finally:
-        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
-        record_run(clients, config, summary)
 
 
 # ----------------------------------------------------------------------------------------------- detect
@@ -390,8 +398,7 @@ def run_once(
 ) -> RunSummary:
     """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
     summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
-    t0 = time.perf_counter()
-    try:
+    with _recorded(clients, config, summary):
         det = detection or Detection.load(config)
         summary.model_version = det.version
         backfill = start is not None or end is not None
@@ -433,12 +440,6 @@ def run_once(
                 config.sessions.max_open,
             )
         return summary
-    except Exception as e:
-        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
-        raise
-    finally:
-        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
-        record_run(clients, config, summary)
 
 
 @dataclass
