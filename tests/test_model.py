@@ -192,3 +192,20 @@ def test_save_refuses_mismatched_vocabulary(trained, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="vocabulary has"):
         save_checkpoint(tmp_path / "x.pt", model, Vocabulary(), {})
     assert not any(tmp_path.iterdir())
+
+
+def test_model_threads_caps_torch_threads() -> None:
+    import dataclasses
+
+    import torch
+
+    from deeplog_siem.config import ModelConfig
+    from deeplog_siem.model import train_key_model
+
+    before = torch.get_num_threads()
+    try:
+        cfg = dataclasses.replace(ModelConfig(), threads=1, epochs=1, hidden=8, embedding=4, layers=1)
+        train_key_model([[3, 4, 5, 3, 4, 5]] * 20, 6, cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

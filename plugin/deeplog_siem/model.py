@@ -170,6 +170,12 @@ def _eval_loss(
     return total / float(counts.sum())
 
 
+def use_threads(n: int) -> None:
+    """Cap torch's CPU threads for this process (`model.threads`; 0 keeps torch's default)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def train_key_model(
     sessions: Sequence[Sequence[int]],
     vocab_size: int,
@@ -180,6 +186,7 @@ def train_key_model(
     say = progress or (lambda m: log.info("%s", m))
     if not sessions:
         raise ArtifactError("cannot train a key model on zero sessions")
+    use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -32,7 +32,7 @@ from .config import Config
 from .detector import KeyDetector, build_windows
 from .errors import DeeplogError
 from .es import Clients
-from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .sessions import SessionKeyer, SessionTracker
 from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
@@ -372,6 +372,7 @@ class Detection:
     @classmethod
     def load(cls, config: Config) -> Detection:
         version, path = ModelStore(config.model.dir).current()
+        use_threads(config.model.threads)
         device = resolve_device(config.model.device)
         model, vocab, _meta = load_checkpoint(path / KEYMODEL)
         templater = Templater.load(path / TEMPLATER, config.templater)
