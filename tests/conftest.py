@@ -82,25 +82,30 @@ def prefix(clients: Clients) -> Iterator[str]:
     clients.es.options(ignore_status=404).indices.delete(index=f"{p}*", expand_wildcards="all")
 
 
+def config_data(es_section: dict, prefix: str, model_dir: Path, **sections: dict) -> dict:
+    """Configuration data for one test: indices carry the test prefix; `sections` are merged per section."""
+    data: dict = {
+        "elasticsearch": es_section,
+        # Replayed test data is refreshed before any run: no query delay needed (test_reliability covers it).
+        "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)", "query_delay_seconds": 0},
+        "model": {"dir": str(model_dir)},
+        "output": {
+            "anomalies_index": f"{prefix}-anomalies",
+            "runs_index": f"{prefix}-runs",
+            "workflows_index": f"{prefix}-workflows",
+            "state_index": f"{prefix}-state",
+        },
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return data
+
+
 @pytest.fixture
 def make_config(es_section: dict, prefix: str, tmp_path: Path):
     """Build a validated Config for this test: its indices carry the test prefix, models go to tmp_path."""
 
     def build(**sections: dict) -> Config:
-        data: dict = {
-            "elasticsearch": es_section,
-            # Replayed test data is refreshed before any run: no query delay needed (test_reliability covers it).
-            "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)", "query_delay_seconds": 0},
-            "model": {"dir": str(tmp_path / "models")},
-            "output": {
-                "anomalies_index": f"{prefix}-anomalies",
-                "runs_index": f"{prefix}-runs",
-                "workflows_index": f"{prefix}-workflows",
-                "state_index": f"{prefix}-state",
-            },
-        }
-        for name, values in sections.items():
-            data[name] = {**data.get(name, {}), **values}
-        return parse_config(data)
+        return parse_config(config_data(es_section, prefix, tmp_path / "models", **sections))
 
     return build

@@ -27,26 +27,15 @@ from deeplog_siem.runner import Detection, run_once, train
 from deeplog_siem.scheduler import run_daemon
 from deeplog_siem.state import load_state
 
+from .conftest import config_data as shared_config_data
 from .conftest import real_cluster
 
 CLI = Path(sys.executable).with_name("deeplog-siem")
 
 
 def config_data(es_section: dict, prefix: str, model_dir: Path, **sections: dict) -> dict:
-    data: dict = {
-        "elasticsearch": es_section,
-        "source": {"index": f"{prefix}-logs", "session_regex": r"(blk_-?\d+)", "query_delay_seconds": 0},
-        "model": {"dir": str(model_dir), "device": "cpu"},
-        "output": {
-            "anomalies_index": f"{prefix}-anomalies",
-            "runs_index": f"{prefix}-runs",
-            "workflows_index": f"{prefix}-workflows",
-            "state_index": f"{prefix}-state",
-        },
-    }
-    for name, values in sections.items():
-        data[name] = {**data.get(name, {}), **values}
-    return data
+    sections["model"] = {"device": "cpu", **sections.get("model", {})}
+    return shared_config_data(es_section, prefix, model_dir, **sections)
 
 
 def ms_iso(t: datetime) -> str:

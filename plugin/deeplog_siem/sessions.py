@@ -29,23 +29,10 @@ from typing import Any
 
 from .config import SourceConfig
 from .errors import ArtifactError, ConfigError
+from .source import get_field
 from .vocab import EOS
 
 __all__ = ["EOS", "Observed", "SessionKeyer", "SessionTail", "SessionTracker"]
-
-_MISSING = object()
-
-
-def _field(doc: Mapping[str, Any], dotted: str) -> Any:
-    """`a.b.c` from nested objects, or the flat key "a.b.c" as Elasticsearch sources may hold it."""
-    if dotted in doc:
-        return doc[dotted]
-    cur: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            return _MISSING
-        cur = cur[part]
-    return cur
 
 
 class SessionKeyer:
@@ -95,8 +82,8 @@ class SessionKeyer:
             return None
         parts = []
         for f in self._fields:
-            v = _field(doc, f)
-            if v is _MISSING or v is None or isinstance(v, (Mapping, list)) or v == "":
+            v = get_field(doc, f)
+            if v is None or isinstance(v, (Mapping, list)) or v == "":
                 return None
             parts.append(str(v))
         return "|".join(parts)
