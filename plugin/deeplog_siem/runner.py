@@ -416,23 +416,28 @@ def run_once(
         # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
         pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
+        writer = sink.BackgroundWriter(clients)
         try:
             while True:
                 with _Timer(summary, "read"):  # time spent waiting for a page, not reading in the background
                     page = pages.next()
                 if page is None:
                     break
-                _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions)
+                _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions, writer)
                 if len(chunk.docs) >= config.schedule.chunk_size:
-                    _commit_chunk(config, clients, det, tracker, state, chunk, summary, False, source)
+                    _commit_chunk(config, clients, det, tracker, state, chunk, summary, False, source, writer)
                     progress(f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far")
                     chunk = _Chunk()
                     if stop is not None and stop.is_set():
                         summary.status = "stopped"
                         break
+            pages.close()
+            _commit_chunk(
+                config, clients, det, tracker, state, chunk, summary, close_sessions, source, writer
+            )
         finally:
             pages.close()
-        _commit_chunk(config, clients, det, tracker, state, chunk, summary, close_sessions, source)
+            writer.close()
         summary.sessions = len(seen_sessions)
         if tracker.stats["evicted_lru"]:
             log.warning(
@@ -471,6 +476,7 @@ def _score_page(
     chunk: _Chunk,
     summary: RunSummary,
     seen: set[str],
+    writer: sink.BackgroundWriter,
 ) -> None:
     """Template one page and observe its events into `chunk`; score once enough are pending (nothing is
     written or checkpointed here)."""
@@ -503,10 +509,14 @@ def _score_page(
     chunk.pending_rows.extend(rows)
     chunk.pending_observed.extend(observed)
     if len(chunk.pending_rows) >= SCORE_BATCH:
-        _score_pending(config, det, chunk, summary)
+        _score_pending(config, det, chunk, summary, writer)
 
 
-def _score_pending(config: Config, det: Detection, chunk: _Chunk, summary: RunSummary) -> None:
+def _score_pending(
+    config: Config, det: Detection, chunk: _Chunk, summary: RunSummary, writer: sink.BackgroundWriter
+) -> None:
+    """Score the pending events; their anomalies go to the writer at once (ids are deterministic, so a
+    chunk that fails later and is read again just overwrites them)."""
     rows, observed = chunk.pending_rows, chunk.pending_observed
     chunk.pending_rows, chunk.pending_observed = [], []
     if not rows:
@@ -516,12 +526,15 @@ def _score_pending(config: Config, det: Detection, chunk: _Chunk, summary: RunSu
         seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
         windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
         scores = det.detector.score(windows)
+        found = []
         for i in scores.anomalous.nonzero().flatten().tolist():
             doc, sid, ev, ts = rows[int(windows.session[i])]
             o = observed[int(windows.session[i])]
-            chunk.anomalies.append(
+            found.append(
                 _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts)
             )
+    chunk.anomalies.extend(found)
+    writer.submit(found)
 
 
 def _commit_chunk(
@@ -534,10 +547,11 @@ def _commit_chunk(
     summary: RunSummary,
     close_all: bool,
     source: Source,
+    writer: sink.BackgroundWriter,
 ) -> None:
     """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails."""
     src = config.source
-    _score_pending(config, det, chunk, summary)
+    _score_pending(config, det, chunk, summary, writer)
     # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
     if close_all:
         closed = tracker.close_all()
@@ -548,15 +562,16 @@ def _commit_chunk(
             seqs = [tuple(t.keys) for _, t in closed]
             windows = build_windows(seqs, det.window, context=[len(q) for q in seqs], add_eos=True)
             scores = det.detector.score(windows)
+            ended = []
             for i in scores.anomalous.nonzero().flatten().tolist():
                 sid, tail = closed[int(windows.session[i])]
                 index, _, doc_id = tail.last_ref.partition("/")
                 ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
-                chunk.anomalies.append(
-                    _anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count)
-                )
-    with _Timer(summary, "write"):
-        result = sink.write(clients, chunk.anomalies)
+                ended.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
+        chunk.anomalies.extend(ended)
+        writer.submit(ended)
+    with _Timer(summary, "write"):  # waiting for the writes still in flight, then the state
+        result = writer.flush()
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
         state.checkpoint = advance(state.checkpoint, chunk.docs, source.overlap_ms)
         state.sessions = tracker.to_dict()

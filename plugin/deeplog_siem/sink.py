@@ -5,11 +5,15 @@ so writing the same results twice overwrites instead of duplicating. Transient f
 connections) are retried with backoff; documents the server rejects for good (a mapping conflict, say)
 are counted by reason in `WriteResult.rejected` and logged; if transient failures remain after the
 retries, `SinkError` is raised and the caller must not advance its checkpoint.
+`BackgroundWriter` does the same from a thread of its own: `submit(docs)` returns at once, `flush()` returns
+the combined `WriteResult` once everything submitted so far is acknowledged (or raises what went wrong).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -86,3 +90,56 @@ def write(
     if refresh and indices:
         clients.es.indices.refresh(index=",".join(sorted(indices)))
     return result
+
+
+class BackgroundWriter:
+    """`write` in a thread of its own, so the server indexes one batch of results while the job reads and
+    scores the next, instead of the job waiting for every write at the end of a chunk."""
+
+    def __init__(self, clients: Clients, **write_kw: Any) -> None:
+        self._clients, self._kw = clients, write_kw
+        self._q: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._result = WriteResult()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="deeplog-sink-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, docs: Iterable[dict[str, Any]]) -> None:
+        batch = list(docs)
+        if not batch:
+            return
+        with self._cond:
+            self._pending += 1
+        self._q.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self._q.get()) is not None:
+            try:
+                r = write(self._clients, batch, **self._kw)
+                with self._cond:
+                    self._result.written += r.written
+                    self._result.rejected.update(r.rejected)
+            except BaseException as e:  # noqa: BLE001 - handed to flush(), raised in the job's thread
+                with self._cond:
+                    self._error = self._error or e
+            finally:
+                with self._cond:
+                    self._pending -= 1
+                    self._cond.notify_all()
+
+    def flush(self) -> WriteResult:
+        """Wait for every submitted batch; the result of all of them since the last flush."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending == 0)
+            error, self._error = self._error, None
+            result, self._result = self._result, WriteResult()
+        if error is not None:
+            raise error
+        return result
+
+    def close(self) -> None:
+        """Stop the thread once the batches already submitted are done (their outcome is not reported)."""
+        self._q.put(None)
+        self._thread.join()

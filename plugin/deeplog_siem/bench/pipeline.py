@@ -8,7 +8,9 @@ Method: the embedded server holds real HDFS sessions (the packaged DeepLog sampl
 on the same `--docs` documents and in the same process: a plain read (the job's own `Source.pages`: point in
 time + search_after, same page size and source fields, nothing else), the full job (`run_once`: read,
 template, sessions, batched LSTM scoring, anomaly writes, a checkpoint per chunk) from an empty checkpoint,
-and the plain read again; the faster of the two reads is the baseline, so the ratio is conservative.
+and the plain read again; the faster of the two reads is the baseline, so the ratio is conservative. The
+output indices get their index templates first (`setup`), as in a deployment. CPU seconds of the server
+process and of this process are reported for the read and for the job, to show which side a gap comes from.
 Peak RSS: for each of `--rss-sizes`, a fresh child process loads the model and runs the job over an index
 of that many documents (`resource.getrusage` in the child), so the sizes never share a peak.
 Everything shares the machine with the embedded server (and with whatever else runs there).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -33,6 +36,7 @@ from ..es import Clients, connect
 from ..replay import EPOCH, index_lines, load_sample, render
 from ..runner import Detection, run_once, train
 from ..server import start_embedded
+from ..setup_assets import run_setup
 from ..source import Source
 
 Progress = Callable[[str], None]
@@ -85,6 +89,36 @@ def _lines(n: int):
     return out[:n]
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by a process (this one when pid is None)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _Cpu:
+    """CPU seconds of the server and of this process over a block (Linux /proc; zeros elsewhere)."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+
+    def __enter__(self) -> _Cpu:
+        self.s0, self.m0 = self._read()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        s1, m1 = self._read()
+        self.server, self.job = round(s1 - self.s0, 2), round(m1 - self.m0, 2)
+
+    def _read(self) -> tuple[float, float]:
+        try:
+            return _cpu_s(self.pid), _cpu_s()
+        except (OSError, ValueError, IndexError):
+            return 0.0, 0.0
+
+
 def plain_read(clients: Clients, cfg: Config) -> tuple[int, float]:
     t0 = time.perf_counter()
     n = 0
@@ -98,6 +132,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = bench_config(spec["url"], spec["prefix"], spec["model_dir"], spec["page_size"], spec["chunk_size"])
     clients = connect(cfg.elasticsearch)
     try:
+        run_setup(clients, cfg)
         t0 = time.perf_counter()
         s = run_once(cfg, clients)
         secs = time.perf_counter() - t0
@@ -126,14 +161,18 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
 
             progress(f"indexing {args.docs} documents for the throughput comparison ...")
             index_lines(clients, cfg.source.index, _lines(args.docs), run="rate")
+            run_setup(clients, cfg)
             det = Detection.load(cfg)
-            n1, r1 = plain_read(clients, cfg)
+            with _Cpu(server.pid) as c1:
+                n1, r1 = plain_read(clients, cfg)
             progress(f"  plain read: {n1} docs in {r1:.2f} s")
             t0 = time.perf_counter()
-            s = run_once(cfg, clients, detection=det)
+            with _Cpu(server.pid) as cj:
+                s = run_once(cfg, clients, detection=det)
             job_s = time.perf_counter() - t0
             progress(f"  job: {s.docs_read} docs in {job_s:.2f} s; stages {dict(s.durations_ms)} ms")
-            n2, r2 = plain_read(clients, cfg)
+            with _Cpu(server.pid) as c2:
+                n2, r2 = plain_read(clients, cfg)
             progress(f"  plain read again: {n2} docs in {r2:.2f} s")
             read_s = min(r1, r2)
             result.update(
@@ -145,6 +184,11 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 job_stage_ms=dict(s.durations_ms),
                 anomalies=s.anomalies_total,
                 docs_read=s.docs_read,
+                cpu_seconds={
+                    "read": {"server": [c1.server, c2.server], "client": [c1.job, c2.job]},
+                    "job": {"server": cj.server, "client": cj.job},
+                },
+                cpu_count=os.cpu_count(),
             )
             clients.close()
 
