@@ -52,7 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--page-size", type=int, default=1000, help="source.page_size")
     p.add_argument("--chunk-size", type=int, default=20000, help="schedule.chunk_size")
     p.add_argument("--train-sessions", type=int, default=400, help="normal sessions the model learns")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="training epochs of the small model")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="model.threads for the job (0 = torch's default; 1 leaves a core to a co-located server)",
+    )
 
 
 def bench_config(url: str, prefix: str, model_dir: str, page_size: int, chunk_size: int) -> Config:
@@ -145,12 +151,19 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     sizes = [int(x) for x in str(args.rss_sizes).split(",") if x.strip()]
     server = start_embedded()
-    result: dict[str, Any] = {"docs": args.docs, "page_size": args.page_size, "chunk_size": args.chunk_size}
+    result: dict[str, Any] = {
+        "docs": args.docs,
+        "page_size": args.page_size,
+        "chunk_size": args.chunk_size,
+        "threads": args.threads,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="deeplog-bench-") as tmp:
             model_dir = str(Path(tmp) / "models")
             cfg = bench_config(server.url, "bench", model_dir, args.page_size, args.chunk_size)
-            cfg = cfg.replace(model=type(cfg.model)(**{**vars(cfg.model), "epochs": args.epochs}))
+            cfg = cfg.replace(
+                model=type(cfg.model)(**{**vars(cfg.model), "epochs": args.epochs, "threads": args.threads})
+            )
             clients = connect(cfg.elasticsearch)
             sample = load_sample()
             train_lines = render(sample.train[: args.train_sessions], seed=5)
