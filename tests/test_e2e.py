@@ -41,6 +41,10 @@ def test_replay_train_detect_end_to_end(clients, make_config, prefix, sample):
     assert summary.sessions == len(test_sessions)
     assert sum(summary.rejected.values()) == 0
     assert summary.anomalies_total > 0
+    assert summary.lag_seconds == 0.0 and summary.sessions_evicted == 0  # caught up, nothing dropped
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    run = clients.es.get(index=cfg.output.runs_index, id=summary.run_id)["_source"]["deeplog"]["run"]
+    assert (run["lag_seconds"], run["sessions_evicted"], run["docs_read"]) == (0.0, 0, len(test_lines))
 
     # Every anomaly is in the index, explains itself, and points back at its raw log document.
     clients.es.indices.refresh(index=cfg.output.anomalies_index)

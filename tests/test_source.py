@@ -98,3 +98,19 @@ def test_identical_sort_values_across_page_boundaries(clients, prefix, make_conf
         cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
     rest = [d.id for p in src.pages(cp) for d in p]
     assert sorted(rest) == sorted(d.id for d in docs[11:])
+
+
+def test_newest_document_gives_the_lag_behind_the_checkpoint(clients, prefix, make_config):
+    from deeplog_siem.runner import _lag
+
+    src = Source(clients, make_config().source)
+    assert src.newest() is None  # no index yet
+    for i, ingested in enumerate(("2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z", "2024-01-01T00:01:30Z")):
+        doc = {"@timestamp": ingested, "event": {"ingested": ingested}, "message": f"m{i}"}
+        clients.es.index(index=f"{prefix}-logs", id=str(i), document=doc)
+    clients.es.indices.refresh(index=f"{prefix}-logs")
+    first = [d for p in src.pages(limit=1) for d in p]
+    cp = Checkpoint(first[0].sort, (first[0].id,))
+    assert _lag(src, cp) == 90.0
+    assert _lag(src, cp.advance_many(d for p in src.pages(cp) for d in p)) == 0.0
+    assert _lag(src, None) is None  # nothing processed yet: no checkpoint to measure from

@@ -69,6 +69,10 @@ class RunSummary:
     durations_ms: Counter[str] = field(default_factory=Counter)
     window_start: Any = None
     window_end: Any = None
+    # Seconds between the newest document in the source index and the checkpoint after this run (0 = caught
+    # up); None when unknown (backfills, non-date order fields, or the lookup failed).
+    lag_seconds: float | None = None
+    sessions_evicted: int = 0  # open sessions dropped by sessions.max_open: their end was not scored
     model_version: str | None = None
     error: str | None = None
     stack_trace: str | None = None
@@ -84,7 +88,10 @@ class RunSummary:
             f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
             f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
-            f"{sum(self.rejected.values())} rejected writes, model {self.model_version}, {secs:.1f} s"
+            f"{sum(self.rejected.values())} rejected writes, "
+            + (f"{self.sessions_evicted} sessions evicted, " if self.sessions_evicted else "")
+            + (f"lag {self.lag_seconds:.1f} s, " if self.lag_seconds is not None else "")
+            + f"model {self.model_version}, {secs:.1f} s"
             + (f", error: {self.error}" if self.error else "")
         )
 
@@ -107,10 +114,12 @@ class RunSummary:
                     "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
                     "skipped": dict(self.skipped),
                     "sessions": self.sessions,
+                    "sessions_evicted": self.sessions_evicted,
                     "anomalies": dict(self.anomalies),
                     "anomalies_total": self.anomalies_total,
                     "bulk_failures": sum(self.rejected.values()),
                     "duration_ms": dict(self.durations_ms),
+                    "lag_seconds": self.lag_seconds,
                     "model_version": self.model_version,
                 }
             },
@@ -439,6 +448,9 @@ def run_once(
             pages.close()
             writer.close()
         summary.sessions = len(seen_sessions)
+        summary.sessions_evicted = tracker.stats["evicted_lru"]
+        if not backfill:
+            summary.lag_seconds = _lag(source, state.checkpoint)
         if tracker.stats["evicted_lru"]:
             log.warning(
                 "%s open sessions evicted (sessions.max_open=%s): their end was not scored",
@@ -446,6 +458,21 @@ def run_once(
                 config.sessions.max_open,
             )
         return summary
+
+
+def _lag(source: Source, checkpoint: Any) -> float | None:
+    """How far the checkpoint is behind the newest readable document; a failed lookup is logged, not fatal."""
+    try:
+        newest = source.newest()
+    except Exception as e:  # noqa: BLE001 - the lag is informative; it must not fail a committed run
+        log.warning("could not look up the newest document of %s: %s", source.cfg.index, e)
+        return None
+    if not isinstance(newest, (int, float)):
+        return None
+    done = checkpoint.sort[0] if checkpoint is not None else None
+    if not isinstance(done, (int, float)):
+        return None
+    return round(max(0.0, (float(newest) - float(done)) / 1000.0), 3)
 
 
 @dataclass

@@ -221,6 +221,18 @@ class Source:
         except Exception as e:  # noqa: BLE001 - an unclosed PIT expires by itself; never mask the real error
             log.warning("could not close point in time: %s", e)
 
+    def newest(self) -> Any:
+        """The largest checkpoint-field value in the index (epoch ms for dates; None when the index is empty
+        or missing), for the run summary's lag. Same filters as the reads (query delay, `source.query`)."""
+        body = {
+            "size": 0,
+            "query": self._query(None, None, None),
+            "aggs": {"newest": {"max": {"field": self.order_field}}},
+            "track_total_hits": False,
+        }
+        resp = self.clients.es.options(ignore_status=404).search(index=self.cfg.index, **body)
+        return ((resp.get("aggregations") or {}).get("newest") or {}).get("value")
+
     def pages(
         self,
         after: Checkpoint | None = None,
