@@ -38,6 +38,8 @@ from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
 from .templater import Templater
 from .vocab import EOS
+from .workflow import WORKFLOWS_FILE, WorkflowModel, diagnose
+from .workflow_mining import mine_workflows, model_predictor
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +225,16 @@ def train(
         templater = Templater(config.templater)
         keyer = SessionKeyer(config.source)
         sessions: dict[str, list[int]] = defaultdict(list)
+        # Event times per session, for the workflow model's task split and typical step gaps.
+        times: dict[str, list[float]] = defaultdict(list)
         skipped: Counter[str] = Counter()
         progress(f"reading training logs from {src_cfg.index} ...")
         for page in source.pages(start=start, end=end):
             summary.docs_read += len(page)
-            for _doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
+            for doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
                 sessions[sid].append(ev.key)
+                ts = epoch_seconds(doc.get(src_cfg.timestamp_field))
+                times[sid].append(ts if ts is not None else (times[sid][-1] if times[sid] else 0.0))
             if summary.docs_read % 20000 < len(page):
                 progress(
                     f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
@@ -251,8 +257,19 @@ def train(
             "documents": summary.docs_read,
             "metrics": report.to_dict(),
         }
+        progress("building workflow models ...")
+        workflows = mine_workflows(
+            training,
+            templater.vocab.templates,
+            times=[times[sid] for sid in sessions],
+            predict=model_predictor(model),
+            window=config.model.window,
+        )
+        workflows.save(path)
+        meta["workflows"] = WORKFLOWS_FILE
         save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
         store.publish(version)
+        publish_workflows(clients, config, version, workflows)
         summary.model_version = version
         summary.sessions = len(sessions)
         summary.skipped = skipped
@@ -264,6 +281,17 @@ def train(
             dict(skipped),
             report.to_dict(),
         )
+
+
+def publish_workflows(clients: Clients, config: Config, version: str, workflows: WorkflowModel) -> int:
+    """Write one document per workflow of model `version` to the workflows index; returns how many."""
+    docs = workflows.documents(config.output.workflows_index, version, _now())
+    result = sink.write(clients, docs)
+    if sum(result.rejected.values()):
+        log.warning(
+            "workflows index %s rejected %s documents", config.output.workflows_index, dict(result.rejected)
+        )
+    return len(docs)
 
 
 # ----------------------------------------------------------------------------------------------- detect
@@ -368,6 +396,7 @@ class Detection:
     vocab: Any
     window: int
     top_g: int
+    workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -383,7 +412,12 @@ class Detection:
             cache_size=config.model.cache_size,
             min_probability=config.model.floor(model.args.vocab_size),
         )
-        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g)
+        workflows = None
+        if (path / WORKFLOWS_FILE).is_file():
+            workflows = WorkflowModel.load(path)
+        else:
+            log.warning("model version %s has no workflow model: anomalies say so instead of a path", version)
+        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g, workflows)
 
 
 def run_once(
@@ -520,7 +554,21 @@ def _score_pending(config: Config, det: Detection, chunk: _Chunk, summary: RunSu
             doc, sid, ev, ts = rows[int(windows.session[i])]
             o = observed[int(windows.session[i])]
             chunk.anomalies.append(
-                _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts)
+                _anomaly(
+                    config,
+                    det,
+                    summary,
+                    scores,
+                    windows,
+                    i,
+                    doc,
+                    sid,
+                    ev.params,
+                    o.position,
+                    ts,
+                    history=o.history,
+                    gap_s=None if o.first else o.vector[0],
+                )
             )
 
 
@@ -553,7 +601,19 @@ def _commit_chunk(
                 index, _, doc_id = tail.last_ref.partition("/")
                 ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
                 chunk.anomalies.append(
-                    _anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count)
+                    _anomaly(
+                        config,
+                        det,
+                        summary,
+                        scores,
+                        windows,
+                        i,
+                        ref,
+                        sid,
+                        (),
+                        tail.count,
+                        history=tuple(tail.keys),
+                    )
                 )
     with _Timer(summary, "write"):
         result = sink.write(clients, chunk.anomalies)
@@ -579,10 +639,25 @@ def _iso(ts: float) -> str:
 
 
 def _anomaly(
-    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position, ts: float | None = None
+    config,
+    det,
+    summary,
+    scores,
+    windows,
+    i,
+    doc: SourceDoc,
+    sid,
+    params,
+    position,
+    ts: float | None = None,
+    *,
+    history: tuple[int, ...] = (),
+    gap_s: float | None = None,
 ) -> dict[str, Any]:
     src = config.source
     target = int(windows.targets[i])
+    # Where the session left its workflow (or why no workflow applies): the tracker's history of the session.
+    where = diagnose(det.workflows, list(history), target, gap_s=gap_s).fields()
     kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
     msg = doc.get(src.message_field)
     return key_anomaly(
@@ -610,4 +685,5 @@ def _anomaly(
         top_g=det.top_g,
         index=config.output.anomalies_index,
         min_probability=det.detector.min_probability,
+        workflow=where,
     )
