@@ -181,3 +181,85 @@ def main_figures(seeds: list[int], n_tasks: int, key_model: bool, say: Callable[
         "spurious_rate_max": max(r["spurious_rate"] for r in runs),
         "runs": runs,
     }
+
+
+def hdfs_report(
+    train_path: str,
+    test_path: str,
+    templates_path: str,
+    n_anomalies: int = 5,
+    key_model: bool = True,
+    seed: int = 0,
+    progress: Callable[[str], None] = _quiet,
+) -> dict[str, Any]:
+    """The workflow model of HDFS training key sessions, and the first `n_anomalies` abnormal test sessions
+    diagnosed end to end: the key model (a small one, trained on the same sessions) flags the session's
+    first unexpected event, or its end, and `workflow.diagnose` says where it left its workflow."""
+    from .detector import KeyDetector, build_windows
+    from .keyseq import hdfs_vocabulary, read_key_sessions, to_ids
+    from .vocab import EOS
+    from .workflow import diagnose, render_text
+
+    vocab = hdfs_vocabulary(templates_path)
+    train, _ = to_ids(read_key_sessions(train_path), len(vocab))
+    test, _ = to_ids(read_key_sessions(test_path), len(vocab))
+    mcfg = ModelConfig(window=10, top_g=9, epochs=8, hidden=64, seed=seed, device="cpu")
+    predict = det = None
+    if key_model:
+        progress(f"training a small key model on {len(train)} sessions ...")
+        model, _ = train_key_model(train, len(vocab), mcfg)
+        predict = model_predictor(model)
+        det = KeyDetector(model, top_g=mcfg.top_g)
+    wm = mine_workflows(train, vocab.templates, predict=predict, window=mcfg.window)
+    diagnosed = []
+    for n, s in enumerate(test):
+        if len(diagnosed) >= n_anomalies:
+            break
+        if det is not None:
+            windows = build_windows([s], mcfg.window, add_eos=True)
+            flags = det.score(windows).anomalous.nonzero().flatten().tolist()
+            if not flags:
+                continue
+            pos = flags[0]
+        else:
+            pos = next((i for i, d in enumerate(_first_off_workflow(wm, s)) if d), None)
+            if pos is None:
+                continue
+        key = s[pos] if pos < len(s) else EOS
+        d = diagnose(wm, s[max(0, pos - mcfg.window) : pos], key, template_of=vocab.template)
+        diagnosed.append(
+            {
+                "session": n,
+                "keys": " ".join(f"E{k - 2}" for k in s),
+                "position": pos,
+                "key": f"E{key - 2}" if key != EOS else "<end>",
+                "diagnosis": d.fields(),
+            }
+        )
+    return {
+        "sessions": len(train),
+        "key_model": key_model,
+        "workflows": [
+            {
+                "name": w.name,
+                "title": w.title,
+                "paths": w.sessions,
+                "states": len(w.nodes),
+                "edges": len(w.edges),
+            }
+            for w in wm.workflows
+        ],
+        "transitions": wm.transitions,
+        "text": [render_text(w) for w in wm.workflows],
+        "anomalies": diagnosed,
+        "model": wm,
+    }
+
+
+def _first_off_workflow(wm: WorkflowModel, s: list[int]) -> list[bool]:
+    """Per event: no workflow has the step from the previous key (the count-only fallback detector)."""
+    out = []
+    for i, k in enumerate(s):
+        prev = s[i - 1] if i else START
+        out.append(not any(w.edge(prev, k) is not None for w in wm.workflows if k in w.nodes))
+    return out

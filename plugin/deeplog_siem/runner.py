@@ -294,6 +294,18 @@ def publish_workflows(clients: Clients, config: Config, version: str, workflows:
     return len(docs)
 
 
+def publish_current_workflows(clients: Clients, config: Config) -> str:
+    """`setup`: (re)write the current model version's workflows to the workflows index; says what it did."""
+    try:
+        version, path = ModelStore(config.model.dir).current()
+    except DeeplogError:
+        return "workflows: no trained model yet (train writes them)"
+    if not (path / WORKFLOWS_FILE).is_file():
+        return f"workflows: model version {version} has none (train again to build them)"
+    n = publish_workflows(clients, config, version, WorkflowModel.load(path))
+    return f"workflows: {n} of model version {version} written to {config.output.workflows_index}"
+
+
 # ----------------------------------------------------------------------------------------------- detect
 
 
@@ -657,7 +669,9 @@ def _anomaly(
     src = config.source
     target = int(windows.targets[i])
     # Where the session left its workflow (or why no workflow applies): the tracker's history of the session.
-    where = diagnose(det.workflows, list(history), target, gap_s=gap_s).fields()
+    where = diagnose(
+        det.workflows, list(history), target, gap_s=gap_s, template_of=det.vocab.template
+    ).fields()
     kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
     msg = doc.get(src.message_field)
     return key_anomaly(

@@ -23,6 +23,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,23 @@ class WorkflowModel:
         docs = []
         for w in self.workflows:
             d = w.to_dict()
+            # Layered layout for the Kibana Vega graph: depth = row, col = position in the row (0..1).
+            depth = _depths(w)
+            rows: dict[int, list[int]] = defaultdict(list)
+            for k in sorted(depth, key=lambda k: (depth[k], k)):
+                rows[depth[k]].append(k)
+            col = {k: (i + 1) / (len(ks) + 1) for ks in rows.values() for i, k in enumerate(ks)}
+            nodes = [
+                {
+                    "id": node_id(k),
+                    "key_id": k,
+                    "template": w.template(k) if k in (START, END) else w.templates.get(k, ""),
+                    "count": w.nodes.get(k, w.sessions),
+                    "depth": depth[k],
+                    "col": round(col[k], 4),
+                }
+                for k in sorted(depth, key=lambda k: (depth[k], k))
+            ]
             docs.append(
                 {
                     "_index": index,
@@ -213,7 +231,7 @@ class WorkflowModel:
                             "title": d["title"],
                             "description": render_text(w),
                             "sessions": w.sessions,
-                            "nodes": d["nodes"],
+                            "nodes": nodes,
                             "edges": [
                                 {
                                     k: e[k]
@@ -289,9 +307,11 @@ def diagnose(
     history: list[int] | tuple[int, ...],
     key: int,
     gap_s: float | None = None,
+    template_of: Callable[[int], str] | None = None,
 ) -> Diagnosis:
     """Where a session left its workflow: `history` = its last keys (oldest first), `key` = the anomalous
-    key (EOS for an unexpected session end), `gap_s` = seconds since the previous event (slow-step check)."""
+    key (EOS for an unexpected session end), `gap_s` = seconds since the previous event (slow-step check),
+    `template_of` = template text of keys no workflow holds (the vocabulary's)."""
     if model is None or not model.workflows:
         return Diagnosis(None, "no workflow model", summary="no workflow model in this model version")
     if key == UNK:
@@ -323,14 +343,23 @@ def diagnose(
     exp_edges = _expected(w, path)
     expected = [(e.target, e.probability) for e in exp_edges]
     target = END if ending else key
-    allowed = any(e.target == target for e in w.successors(last))
+    # Allowed: the step is in the workflow after this history (the grown one where it decides).
+    allowed = any(e.target == target for e in exp_edges)
     templates = {k: w.template(k) for k in [*path, last, *[e.target for e in exp_edges]]}
-    templates[key] = w.template(key) if not ending else "<end of session>"
+    known = ending or any(key in wf.nodes for wf in model.workflows)
+    if ending:
+        templates[key] = "<end of session>"
+    elif key in w.nodes or template_of is None:
+        templates[key] = w.template(key)
+    else:
+        templates[key] = template_of(key)
     d = Diagnosis(w.name, None, path, last, expected, templates, allowed)
     exp_text = " or ".join(f'{node_id(k)} "{_short(templates[k], 40)}"' for k, _ in expected[:3]) or "nothing"
     where = f'{node_id(last)} "{_short(templates[last])}"' if last != START else "its start"
     what = "ended" if ending else f'went to {node_id(key)} "{_short(templates[key], 40)}"'
-    verdict = "rare in this context" if allowed else "diverged"
+    if not known:
+        what += " (a key of no workflow)"
+    verdict = "took a step rare in this context" if allowed else "diverged"
     d.summary = (
         f"workflow {w.name} ({_short(w.title, 40)}): after {len(path)} steps the session {verdict} at "
         f"{where}: it {what}; expected {exp_text}"

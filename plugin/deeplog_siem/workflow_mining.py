@@ -129,6 +129,20 @@ def cluster_keys(segments: Sequence[Sequence[int]], params: MiningParams) -> lis
         set(c) | {k for c0 in c for k in near[c0] if k in parent and p(c0, k) >= params.cooccur}
         for c in cores
     ]
+    # A component whose every key nearly always has a key of a larger component nearby is one of that
+    # task's branches (an alternative path), not a task of its own: its keys become members there.
+    merged: set[int] = set()
+    by_size = sorted(range(len(cores)), key=lambda i: (len(cores[i]), min(cores[i])))
+    for i in by_size:
+        for j in reversed(by_size):
+            if j == i or j in merged or len(cores[j]) < len(cores[i]):
+                continue
+            if all(max(p(k, c) for c in cores[j]) >= params.cooccur for k in cores[i]):
+                members[j] |= members[i]
+                merged.add(i)
+                break
+    cores = [c for i, c in enumerate(cores) if i not in merged]
+    members = [m for i, m in enumerate(members) if i not in merged]
     keep = []
     for i, core in enumerate(cores):
         elsewhere = set().union(*(members[j] for j in range(len(cores)) if j != i and cores[j] - members[i]))
