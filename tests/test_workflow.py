@@ -239,3 +239,21 @@ def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, 
     )
     n = clients.es.count(index=cfg.output.anomalies_index, query={"term": {"deeplog.workflow.name": name}})
     assert n["count"] >= 1
+
+
+def test_cli_workflow_hdfs_on_real_sessions(tmp_path, capsys):
+    """Real HDFS key sessions: the block workflow is found and abnormal sessions are diagnosed."""
+    from .conftest import need_data
+
+    need_data("hdfs_keys", "hdfs_train")
+    args = ["workflow", "hdfs", "--no-key-model", "--anomalies", "3", "--out", str(tmp_path), "--json"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["sessions"] == 4855 and last["workflows"]
+    assert "allocateBlock" in out and "Receiving block" in out  # the block-write workflow, E5 and E22
+    assert len(last["anomalies"]) == 3
+    for a in last["anomalies"]:
+        d = a["diagnosis"]
+        assert d["summary"] and ("name" in d or d["reason"])
+    assert WorkflowModel.load(tmp_path).sessions == 4855

@@ -234,7 +234,12 @@ def cmd_evaluate_workflows(args: argparse.Namespace) -> int:
     from .evaluate_workflows import main_figures
 
     seeds = args.seed or [0]
-    r = main_figures(seeds, args.tasks, not args.no_key_model, progress)
+    from .workflow_mining import MiningParams
+
+    params = MiningParams(split_gap_s=args.split_gap)
+    r = main_figures(
+        seeds, args.tasks, not args.no_key_model, progress, path_rate=args.path_rate, params=params
+    )
     print(
         f"{len(seeds)} seeds, {args.tasks} tasks each: edge recall >= {r['edge_recall_min']:.4f}, "
         f"spurious edges <= {r['spurious_rate_max']:.4f} (targets >= 0.95, <= 0.05)"
@@ -290,7 +295,7 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 def cmd_workflow_hdfs(args: argparse.Namespace) -> int:
     """HDFS key files: the workflow model, its picture, and real abnormal sessions diagnosed end to end."""
-    from .evaluate_workflows import hdfs_report
+    from .evaluate_workflows import hdfs_names, hdfs_report
     from .keyseq import HDFS_DIR
 
     r = hdfs_report(
@@ -317,7 +322,7 @@ def cmd_workflow_hdfs(args: argparse.Namespace) -> int:
     print(f"task-level transitions: {r['transitions']}")
     for a in r["anomalies"]:
         print(
-            f"abnormal session {a['session']} (event {a['position']}, {a['key']}): {a['diagnosis']['summary']}"
+            f"abnormal session {a['session']} (event {a['position']}, {a['key']}): {hdfs_names(a['diagnosis']['summary'])}"
         )
     if args.json:
         print_json({k: v for k, v in r.items() if k != "text"})
@@ -337,6 +342,19 @@ def _add_workflow_parsers(sub: Any) -> None:
         "--no-key-model",
         action="store_true",
         help="build from counts alone, without checking edges with a small trained key model",
+    )
+    p.add_argument(
+        "--path-rate",
+        type=float,
+        default=0.0,
+        help="share of training tasks with an injected path anomaly (noise the mining must filter; default 0)",
+    )
+    p.add_argument(
+        "--split-gap",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="idle gap that ends a task inside a session (default 30; 0: never split, an ablation)",
     )
     p.add_argument(
         "--json", action="store_true", help="also print all figures as one JSON object (last line)"

@@ -47,9 +47,11 @@ def run(
     key_model: bool = True,
     params: MiningParams | None = None,
     progress: Callable[[str], None] = _quiet,
+    path_rate: float = 0.0,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    w = generate_workload(n_tasks, seed)
+    # path_rate > 0: training data contaminated with path anomalies (missing, repeated, foreign steps).
+    w = generate_workload(n_tasks, seed, path_rate=path_rate)
     tpl = Templater(TemplaterConfig(format="openstack", similarity_threshold=SIMILARITY))
     parsed = tpl.parse_many(w.lines, learn=True)
     rx = re.compile(OPENSTACK_SESSION_REGEX)
@@ -69,14 +71,18 @@ def run(
     times = [t for _, t in per_session.values()]
     progress(f"{len(w.lines)} lines, {len(sequences)} sessions, {tpl.num_templates} templates")
     predict = None
-    mcfg = ModelConfig(window=10, top_g=3, epochs=6, hidden=32, seed=seed, device="cpu")
+    # Enough epochs for a small training set (early stopping ends it sooner on a big one): an underfit key
+    # model would veto real steps.
+    mcfg = ModelConfig(window=10, top_g=3, epochs=20, hidden=32, seed=seed, device="cpu")
     if key_model:
         model, _ = train_key_model(sequences, len(tpl.vocab), mcfg)
         predict = model_predictor(model)
     wm = mine_workflows(
         sequences, tpl.vocab.templates, times=times, predict=predict, window=mcfg.window, params=params
     )
-    out = compare(wm, w.graphs, w.tasks, line_key)
+    bad = {lab["task_id"] for lab in w.labels}
+    tasks = [{**t, "anomalous": t["task_id"] in bad} for t in w.tasks]
+    out = compare(wm, w.graphs, tasks, line_key)
     out.update(
         seed=seed,
         n_tasks=n_tasks,
@@ -84,6 +90,7 @@ def run(
         sessions=len(sequences),
         templates=tpl.num_templates,
         key_model=key_model,
+        path_rate=path_rate,
         seconds=round(time.perf_counter() - t0, 1),
     )
     return out
@@ -92,11 +99,12 @@ def run(
 def true_key_graphs(
     graphs: dict[str, Any], tasks: list[dict[str, Any]], line_key: dict[int, int]
 ) -> dict[str, list[int]]:
-    """Task type -> its chain of keys (from the first task of the type with every line templated)."""
+    """Task type -> its chain of keys (from the first task of the type, not labelled anomalous, with every
+    line templated)."""
     chains: dict[str, list[int]] = {}
     for t in tasks:
         ttype = t["task_type"]
-        if ttype in chains or ttype not in graphs:
+        if ttype in chains or ttype not in graphs or t.get("anomalous"):
             continue
         if len(t["lines"]) == len(graphs[ttype]["nodes"]) and all(i in line_key for i in t["lines"]):
             chains[ttype] = [line_key[i] for i in t["lines"]]
@@ -161,12 +169,19 @@ def compare(
     }
 
 
-def main_figures(seeds: list[int], n_tasks: int, key_model: bool, say: Callable[[str], None]) -> dict:
+def main_figures(
+    seeds: list[int],
+    n_tasks: int,
+    key_model: bool,
+    say: Callable[[str], None],
+    path_rate: float = 0.0,
+    params: MiningParams | None = None,
+) -> dict:
     """Run several seeds; the aggregate the CLI prints as its last line."""
     torch.set_num_threads(1)
     runs = []
     for s in seeds:
-        r = run(s, n_tasks, key_model, progress=say)
+        r = run(s, n_tasks, key_model, params=params, progress=say, path_rate=path_rate)
         say(
             f"seed {s}: edge recall {r['edge_recall']:.3f} ({r['recovered_edges']}/{r['true_edges']}), "
             f"spurious {r['spurious_rate']:.3f} of {r['mined_edges']}, {r['workflows']} workflows, "
@@ -177,6 +192,8 @@ def main_figures(seeds: list[int], n_tasks: int, key_model: bool, say: Callable[
         "seeds": seeds,
         "n_tasks": n_tasks,
         "key_model": key_model,
+        "path_rate": path_rate,
+        "params": (params or MiningParams()).__dict__,
         "edge_recall_min": min(r["edge_recall"] for r in runs),
         "spurious_rate_max": max(r["spurious_rate"] for r in runs),
         "runs": runs,
@@ -250,10 +267,15 @@ def hdfs_report(
             for w in wm.workflows
         ],
         "transitions": wm.transitions,
-        "text": [render_text(w) for w in wm.workflows],
+        "text": [hdfs_names(render_text(w)) for w in wm.workflows],
         "anomalies": diagnosed,
         "model": wm,
     }
+
+
+def hdfs_names(text: str) -> str:
+    """Workflow text with HDFS keys as loghub event ids (vocabulary id K<n> is event E<n-2>)."""
+    return re.sub(r"\bK(\d+)\b", lambda m: f"E{int(m.group(1)) - 2}", text)
 
 
 def _first_off_workflow(wm: WorkflowModel, s: list[int]) -> list[bool]:

@@ -418,6 +418,13 @@ def render_text(w: Workflow) -> str:
             )
     if w.concurrent:
         lines.append("  concurrent: " + ", ".join(" || ".join(node_id(k) for k in p) for p in w.concurrent))
+    if w.contexts:
+        shown = [
+            f"{' '.join(node_id(int(k)) for k in ctx.split(','))} -> {node_id(int(nxt))}"
+            for ctx, nxt in sorted(w.contexts.items())[:6]
+        ]
+        more = f" (+{len(w.contexts) - 6} more)" if len(w.contexts) > 6 else ""
+        lines.append(f"  history grown where one key is ambiguous: {'; '.join(shown)}{more}")
     return "\n".join(lines)
 
 
