@@ -298,7 +298,7 @@ class Diagnosis:
         return out
 
 
-def _short(text: str, n: int = 48) -> str:
+def _short(text: str, n: int = 64) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
@@ -354,9 +354,9 @@ def diagnose(
     else:
         templates[key] = template_of(key)
     d = Diagnosis(w.name, None, path, last, expected, templates, allowed)
-    exp_text = " or ".join(f'{node_id(k)} "{_short(templates[k], 40)}"' for k, _ in expected[:3]) or "nothing"
+    exp_text = " or ".join(f'{node_id(k)} "{_short(templates[k], 64)}"' for k, _ in expected[:3]) or "nothing"
     where = f'{node_id(last)} "{_short(templates[last])}"' if last != START else "its start"
-    what = "ended" if ending else f'went to {node_id(key)} "{_short(templates[key], 40)}"'
+    what = "ended" if ending else f'went to {node_id(key)} "{_short(templates[key], 64)}"'
     if not known:
         what += " (a key of no workflow)"
     verdict = "took a step rare in this context" if allowed else "diverged"
