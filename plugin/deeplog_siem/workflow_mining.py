@@ -8,20 +8,24 @@ Contract: `mine_workflows(sequences, templates, times=None, predict=None, params
    `min(p(a->b), p(b->a)) >= cooccur`, and a task is a connected component of that relation (its core
    keys). A key shared by several tasks (e.g. "VM Started" in create, start and migrate) is a member of
    every task whose core key nearly always has it nearby (`p(core -> key) >= cooccur`); a component made
-   only of such shared keys is not a task of its own. Each segment is then projected onto the members of
-   every task whose core keys it holds: two tasks interleaved in one segment become two paths.
+   only of such shared keys is not a task of its own, and a component whose every key nearly always has a
+   key of a bigger component nearby is one of that task's branches. Each segment is then projected onto
+   the tasks whose core keys it holds (a shared key goes to the task whose core key is nearest): two
+   tasks interleaved in one segment become two paths.
 2. Automaton per task from the paths: states are keys, edges the observed transitions with counts and time
-   gaps (median, p90). Edges carrying less than `min_edge_share` of their source's transitions are noise
-   and dropped (counted). With a key model (`predict`: histories -> next-key distributions), an edge is
-   also dropped when the model never gives its target `likely` probability after the histories it follows
-   (the model, trained on the same normal data, says it is not a normal step), and a state whose next key
-   the model predicts with at least `certain` probability has a sequential edge.
-3. Divergence points (a state with several successors), as in the paper: a successor already visited on
-   the path is a loop (back edge); two successors b, c with both b -> c and c -> b are a concurrent pair;
-   the rest are branches. A branch point is ambiguous with a history of one key; the history is grown
-   (up to `max_order` keys) and the contexts that make the next key certain are kept (`contexts`), so
-   diagnosis can name the one expected step. Transitions from one task's path to the next in a session are
-   the task-level workflow (`WorkflowModel.transitions`); a successor of another task is a new task.
+   gaps (median, p90). Edges carrying less than `min_edge_share` of their source's transitions, or seen
+   fewer than `min_count` times, are noise and dropped (counted). With a key model (`predict`: histories ->
+   next-key distributions), the model's prediction is asked for every step a -> b that is adjacent in its
+   session: an edge is also dropped when the model never gives b `likely` probability after the
+   histories that end in a (the model, trained on the same normal data, says it is not a normal step).
+   A state with one outgoing edge has a sequential edge.
+3. Divergence points (a state with several successors), as in the paper: a successor already on the path
+   when the edge is first taken is a loop (back edge); two successors b, c with both b -> c and c -> b are
+   a concurrent pair; the rest are branches. A branch point is ambiguous with a history of one key; the
+   history is grown (up to `max_order` keys) and the contexts that make the next key `certain` are kept
+   (`contexts`), so diagnosis can name the one expected step. The order of the tasks' paths within each
+   session is the task-level workflow (`WorkflowModel.transitions`): a step into another task's keys is
+   a new task starting.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class MiningParams:
     min_count: int = 2  # keys and edges seen fewer times are noise
     min_edge_share: float = 0.02  # an edge must carry this share of its source's transitions
     likely: float = 0.02  # key-model probability below which a step is not a normal one
-    certain: float = 0.9  # key-model (or empirical) probability that makes a next step certain
+    certain: float = 0.9  # share of a grown history's next steps that makes the step certain
     max_order: int = 3  # longest history grown to resolve an ambiguous branch
     max_predictions: int = 200_000  # distinct histories sent to the key model (bounded cost)
 
