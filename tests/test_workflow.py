@@ -186,7 +186,7 @@ def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, 
 
     from deeplog_siem.artifacts import ModelStore
     from deeplog_siem.replay import EPOCH, index_lines, load_sample, render
-    from deeplog_siem.runner import run_once, train
+    from deeplog_siem.runner import publish_current_workflows, run_once, train
     from deeplog_siem.setup_assets import create_indices
 
     sample = load_sample()
@@ -207,6 +207,12 @@ def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, 
         src = d["_source"]["deeplog"]
         assert src["model_version"] == t.version
         assert src["workflow"]["edges"] and src["workflow"]["nodes"] and src["workflow"]["templates"]
+
+    # setup writes them again: same ids (model version + name), nothing duplicated.
+    msg = publish_current_workflows(clients, cfg)
+    assert f"{len(wm.workflows)} of model version {t.version}" in msg
+    clients.es.indices.refresh(index=cfg.output.workflows_index)
+    assert clients.es.count(index=cfg.output.workflows_index)["count"] == len(wm.workflows)
 
     index_lines(
         clients, cfg.source.index, render(sample.test[:120], seed=22, start=EPOCH + timedelta(days=1))
