@@ -389,7 +389,8 @@ def _expected(w: Workflow, path: list[int]) -> list[Edge]:
     """Next steps after `path`: the one a grown history makes certain, else every edge of the last state."""
     last = path[-1] if path else START
     full = [START, *path]
-    for order in range(min(len(full), int(w.contexts and 8) or 0), 1, -1):
+    longest = max((ctx.count(",") + 1 for ctx in w.contexts), default=0)
+    for order in range(min(len(full), longest), 1, -1):  # the longest matching history decides
         nxt = w.contexts.get(",".join(map(str, full[-order:])))
         if nxt is not None:
             e = w.edge(last, int(nxt))
@@ -429,7 +430,8 @@ def render_text(w: Workflow) -> str:
 
 
 def _depths(w: Workflow) -> dict[int, int]:
-    """Layer of each state: longest forward distance from START (back edges of loops ignored)."""
+    """Layer of each state: its breadth-first distance from START over forward edges (loops' back edges
+    ignored); states reached only through a loop go below the rest, END at the bottom."""
     depth = {START: 0}
     frontier = [START]
     seen = {START}
@@ -443,9 +445,10 @@ def _depths(w: Workflow) -> dict[int, int]:
                 seen.add(e.target)
                 nxt.append(e.target)
         frontier = nxt
-    for k in [*w.nodes, END]:
+    depth.pop(END, None)
+    for k in w.nodes:
         depth.setdefault(k, max(depth.values()) + 1)
-    depth[END] = max(depth.values()) + (0 if depth[END] > max(v for k, v in depth.items() if k != END) else 1)
+    depth[END] = max(depth.values()) + 1
     return depth
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DataError
 from .vocab import PAD
 from .workflow import END, START, Edge, Workflow, WorkflowModel
 
@@ -75,7 +76,7 @@ def _segments(
     for s, seq in enumerate(sequences):
         ts = list(times[s]) if times is not None else None
         if ts is not None and len(ts) != len(seq):
-            raise ValueError(f"session {s}: {len(seq)} keys but {len(ts)} timestamps")
+            raise DataError(f"workflow mining: session {s} has {len(seq)} keys but {len(ts)} timestamps")
         start = 0
         for i in range(1, len(seq) + 1):
             if i == len(seq) or (ts is not None and gap > 0 and ts[i] - ts[i - 1] > gap):
