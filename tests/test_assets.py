@@ -157,8 +157,8 @@ def test_every_field_a_visualization_or_search_uses_is_mapped():
     by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs"}
     checked = 0
     for o in objects:
-        if o["type"] not in ("visualization", "search"):
-            continue
+        if o["type"] not in ("visualization", "search") or vega_spec(o) is not None:
+            continue  # a Vega spec names its own index: test_vega_workflow_graph_reads_mapped_fields
         (ref,) = [r for r in o["references"] if r["type"] == "index-pattern"]
         types = field_types(index_mappings(by_pattern[ref["id"]]))
         for field, agg in _fields_used(o):
@@ -169,12 +169,44 @@ def test_every_field_a_visualization_or_search_uses_is_mapped():
     assert checked > 30
 
 
+def vega_spec(o: dict[str, Any]) -> dict[str, Any] | None:
+    if o["type"] != "visualization":
+        return None
+    vis = json.loads(o["attributes"]["visState"])
+    return json.loads(vis["params"]["spec"]) if vis["type"] == "vega" else None
+
+
+def test_vega_workflow_graph_reads_mapped_fields(make_config, prefix):
+    """The workflow graph reads the workflows index (named by config) and only fields its mapping has."""
+    (graph,) = [o for o in repo_ndjson() if vega_spec(o) is not None]
+    spec = vega_spec(graph)
+    assert spec["$schema"].endswith("vega/v5.json")
+    (url,) = [d["url"] for d in spec["data"] if "url" in d]
+    assert url["index"] == "deeplog-workflows*" and url["%context%"] is True  # dashboard filters apply
+    assert "query" not in url["body"]  # %context% supplies it
+    types = field_types(index_mappings("workflows"))
+    for f in url["body"]["_source"]:
+        assert f in types, f
+    text = json.dumps(spec)
+    used = set(re.findall(r"datum\.(node|edge)\.(\w+)", text)) | set(
+        re.findall(r'"(node|edge)\.(\w+)"', text)
+    )
+    assert used
+    for kind, name in used:
+        assert f"deeplog.workflow.{kind}s.{name}" in types, (kind, name)
+    adapted = {o["id"]: o for o in saved_objects(make_config())}[graph["id"]]
+    spec2 = json.loads(json.loads(adapted["attributes"]["visState"])["params"]["spec"])
+    assert [d["url"]["index"] for d in spec2["data"] if "url" in d] == [f"{prefix}-workflows*"]
+
+
 def test_dashboard_has_the_investigation_panels():
     objects = {o["id"]: o for o in repo_ndjson()}
     (dash,) = [o for o in objects.values() if o["type"] == "dashboard"]
     assert dash["attributes"]["title"] == "DeepLog anomaly investigation"
     panels = [objects[r["id"]] for r in dash["references"]]
+    assert "deeplog-vis-workflow-graph" in {p["id"] for p in panels}
     fields = {f for p in panels for f, _ in _fields_used(p)}
+    fields |= set(objects["deeplog-anomalies-search"]["attributes"]["columns"])
     # over time by type, templates, hosts, sessions, expected vs actual, and job health from the runs index
     for f in (
         "deeplog.anomaly_type",
@@ -187,6 +219,8 @@ def test_dashboard_has_the_investigation_panels():
         "deeplog.run.docs_per_s",
         "deeplog.run.status",
         "deeplog.run.bulk_failures",
+        "deeplog.workflow.name",  # from an anomaly to its workflow: filter on it, the graph follows
+        "deeplog.workflow.summary",
     ):
         assert f in fields, f
     assert {p["type"] for p in panels} == {"visualization", "search"}

@@ -2,7 +2,8 @@
 
 Contract: `key_anomaly(...) -> dict` builds one document for an event the log-key model did not expect
 (types `log_key`, `unseen_key`, `session_end`): what happened, what was expected with which probability,
-the window of preceding events, the session and a query for its raw logs. Its `_id` is deterministic
+the window of preceding events, the session and a query for its raw logs, and (`workflow`, from
+`workflow.diagnose`) where the session left its workflow or why no workflow applies. Its `_id` is deterministic
 (source document id + detector + model version), so re-processing the same data never duplicates it.
 ECS names where ECS has them, `deeplog.*` for the rest.
 """
@@ -72,6 +73,7 @@ def key_anomaly(
     top_g: int,
     index: str,
     min_probability: float = 0.0,
+    workflow: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     name, description = RULES[anomaly_type]
     history = [k for k in window if k != PAD]
@@ -136,5 +138,6 @@ def key_anomaly(
             },
             "expected": exp,
             "expected_summary": exp_summary,
+            **({"workflow": workflow} if workflow is not None else {}),
         },
     }

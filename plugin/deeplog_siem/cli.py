@@ -226,6 +226,177 @@ def _add_params_parsers(sub: Any) -> None:
 
 # -------------------------------------------------------------- end evaluate-params / generate (issue 5)
 
+# ---------------------------------------------------------------- workflows / evaluate-workflows (issue 8)
+
+
+def cmd_evaluate_workflows(args: argparse.Namespace) -> int:
+    """Generated OpenStack-like tasks: mined workflows against the generator's true task graphs."""
+    from .evaluate_workflows import main_figures
+
+    seeds = args.seed or [0]
+    from .workflow_mining import MiningParams
+
+    params = MiningParams(split_gap_s=args.split_gap)
+    r = main_figures(
+        seeds, args.tasks, not args.no_key_model, progress, path_rate=args.path_rate, params=params
+    )
+    print(
+        f"{len(seeds)} seeds, {args.tasks} tasks each: edge recall >= {r['edge_recall_min']:.4f}, "
+        f"spurious edges <= {r['spurious_rate_max']:.4f} (targets >= 0.95, <= 0.05)"
+    )
+    if args.json:
+        print_json(r)
+    return 0
+
+
+def _workflow_model(args: argparse.Namespace):
+    """The workflow model named by --model-dir (a model directory or one version in it) or the config."""
+    from pathlib import Path
+
+    from .artifacts import ModelStore
+    from .workflow import WORKFLOWS_FILE, WorkflowModel
+
+    if args.model_dir:
+        d = Path(args.model_dir)
+        if (d / WORKFLOWS_FILE).is_file():
+            return d.name, WorkflowModel.load(d)
+    elif args.config:
+        d = Path(_load(args).model.dir)
+    else:
+        raise DeeplogError("workflow: give --model-dir DIR or -c/--config FILE")
+    store = ModelStore(d)
+    version, path = (args.version, d / args.version) if args.version else store.current()
+    return version, WorkflowModel.load(path)
+
+
+def cmd_workflow_list(args: argparse.Namespace) -> int:
+    version, wm = _workflow_model(args)
+    print(f"model version {version}: {len(wm.workflows)} workflows from {wm.sessions} sessions")
+    for w in wm.workflows:
+        print(f"  {w.name}: {w.sessions} paths, {len(w.nodes)} states, {len(w.edges)} edges  {w.title}")
+    return 0
+
+
+def cmd_workflow_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .workflow import render_dot, render_svg, render_text
+
+    _, wm = _workflow_model(args)
+    w = wm.get(args.name)
+    text = {"text": render_text, "dot": render_dot, "svg": render_svg}[args.format](w)
+    if args.output:
+        Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        print(f"wrote {args.format} of workflow {w.name} to {args.output}")
+    else:
+        print(text.rstrip("\n"))
+    return 0
+
+
+def cmd_workflow_hdfs(args: argparse.Namespace) -> int:
+    """HDFS key files: the workflow model, its picture, and real abnormal sessions diagnosed end to end."""
+    from .evaluate_workflows import hdfs_names, hdfs_report
+    from .keyseq import HDFS_DIR
+
+    r = hdfs_report(
+        args.train or str(HDFS_DIR / "hdfs_train"),
+        args.test or str(HDFS_DIR / "hdfs_test_abnormal_dev"),
+        args.templates or str(HDFS_DIR / "HDFS_templates.csv"),
+        n_anomalies=args.anomalies,
+        key_model=not args.no_key_model,
+        progress=progress,
+    )
+    wm = r.pop("model")
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        wm.save(out)
+        print(
+            f"workflow model saved to {out} (show it with: deeplog-siem workflow show w1 --model-dir {out})"
+        )
+    print(f"{len(r['workflows'])} workflows from {r['sessions']} HDFS training sessions")
+    for text in r["text"]:
+        print(text)
+    print(f"task-level transitions: {r['transitions']}")
+    for a in r["anomalies"]:
+        print(
+            f"abnormal session {a['session']} (event {a['position']}, {a['key']}): {hdfs_names(a['diagnosis']['summary'])}"
+        )
+    if args.json:
+        print_json({k: v for k, v in r.items() if k != "text"})
+    return 0
+
+
+def _add_workflow_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate-workflows",
+        help="mine workflows from generated OpenStack-like tasks and compare them with the true task graphs",
+    )
+    p.add_argument(
+        "--seed", type=int, action="append", help="workload seed; repeat for several seeds (default 0)"
+    )
+    p.add_argument("--tasks", type=int, default=1500, help="generated normal tasks per seed (default 1500)")
+    p.add_argument(
+        "--no-key-model",
+        action="store_true",
+        help="build from counts alone, without checking edges with a small trained key model",
+    )
+    p.add_argument(
+        "--path-rate",
+        type=float,
+        default=0.0,
+        help="share of training tasks with an injected path anomaly (noise the mining must filter; default 0)",
+    )
+    p.add_argument(
+        "--split-gap",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="idle gap that ends a task inside a session (default 30; 0: never split, an ablation)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="also print all figures as one JSON object (last line)"
+    )
+    p.set_defaults(func=cmd_evaluate_workflows)
+
+    p = sub.add_parser("workflow", help="show the workflow models of a trained model version")
+    wsub = p.add_subparsers(dest="workflow_command", metavar="ACTION", required=True)
+
+    def source_args(q: argparse.ArgumentParser) -> None:
+        _add_config_arg(q, required=False)
+        q.add_argument("--model-dir", help="a model directory (its CURRENT version) or one version directory")
+        q.add_argument("--version", help="model version to read (default: the current one)")
+
+    q = wsub.add_parser("list", help="list the workflows of a model version")
+    source_args(q)
+    q.set_defaults(func=cmd_workflow_list)
+    q = wsub.add_parser("show", help="render one workflow as text, Graphviz DOT or SVG")
+    q.add_argument("name", help="workflow name, e.g. w1 (see `workflow list`)")
+    source_args(q)
+    q.add_argument(
+        "--format", choices=("text", "dot", "svg"), default="text", help="rendering (default text)"
+    )
+    q.add_argument("--output", metavar="FILE", help="write the rendering to FILE instead of stdout")
+    q.set_defaults(func=cmd_workflow_show)
+    q = wsub.add_parser(
+        "hdfs", help="build workflows from HDFS key files and diagnose real abnormal sessions end to end"
+    )
+    q.add_argument("--train", help="training key sessions (default: shared data hdfs_train)")
+    q.add_argument("--test", help="abnormal key sessions to diagnose (default: hdfs_test_abnormal_dev)")
+    q.add_argument("--templates", help="EventId,EventTemplate CSV (default: shared data HDFS_templates.csv)")
+    q.add_argument("--anomalies", type=int, default=5, help="abnormal sessions to diagnose (default 5)")
+    q.add_argument("--no-key-model", action="store_true", help="counts only; no small key model")
+    q.add_argument("--out", metavar="DIR", help="also save the workflow model (workflows.json) in DIR")
+    q.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON object (last line)"
+    )
+    q.set_defaults(func=cmd_workflow_hdfs)
+
+
+# ------------------------------------------------------------ end workflows / evaluate-workflows (issue 8)
+
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -426,12 +597,19 @@ def cmd_setup(args: argparse.Namespace) -> int:
     clients = connect(cfg.elasticsearch)
     try:
         report = run_setup(clients, cfg, kibana_url=args.kibana_url, dry_run=args.dry_run)
+        workflows = None
+        if not args.dry_run and not report.failed:
+            from .runner import publish_current_workflows
+
+            workflows = publish_current_workflows(clients, cfg)
     finally:
         clients.close()
     if args.dry_run:
         print("dry run: nothing is written; this is what setup would do", flush=True)
     for step in report.steps:
         print(step.line(), flush=True)
+    if workflows:
+        print(workflows, flush=True)
     print(report.summary(), flush=True)
     if args.json:
         print_json(
@@ -496,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_evaluate_parser(sub)
     _add_params_parsers(sub)
+    _add_workflow_parsers(sub)
 
     p = sub.add_parser("config", help="print the example configuration or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

@@ -1,8 +1,9 @@
 """kibana: packaged saved objects -> imported into Kibana or OpenSearch Dashboards.
 
 Contract:
-- `saved_objects(cfg) -> [object]`: the objects of `assets/kibana/*.ndjson`, with the data-view titles set to
-  the configured index names and an asset marker (content hash) appended to each description.
+- `saved_objects(cfg) -> [object]`: the objects of `assets/kibana/*.ndjson`, with the data-view titles (and
+  the index a Vega spec reads) set to the configured index names and an asset marker (content hash)
+  appended to each description.
 - `KibanaClient.import_objects(objects, overwrite=True) -> ImportResult` posts them as one ndjson file to
   `POST {url}[/s/{space}]/api/saved_objects/_import?overwrite=true` (multipart field `file`, xsrf headers of
   both products, API key or basic auth) and returns the per-object outcome; a refused request raises
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Data-view id -> the output index whose name (plus `*`) becomes its title.
 DATA_VIEWS = {"deeplog-anomalies": "anomalies_index", "deeplog-runs": "runs_index"}
+# Index a packaged Vega spec reads -> the output index whose name (plus `*`) replaces it.
+VEGA_INDICES = {"deeplog-workflows*": "workflows_index"}
 MARKER = "deeplog-siem asset"
 
 
@@ -55,6 +58,20 @@ def _marker(obj: dict[str, Any]) -> str:
     return f"({MARKER} {content_hash(obj)})"
 
 
+def _vega_indices(vis_state: str, cfg: Config) -> str:
+    """A Vega visualization names its index inside the spec (it has no data view): follow `cfg.output`."""
+    vis = json.loads(vis_state)
+    if vis.get("type") != "vega":
+        return vis_state
+    spec = json.loads(vis["params"]["spec"])
+    for data in spec.get("data", []):
+        url = data.get("url")
+        if isinstance(url, dict) and url.get("index") in VEGA_INDICES:
+            url["index"] = getattr(cfg.output, VEGA_INDICES[url["index"]]) + "*"
+    vis["params"]["spec"] = json.dumps(spec, indent=1)
+    return json.dumps(vis, separators=(",", ":"))
+
+
 def saved_objects(cfg: Config | None = None) -> list[dict[str, Any]]:
     """The packaged saved objects, adapted to `cfg` (data-view titles) and marked with their content hash."""
     out = []
@@ -64,6 +81,8 @@ def saved_objects(cfg: Config | None = None) -> list[dict[str, Any]]:
             attrs = obj["attributes"]
             if obj["type"] == "index-pattern" and cfg is not None and obj["id"] in DATA_VIEWS:
                 attrs["title"] = getattr(cfg.output, DATA_VIEWS[obj["id"]]) + "*"
+            if obj["type"] == "visualization" and cfg is not None:
+                attrs["visState"] = _vega_indices(attrs["visState"], cfg)
             if obj["type"] != "index-pattern":
                 # Index patterns have no description; their title and time field are compared instead.
                 attrs["description"] = f"{attrs.get('description', '')} {_marker(obj)}".strip()

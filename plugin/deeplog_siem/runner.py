@@ -38,6 +38,8 @@ from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
 from .templater import Templater
 from .vocab import EOS
+from .workflow import WORKFLOWS_FILE, WorkflowModel, diagnose
+from .workflow_mining import mine_workflows, model_predictor
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +234,16 @@ def train(
         templater = Templater(config.templater)
         keyer = SessionKeyer(config.source)
         sessions: dict[str, list[int]] = defaultdict(list)
+        # Event times per session, for the workflow model's task split and typical step gaps.
+        times: dict[str, list[float]] = defaultdict(list)
         skipped: Counter[str] = Counter()
         progress(f"reading training logs from {src_cfg.index} ...")
         for page in source.pages(start=start, end=end):
             summary.docs_read += len(page)
-            for _doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
+            for doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
                 sessions[sid].append(ev.key)
+                ts = epoch_seconds(doc.get(src_cfg.timestamp_field))
+                times[sid].append(ts if ts is not None else (times[sid][-1] if times[sid] else 0.0))
             if summary.docs_read % 20000 < len(page):
                 progress(
                     f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
@@ -260,8 +266,19 @@ def train(
             "documents": summary.docs_read,
             "metrics": report.to_dict(),
         }
+        progress("building workflow models ...")
+        workflows = mine_workflows(
+            training,
+            templater.vocab.templates,
+            times=[times[sid] for sid in sessions],
+            predict=model_predictor(model),
+            window=config.model.window,
+        )
+        workflows.save(path)
+        meta["workflows"] = WORKFLOWS_FILE
         save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
         store.publish(version)
+        publish_workflows(clients, config, version, workflows)
         summary.model_version = version
         summary.sessions = len(sessions)
         summary.skipped = skipped
@@ -273,6 +290,29 @@ def train(
             dict(skipped),
             report.to_dict(),
         )
+
+
+def publish_workflows(clients: Clients, config: Config, version: str, workflows: WorkflowModel) -> int:
+    """Write one document per workflow of model `version` to the workflows index; returns how many."""
+    docs = workflows.documents(config.output.workflows_index, version, _now())
+    result = sink.write(clients, docs)
+    if sum(result.rejected.values()):
+        log.warning(
+            "workflows index %s rejected %s documents", config.output.workflows_index, dict(result.rejected)
+        )
+    return len(docs)
+
+
+def publish_current_workflows(clients: Clients, config: Config) -> str:
+    """`setup`: (re)write the current model version's workflows to the workflows index; says what it did."""
+    try:
+        version, path = ModelStore(config.model.dir).current()
+    except DeeplogError:
+        return "workflows: no trained model yet (train writes them)"
+    if not (path / WORKFLOWS_FILE).is_file():
+        return f"workflows: model version {version} has none (train again to build them)"
+    n = publish_workflows(clients, config, version, WorkflowModel.load(path))
+    return f"workflows: {n} of model version {version} written to {config.output.workflows_index}"
 
 
 # ----------------------------------------------------------------------------------------------- detect
@@ -377,6 +417,7 @@ class Detection:
     vocab: Any
     window: int
     top_g: int
+    workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -392,7 +433,12 @@ class Detection:
             cache_size=config.model.cache_size,
             min_probability=config.model.floor(model.args.vocab_size),
         )
-        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g)
+        workflows = None
+        if (path / WORKFLOWS_FILE).is_file():
+            workflows = WorkflowModel.load(path)
+        else:
+            log.warning("model version %s has no workflow model: anomalies say so instead of a path", version)
+        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g, workflows)
 
 
 def run_once(
@@ -558,7 +604,21 @@ def _score_pending(
             doc, sid, ev, ts = rows[int(windows.session[i])]
             o = observed[int(windows.session[i])]
             found.append(
-                _anomaly(config, det, summary, scores, windows, i, doc, sid, ev.params, o.position, ts)
+                _anomaly(
+                    config,
+                    det,
+                    summary,
+                    scores,
+                    windows,
+                    i,
+                    doc,
+                    sid,
+                    ev.params,
+                    o.position,
+                    ts,
+                    history=o.history,
+                    gap_s=None if o.first else o.vector[0],
+                )
             )
     chunk.anomalies.extend(found)
     writer.submit(found)
@@ -594,7 +654,21 @@ def _commit_chunk(
                 sid, tail = closed[int(windows.session[i])]
                 index, _, doc_id = tail.last_ref.partition("/")
                 ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
-                ended.append(_anomaly(config, det, summary, scores, windows, i, ref, sid, (), tail.count))
+                ended.append(
+                    _anomaly(
+                        config,
+                        det,
+                        summary,
+                        scores,
+                        windows,
+                        i,
+                        ref,
+                        sid,
+                        (),
+                        tail.count,
+                        history=tuple(tail.keys),
+                    )
+                )
         chunk.anomalies.extend(ended)
         writer.submit(ended)
     with _Timer(summary, "write"):  # waiting for the writes still in flight, then the state
@@ -621,10 +695,27 @@ def _iso(ts: float) -> str:
 
 
 def _anomaly(
-    config, det, summary, scores, windows, i, doc: SourceDoc, sid, params, position, ts: float | None = None
+    config,
+    det,
+    summary,
+    scores,
+    windows,
+    i,
+    doc: SourceDoc,
+    sid,
+    params,
+    position,
+    ts: float | None = None,
+    *,
+    history: tuple[int, ...] = (),
+    gap_s: float | None = None,
 ) -> dict[str, Any]:
     src = config.source
     target = int(windows.targets[i])
+    # Where the session left its workflow (or why no workflow applies): the tracker's history of the session.
+    where = diagnose(
+        det.workflows, list(history), target, gap_s=gap_s, template_of=det.vocab.template
+    ).fields()
     kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
     msg = doc.get(src.message_field)
     return key_anomaly(
@@ -652,4 +743,5 @@ def _anomaly(
         top_g=det.top_g,
         index=config.output.anomalies_index,
         min_probability=det.detector.min_probability,
+        workflow=where,
     )

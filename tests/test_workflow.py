@@ -1,0 +1,265 @@
+"""Workflow models: loops, concurrency and interleaved tasks recognised; the generator's task graphs
+recovered; diagnosis; storage and renderings; anomalies and workflow documents fit the strict mappings."""
+
+from __future__ import annotations
+
+import json
+import random
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from deeplog_siem import cli
+from deeplog_siem.evaluate_workflows import run as evaluate
+from deeplog_siem.vocab import EOS, UNK
+from deeplog_siem.workflow import END, START, WorkflowModel, diagnose, render_dot, render_svg, render_text
+from deeplog_siem.workflow_mining import mine_workflows
+
+A, B, C, D, E = 3, 4, 5, 6, 7
+X, Y, Z = 10, 11, 12
+NAMES = {k: f"event {k} <*>" for k in range(3, 20)}
+
+
+def kinds(wm: WorkflowModel) -> dict[tuple[int, int], str]:
+    return {(e.source, e.target): e.kind for w in wm.workflows for e in w.edges}
+
+
+def test_loop_is_a_back_edge():
+    rng = random.Random(1)
+    wm = mine_workflows([[A] + [B, C] * rng.randint(1, 4) + [D] for _ in range(60)], NAMES)
+    assert len(wm.workflows) == 1
+    k = kinds(wm)
+    assert k[(C, B)] == "loop"  # back to a state already visited
+    assert k[(B, C)] == "sequential" and k[(A, B)] == "sequential"
+    assert k[(C, D)] == "branch"  # the loop's exit
+    assert not wm.workflows[0].concurrent
+
+
+def test_concurrent_pair():
+    rng = random.Random(2)
+    wm = mine_workflows([[A, *rng.sample([B, C], 2), D] for _ in range(60)], NAMES)
+    w = wm.workflows[0]
+    assert w.concurrent == [[B, C]]
+    k = kinds(wm)
+    assert k[(A, B)] == k[(A, C)] == k[(B, C)] == k[(C, B)] == "concurrent"
+    assert (B, B) not in k and (C, C) not in k
+    assert not any(kind == "loop" for kind in k.values())
+
+
+def interleaved(rng: random.Random) -> list[int]:
+    """Task 1 (A B C D) and/or task 2 (X Y Z) in one sequence, their events randomly interleaved."""
+    tasks = [t for t in ([A, B, C, D], [X, Y, Z]) if rng.random() < 0.7] or [[X, Y, Z]]
+    pos = [0] * len(tasks)
+    out = []
+    while any(p < len(t) for p, t in zip(pos, tasks, strict=True)):
+        j = rng.choice([j for j, (p, t) in enumerate(zip(pos, tasks, strict=True)) if p < len(t)])
+        out.append(tasks[j][pos[j]])
+        pos[j] += 1
+    return out
+
+
+def test_two_interleaved_tasks_are_separated():
+    rng = random.Random(3)
+    seqs = [interleaved(rng) for _ in range(120)]
+    wm = mine_workflows(seqs, NAMES)
+    cores = sorted(sorted(w.core) for w in wm.workflows)
+    assert cores == [[A, B, C, D], [X, Y, Z]]
+    edges = {(e.source, e.target) for w in wm.workflows for e in w.edges if START not in (e.source, e.target)}
+    assert edges == {(A, B), (B, C), (C, D), (X, Y), (Y, Z), (D, END), (Z, END)}
+    # The task level: either task may come first or alone.
+    names = {tuple(sorted(w.core)): w.name for w in wm.workflows}
+    t1, t2 = names[(A, B, C, D)], names[(X, Y, Z)]
+    assert wm.transitions[f"START>{t1}"] > 0 and wm.transitions[f"{t2}>{t1}"] > 0
+
+
+def test_generated_openstack_tasks_match_the_true_graphs():
+    """The generator's true task graphs: at least 95% of true edges found, at most 5% spurious."""
+    r = evaluate(seed=0, n_tasks=600, key_model=True)
+    assert r["true_edges"] >= 25
+    assert r["edge_recall"] >= 0.95, r
+    assert r["spurious_rate"] <= 0.05, r
+    assert set(r["tasks"]) == {"create", "stop", "start", "migrate", "delete"}
+    assert len({t["workflow"] for t in r["tasks"].values()}) == 5  # one workflow per task type
+    assert r["task_order_recall"] >= 0.8
+
+
+def test_split_gap_matters_for_sequential_tasks():
+    """Without the idle-gap split, tasks of one instance run together: the measurement can fail."""
+    from deeplog_siem.workflow_mining import MiningParams
+
+    r = evaluate(seed=0, n_tasks=600, key_model=False, params=MiningParams(split_gap_s=0))
+    assert r["spurious_rate"] > 0.05
+
+
+def timed_sessions(n: int, seed: int) -> tuple[list[list[int]], list[list[float]]]:
+    """A X B (X -> B takes ~2 s) or C X D (X -> D ~0.1 s): the step after X depends on the key before it."""
+    rng = random.Random(seed)
+    seqs, times = [], []
+    for _ in range(n):
+        first, last, gap = (A, B, 2.0) if rng.random() < 0.5 else (C, D, 0.1)
+        seqs.append([first, X, last, E])
+        t0 = rng.uniform(0, 1000)
+        times.append([t0, t0 + 0.5, t0 + 0.5 + gap * rng.uniform(0.9, 1.1), t0 + 3])
+    return seqs, times
+
+
+def test_history_grows_where_one_key_is_ambiguous_and_diagnosis():
+    seqs, times = timed_sessions(80, 4)
+    wm = mine_workflows(seqs, NAMES, times=times)
+    w = wm.workflows[0]
+    assert {e.target for e in w.successors(X)} == {B, D}
+    assert w.contexts[f"{A},{X}"] == str(B) and w.contexts[f"{C},{X}"] == str(D)
+    e = w.edge(X, B)
+    assert 1.8 <= e.median_gap_s <= 2.2 and e.median_gap_s <= e.p90_gap_s
+
+    # After A X the workflow expects B only; D there is a divergence at X.
+    d = diagnose(wm, [A, X], D)
+    f = d.fields()
+    assert f["name"] == w.name and f["path"] == ["K3", "K10"] and f["diverged_at"] == "K10"
+    assert f["expected_next"] == ["K4"] and f["expected_templates"] == [NAMES[B]]
+    assert "diverged" in f["summary"] and "K10" in f["summary"]
+
+    # A slow step: B after A X took 9 s where it takes ~2 s.
+    slow = diagnose(wm, [A, X], B, gap_s=9.0).fields()
+    assert slow["step_allowed"] and slow["slow_step"]["slow"] and slow["slow_step"]["ratio"] > 4
+    assert "took 9 s" in slow["summary"]
+    assert not diagnose(wm, [A, X], B, gap_s=2.0).fields()["slow_step"]["slow"]
+
+    # An unseen key and a key no workflow knows after keys no workflow knows: a reason, no path.
+    assert diagnose(wm, [A, X], UNK).fields()["reason"] == "unseen_key"
+    assert diagnose(wm, [17, 18], 19).fields()["reason"] == "no_workflow"
+    # A session that ends early: diverged where it stopped.
+    end = diagnose(wm, [A, X, B], EOS).fields()
+    assert end["diverged_at"] == "K4" and end["expected_next"] == ["K7"]
+
+
+def test_model_round_trips_and_renders(tmp_path):
+    seqs, times = timed_sessions(40, 5)
+    wm = mine_workflows(seqs, NAMES, times=times)
+    wm.save(tmp_path)
+    again = WorkflowModel.load(tmp_path)
+    assert again.to_dict() == wm.to_dict()
+    w = again.workflows[0]
+    text = render_text(w)
+    assert "K10 event 10" in text and "-> K4" in text
+    dot = render_dot(w)
+    assert dot.startswith('digraph "w1"') and "K10 -> K4" in dot
+    svg = ET.fromstring(render_svg(w))
+    assert (
+        svg.tag.endswith("svg")
+        and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) == len(w.nodes) + 2
+    )
+
+
+def test_cli_workflow_show_and_evaluate(tmp_path, capsys):
+    seqs, times = timed_sessions(40, 6)
+    mine_workflows(seqs, NAMES, times=times).save(tmp_path)
+    assert cli.main(["workflow", "show", "w1", "--model-dir", str(tmp_path)]) == 0
+    assert "workflow w1" in capsys.readouterr().out
+    out = tmp_path / "w1.svg"
+    assert (
+        cli.main(
+            ["workflow", "show", "w1", "--model-dir", str(tmp_path), "--format", "svg", "--output", str(out)]
+        )
+        == 0
+    )
+    ET.parse(out)
+    assert cli.main(["workflow", "show", "w9", "--model-dir", str(tmp_path)]) == 2  # unknown name: an error
+    capsys.readouterr()
+    assert cli.main(["evaluate-workflows", "--seed", "3", "--tasks", "300", "--no-key-model", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["seeds"] == [3] and last["edge_recall_min"] >= 0.95 and last["spurious_rate_max"] <= 0.05
+
+
+@pytest.mark.parametrize("bad", [{}, {"format_version": 99}, {"format_version": 1, "workflows": "x"}])
+def test_malformed_workflow_model_is_an_artifact_error(bad):
+    from deeplog_siem.errors import ArtifactError
+
+    with pytest.raises(ArtifactError):
+        WorkflowModel.from_dict(bad)
+
+
+def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, make_config, prefix):
+    """Train on replayed real HDFS sessions: the workflows go to the model version and the workflows index;
+    every anomaly the detection job writes says where its session left its workflow, or why none applies."""
+    from datetime import timedelta
+
+    from deeplog_siem.artifacts import ModelStore
+    from deeplog_siem.replay import EPOCH, index_lines, load_sample, render
+    from deeplog_siem.runner import publish_current_workflows, run_once, train
+    from deeplog_siem.setup_assets import create_indices
+
+    sample = load_sample()
+    cfg = make_config(model={"epochs": 4, "hidden": 32, "threads": 1})
+    create_indices(clients, cfg)  # strict mappings: the documents must fit them
+    index_lines(clients, f"{prefix}-train", render(sample.train[:300], seed=21), run="train")
+    t = train(cfg, clients, index=f"{prefix}-train")
+    _, path = ModelStore(cfg.model.dir).current()
+    wm = WorkflowModel.load(path)
+    assert wm.key_model and wm.workflows
+
+    clients.es.indices.refresh(index=cfg.output.workflows_index)
+    docs = clients.es.search(index=cfg.output.workflows_index, size=100)["hits"]["hits"]
+    assert sorted(d["_source"]["deeplog"]["workflow"]["name"] for d in docs) == sorted(
+        w.name for w in wm.workflows
+    )
+    for d in docs:
+        src = d["_source"]["deeplog"]
+        assert src["model_version"] == t.version
+        assert src["workflow"]["edges"] and src["workflow"]["nodes"] and src["workflow"]["templates"]
+
+    # setup writes them again: same ids (model version + name), nothing duplicated.
+    msg = publish_current_workflows(clients, cfg)
+    assert f"{len(wm.workflows)} of model version {t.version}" in msg
+    clients.es.indices.refresh(index=cfg.output.workflows_index)
+    assert clients.es.count(index=cfg.output.workflows_index)["count"] == len(wm.workflows)
+
+    index_lines(
+        clients, cfg.source.index, render(sample.test[:120], seed=22, start=EPOCH + timedelta(days=1))
+    )
+    summary = run_once(cfg, clients, close_sessions=True)
+    assert summary.status == "ok" and sum(summary.rejected.values()) == 0
+    assert summary.anomalies_total > 0
+    clients.es.indices.refresh(index=cfg.output.anomalies_index)
+    hits = clients.es.search(index=cfg.output.anomalies_index, size=1000)["hits"]["hits"]
+    assert len(hits) == summary.anomalies_total
+    with_path = 0
+    for h in hits:
+        wf = h["_source"]["deeplog"]["workflow"]
+        assert wf["summary"]
+        if "reason" in wf:
+            assert wf["reason"] in ("unseen_key", "no_workflow") and "name" not in wf
+            if h["_source"]["deeplog"]["anomaly_type"] == "unseen_key":
+                assert wf["reason"] == "unseen_key"
+        else:
+            with_path += 1
+            assert wf["name"] in {w.name for w in wm.workflows}
+            assert wf["diverged_at"] and wf["expected_next"] is not None
+            assert len(wf["path"]) == len(wf["path_templates"])
+    assert with_path > 0
+    # Analysts can find the anomalies of one workflow.
+    name = next(
+        h["_source"]["deeplog"]["workflow"]["name"]
+        for h in hits
+        if "name" in h["_source"]["deeplog"]["workflow"]
+    )
+    n = clients.es.count(index=cfg.output.anomalies_index, query={"term": {"deeplog.workflow.name": name}})
+    assert n["count"] >= 1
+
+
+def test_cli_workflow_hdfs_on_real_sessions(tmp_path, capsys):
+    """Real HDFS key sessions: the block workflow is found and abnormal sessions are diagnosed."""
+    from .conftest import need_data
+
+    need_data("hdfs_keys", "hdfs_train")
+    args = ["workflow", "hdfs", "--no-key-model", "--anomalies", "3", "--out", str(tmp_path), "--json"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert last["sessions"] == 4855 and last["workflows"]
+    assert "allocateBlock" in out and "Receiving block" in out  # the block-write workflow, E5 and E22
+    assert len(last["anomalies"]) == 3
+    for a in last["anomalies"]:
+        d = a["diagnosis"]
+        assert d["summary"] and ("name" in d or d["reason"])
+    assert WorkflowModel.load(tmp_path).sessions == 4855
