@@ -280,10 +280,16 @@ def cmd_workflow_list(args: argparse.Namespace) -> int:
 def cmd_workflow_show(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .workflow import render_dot, render_svg, render_text
+    from .workflow import render_dot, render_png, render_svg, render_text
 
+    if args.format == "png" and not args.output:
+        raise DeeplogError("--format png writes an image: give --output FILE.png")
     _, wm = _workflow_model(args)
     w = wm.get(args.name)
+    if args.format == "png":
+        Path(args.output).write_bytes(render_png(w))
+        print(f"wrote png of workflow {w.name} to {args.output}")
+        return 0
     text = {"text": render_text, "dot": render_dot, "svg": render_svg}[args.format](w)
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -372,11 +378,14 @@ def _add_workflow_parsers(sub: Any) -> None:
     q = wsub.add_parser("list", help="list the workflows of a model version")
     source_args(q)
     q.set_defaults(func=cmd_workflow_list)
-    q = wsub.add_parser("show", help="render one workflow as text, Graphviz DOT or SVG")
+    q = wsub.add_parser("show", help="render one workflow as text, Graphviz DOT, SVG or PNG")
     q.add_argument("name", help="workflow name, e.g. w1 (see `workflow list`)")
     source_args(q)
     q.add_argument(
-        "--format", choices=("text", "dot", "svg"), default="text", help="rendering (default text)"
+        "--format",
+        choices=("text", "dot", "svg", "png"),
+        default="text",
+        help="rendering (default text; png needs --output)",
     )
     q.add_argument("--output", metavar="FILE", help="write the rendering to FILE instead of stdout")
     q.set_defaults(func=cmd_workflow_show)

@@ -13,7 +13,8 @@ Contract:
   workflow applies (unseen key, no matching workflow). With `gap_s` (the time since the previous event) it
   says whether that step was slow against the edge's usual gap. `Diagnosis.fields()` is the anomaly
   document's `deeplog.workflow` object.
-- `render_text`, `render_dot` (Graphviz), `render_svg` (self-contained, layered layout): a workflow picture.
+- `render_text`, `render_dot` (Graphviz), `render_svg` (self-contained, layered layout) and `render_png` (the
+  same layout rasterised by `png`): a workflow picture.
 """
 
 from __future__ import annotations
@@ -467,45 +468,112 @@ def render_dot(w: Workflow) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_svg(w: Workflow) -> str:
-    """A layered picture without Graphviz: states in rows by depth, edges as lines (loops curve back)."""
+@dataclass(frozen=True)
+class _Layout:
+    pos: dict[int, tuple[float, float]]  # state -> top-left corner of its box
+    width: float
+    height: float
+    bw: int = 230
+    bh: int = 34
+
+    def label(self, w: Workflow, k: int) -> str:
+        return {START: "start", END: "end"}.get(k) or f"{node_id(k)} {_short(w.templates.get(k, ''), 34)}"
+
+    def edge(self, e: Edge) -> tuple[float, float, float, float, bool] | None:
+        """(x1, y1, x2, y2, back): forward edges run from a box's bottom to the next box's top; back edges
+        (loops, or to a row above) from right side to right side."""
+        if e.source not in self.pos or e.target not in self.pos:
+            return None
+        (x1, y1), (x2, y2) = self.pos[e.source], self.pos[e.target]
+        sx, sy, tx, ty = x1 + self.bw / 2, y1 + self.bh, x2 + self.bw / 2, y2
+        if ty <= sy:
+            return x1 + self.bw, y1 + self.bh / 2, x2 + self.bw, y2 + self.bh / 2, True
+        return sx, sy, tx, ty, False
+
+
+def _layout(w: Workflow) -> _Layout:
+    """States in rows by depth, each row centred."""
     depth = _depths(w)
     rows: dict[int, list[int]] = defaultdict(list)
     for k, d in sorted(depth.items(), key=lambda kv: (kv[1], kv[0])):
         rows[d].append(k)
-    bw, bh, gx, gy = 230, 34, 30, 36
-    width = max(len(r) for r in rows.values()) * (bw + gx) + gx
+    bw, bh, gx, gy = _Layout.bw, _Layout.bh, 30, 36
+    width = max(len(r) for r in rows.values()) * (bw + gx) + gx + 70  # + room for back edges' curves
     pos = {}
     for d, ks in rows.items():
-        x0 = (width - len(ks) * (bw + gx) + gx) / 2
+        x0 = (width - 70 - len(ks) * (bw + gx) + gx) / 2
         for i, k in enumerate(ks):
             pos[k] = (x0 + i * (bw + gx), gy + d * (bh + gy))
-    height = gy + (max(rows) + 1) * (bh + gy)
+    return _Layout(pos, width, gy + (max(rows) + 1) * (bh + gy))
+
+
+def _curve(sx: float, sy: float, tx: float, ty: float, n: int = 24) -> list[tuple[float, float]]:
+    """The cubic Bezier the SVG draws for a back edge, as points."""
+    c1, c2 = (sx + 60, sy), (tx + 60, ty)
+    pts = []
+    for i in range(n + 1):
+        t = i / n
+        u = 1 - t
+        pts.append(
+            (
+                u**3 * sx + 3 * u * u * t * c1[0] + 3 * u * t * t * c2[0] + t**3 * tx,
+                u**3 * sy + 3 * u * u * t * c1[1] + 3 * u * t * t * c2[1] + t**3 * ty,
+            )
+        )
+    return pts
+
+
+def render_svg(w: Workflow) -> str:
+    """A layered picture without Graphviz: states in rows by depth, edges as lines (loops curve back)."""
+    lay = _layout(w)
+    bw, bh = lay.bw, lay.bh
     el = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{lay.width:.0f}" height="{lay.height:.0f}" '
         f'font-family="sans-serif" font-size="10">',
         '<defs><marker id="a" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
         '<path d="M0,0 L8,4 L0,8 z"/></marker></defs>',
         f"<title>{html.escape(w.name)}</title>",
     ]
     for e in w.edges:
-        if e.source not in pos or e.target not in pos:
+        geo = lay.edge(e)
+        if geo is None:
             continue
-        (x1, y1), (x2, y2) = pos[e.source], pos[e.target]
-        sx, sy, tx, ty = x1 + bw / 2, y1 + bh, x2 + bw / 2, y2
+        sx, sy, tx, ty, back = geo
         dash = ' stroke-dasharray="4,3"' if e.kind == "loop" else ""
-        if ty <= sy:  # back edge: curve around the right side
-            sx, sy, tx, ty = x1 + bw, y1 + bh / 2, x2 + bw, y2 + bh / 2
+        if back:
             path = f"M{sx:.0f},{sy:.0f} C{sx + 60:.0f},{sy:.0f} {tx + 60:.0f},{ty:.0f} {tx:.0f},{ty:.0f}"
         else:
             path = f"M{sx:.0f},{sy:.0f} L{tx:.0f},{ty:.0f}"
         el.append(f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#a)"{dash}/>')
         el.append(f'<text x="{(sx + tx) / 2 + 4:.0f}" y="{(sy + ty) / 2:.0f}" fill="#a33">{e.count}</text>')
-    for k, (x, y) in pos.items():
-        label = {START: "start", END: "end"}.get(k) or f"{node_id(k)} {_short(w.templates.get(k, ''), 34)}"
+    for k, (x, y) in lay.pos.items():
         el.append(
             f'<rect x="{x:.0f}" y="{y:.0f}" width="{bw}" height="{bh}" rx="6" fill="#eef" stroke="#336"/>'
         )
-        el.append(f'<text x="{x + 6:.0f}" y="{y + 21:.0f}">{html.escape(label)}</text>')
+        el.append(f'<text x="{x + 6:.0f}" y="{y + 21:.0f}">{html.escape(lay.label(w, k))}</text>')
     el.append("</svg>")
     return "\n".join(el) + "\n"
+
+
+def render_png(w: Workflow) -> bytes:
+    """The same picture as `render_svg`, rasterised (built-in bitmap font; no imaging dependency)."""
+    from .png import GLYPH_H, Canvas
+
+    lay = _layout(w)
+    c = Canvas(int(lay.width), int(lay.height))
+    grey, red = (85, 85, 85), (170, 51, 51)
+    for e in w.edges:
+        geo = lay.edge(e)
+        if geo is None:
+            continue
+        sx, sy, tx, ty, back = geo
+        dash = 4 if e.kind == "loop" else 0
+        pts = _curve(sx, sy, tx, ty) if back else [(sx, sy), (tx, ty)]
+        for (ax, ay), (bx, by) in zip(pts, pts[1:], strict=False):  # consecutive pairs
+            c.line(ax, ay, bx, by, grey, dash)
+        c.arrow_head(*pts[-2], *pts[-1], grey)
+        c.text(int((sx + tx) / 2 + 4), int((sy + ty) / 2 - GLYPH_H), str(e.count), red)
+    for k, (x, y) in lay.pos.items():
+        c.rect(int(x), int(y), lay.bw, lay.bh, (51, 51, 102), (238, 238, 255))
+        c.text(int(x) + 6, int(y) + (lay.bh - 7) // 2, lay.label(w, k))
+    return c.to_png()
