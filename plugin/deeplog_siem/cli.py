@@ -588,6 +588,9 @@ def _print_demo(r) -> None:
         print(f"  actual  : K{dl['key']['id']} {dl['key']['template']!r} p={dl['key']['probability']:.4f}")
         for e in dl["expected"][:3]:
             print(f"  expected: K{e['key_id']} {e['template']!r} p={e['probability']:.3f}")
+        wf = dl.get("workflow") or {}
+        if wf.get("summary"):
+            print(f"  workflow: {wf['summary']}")
     print(
         "\nWhere to look: the anomaly documents are in the index above (Kibana: import kibana/*.ndjson and open the "
         "'DeepLog anomaly investigation' dashboard). The embedded server keeps data in memory only; rerun with "
