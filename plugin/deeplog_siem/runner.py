@@ -33,6 +33,7 @@ from .detector import KeyDetector, build_windows
 from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
+from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import SessionKeyer, SessionTracker
 from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
@@ -72,6 +73,9 @@ class RunSummary:
     model_version: str | None = None
     error: str | None = None
     stack_trace: str | None = None
+    # Feedback runs: documents by outcome (found, applied, reconciled, invalid, ...) and the update's figures.
+    feedback: Counter[str] = field(default_factory=Counter)
+    feedback_detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def anomalies_total(self) -> int:
@@ -85,6 +89,7 @@ class RunSummary:
             f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, model {self.model_version}, {secs:.1f} s"
+            + (f", feedback {dict(self.feedback)} {self.feedback_detail or ''}" if self.feedback else "")
             + (f", error: {self.error}" if self.error else "")
         )
 
@@ -112,6 +117,11 @@ class RunSummary:
                     "bulk_failures": sum(self.rejected.values()),
                     "duration_ms": dict(self.durations_ms),
                     "model_version": self.model_version,
+                    **(
+                        {"feedback": {**self.feedback, **self.feedback_detail}}
+                        if self.feedback or self.feedback_detail
+                        else {}
+                    ),
                 }
             },
             **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
@@ -252,6 +262,11 @@ def train(
             "metrics": report.to_dict(),
         }
         save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
+        # Normal windows for the feedback job: replayed while fine-tuning, held out for its safety check.
+        fb = config.feedback
+        build_normal_sample(training, config.model, fb.replay_windows, fb.heldout_windows).save(
+            path / NORMAL_SAMPLE
+        )
         store.publish(version)
         summary.model_version = version
         summary.sessions = len(sessions)
