@@ -251,14 +251,18 @@ def finetune(
     """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted.
 
     Every step: a batch of `fb.replay_batch` normal training windows drawn by frequency plus the feedback
-    pairs (and earlier feedback pairs to keep, `keep_*`), each pair weighted as `fb.weight` normal windows,
+    distinct pairs (and earlier feedback pairs to keep, `keep_*`), each weighted as `fb.weight` normal windows,
     so the update moves the misjudged windows without forgetting the rest."""
     floor = model_cfg.floor(model.args.vocab_size)
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model)
-    fk, ft = keys.to(device), targets.to(device)
+    fk, ft = keys, targets
     if keep_keys is not None and keep_targets is not None and keep_keys.numel():
-        fk, ft = torch.cat([fk, keep_keys.to(device)]), torch.cat([ft, keep_targets.to(device)])
+        fk, ft = torch.cat([fk, keep_keys]), torch.cat([ft, keep_targets])
+    # Distinct pairs, each with the same weight: a pattern marked a hundred times must not outweigh the
+    # normal successors of its window (it joins them; the detector only needs it in the top g).
+    rows = torch.unique(torch.cat([fk, ft[:, None]], 1), dim=0)  # [P', h + 1]
+    fk, ft = rows[:, :-1].to(device), rows[:, -1].to(device)
     fw = torch.full((ft.numel(),), float(fb.weight), device=device)
     before = int(accepted(tuned, keys, targets, model_cfg.top_g, floor).sum())
     gen = torch.Generator().manual_seed(fb.seed)
