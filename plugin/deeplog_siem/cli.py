@@ -311,15 +311,25 @@ def cmd_evaluate_feedback(args: argparse.Namespace) -> int:
     from .evaluate_feedback import run
 
     r = run(
-        args.seed, n_train=args.train_tasks, n_test=args.test_tasks, mark_share=args.mark, progress=progress
+        args.seed,
+        n_train=args.train_tasks,
+        n_test=args.test_tasks,
+        mark_share=args.mark,
+        max_rounds=args.rounds,
+        progress=progress,
     )
     print(
         f"seed {r['seed']}: drift = {r['drift']}; {r['normal_tasks']} normal test tasks, "
         f"{r['anomalous_tasks']} with injected path anomalies"
     )
+    for x in r["rounds"]:
+        print(
+            f"round {x['round']}: {x['marked']} of {x['fp_events']} false-positive anomalies marked, "
+            f"{x.get('steps', 0)} fine-tuning steps, update {'accepted' if x.get('accepted') else 'REJECTED'}"
+        )
     print(
-        f"feedback: {r['marked']} of {r['fp_events_before']} false-positive anomalies marked ({r['mark_share']:.0%}); "
-        f"{r['finetune_steps']} fine-tuning steps; update {'accepted' if r['accepted'] else 'REJECTED'}"
+        f"marked in all: {r['marked']} = {r['marked_share_of_initial_fps']:.1%} of the "
+        f"{r['fp_events_before']} false-positive anomalies before feedback"
     )
     for part in ("test", "fresh"):
         b, a = r[part]["before"], r[part]["after"]
@@ -369,7 +379,15 @@ def _add_feedback_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="workload and model seed (default 0)")
     p.add_argument("--train-tasks", type=int, default=3000, help="normal training tasks (default 3000)")
     p.add_argument("--test-tasks", type=int, default=3000, help="test tasks per test set (default 3000)")
-    p.add_argument("--mark", type=float, default=0.1, help="share of false-positive anomalies marked (0.1)")
+    p.add_argument(
+        "--mark", type=float, default=0.1, help="share of the false-positive anomalies marked per round (0.1)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="feedback rounds: detect, mark, apply; each round marks the share of the FPs then raised (3)",
+    )
     p.add_argument(
         "--json", action="store_true", help="also print all figures as one JSON object (last line)"
     )

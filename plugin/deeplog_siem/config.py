@@ -305,6 +305,9 @@ class FeedbackConfig:
     replay_batch: int = 512  # normal training windows mixed into every step (against forgetting)
     # Each marked (window -> key) pair counts as this many of those normal windows in every step.
     weight: float = 8.0
+    # Fine-tuning goes on until each marked key has at least this probability after its window (not just
+    # the top g): a margin that carries the correction to the similar windows nobody marked.
+    target_probability: float = 0.05
     replay_windows: int = 20000  # distinct normal training windows stored with each model version
     heldout_windows: int = 20000  # distinct held-out normal windows stored for the safety check
     # Absolute increase of the held-out false-alarm rate (share of normal windows flagged) beyond which an
@@ -319,6 +322,11 @@ class FeedbackConfig:
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
         _check(f"{key}.weight", self.weight > 0, f"must be > 0, got {self.weight}")
+        _check(
+            f"{key}.target_probability",
+            0.0 <= self.target_probability < 1.0,
+            f"must be in [0, 1), got {self.target_probability}",
+        )
         _check(f"{key}.tolerance", 0.0 <= self.tolerance < 1.0, f"must be in [0, 1), got {self.tolerance}")
 
 

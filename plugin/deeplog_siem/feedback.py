@@ -215,18 +215,21 @@ class FinetuneReport:
     accepted_before: int
     accepted_after: int
     pairs: int
+    replay_repaired: int = 0  # replay windows the update flagged at some point and was trained back on
 
 
 def accepted(
-    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, top_g: int, floor: float
+    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, top_g: int, floor: float, at_least: float = 0.0
 ) -> torch.Tensor:
-    """[N] bool: the detector would accept target i after window i (the job's exact verdict)."""
+    """[N] bool: the detector would accept target i after window i (the job's exact verdict), and gives it
+    at least `at_least` probability."""
     det = KeyDetector(
         model, top_g, device=next(model.parameters()).device, cache_size=0, min_probability=floor
     )
     n = targets.numel()
     z = torch.zeros(n, dtype=torch.long)
-    return ~det.score(Windows(keys, targets, z, z)).anomalous
+    sc = det.score(Windows(keys, targets, z, z))
+    return ~sc.anomalous & (sc.prob >= at_least)
 
 
 def false_alarm_rate(model: KeyLSTM, rows: Rows, top_g: int, floor: float) -> float:
@@ -248,12 +251,17 @@ def finetune(
     keep_targets: torch.Tensor | None = None,
     check_every: int = 10,
 ) -> tuple[KeyLSTM, FinetuneReport]:
-    """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted.
+    """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted with at least
+    `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
+    every replay window the model accepted before still is (at most `fb.max_steps` steps).
 
-    Every step: a batch of `fb.replay_batch` normal training windows drawn by frequency plus the feedback
-    distinct pairs (and earlier feedback pairs to keep, `keep_*`), each weighted as `fb.weight` normal windows,
-    so the update moves the misjudged windows without forgetting the rest."""
+    Every step: a batch of `fb.replay_batch` normal training windows drawn by frequency, plus the distinct
+    feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay windows the update has
+    broken so far, each weighted as `fb.weight` normal windows. So the update moves the misjudged windows
+    and repairs what it disturbs instead of forgetting it (an LSTM that learns "VM Stopped, then destroyed"
+    tends to forget "VM Stopped, then powering on" until reminded)."""
     floor = model_cfg.floor(model.args.vocab_size)
+    g = model_cfg.top_g
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model)
     fk, ft = keys, targets
@@ -263,16 +271,20 @@ def finetune(
     # normal successors of its window (it joins them; the detector only needs it in the top g).
     rows = torch.unique(torch.cat([fk, ft[:, None]], 1), dim=0)  # [P', h + 1]
     fk, ft = rows[:, :-1].to(device), rows[:, -1].to(device)
-    fw = torch.full((ft.numel(),), float(fb.weight), device=device)
-    before = int(accepted(tuned, keys, targets, model_cfg.top_g, floor).sum())
+    before = int(accepted(tuned, keys, targets, g, floor).sum())
+    learned = int(accepted(tuned, keys, targets, g, floor, fb.target_probability).sum())
+    replay_ok = accepted(tuned, replay.keys, replay.targets, g, floor)  # [R] accepted by the parent
+    broken = torch.zeros_like(replay_ok)  # replay rows this update has flagged at some check
     gen = torch.Generator().manual_seed(fb.seed)
     torch.manual_seed(fb.seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=fb.learning_rate)
     rk, rt, rc = replay.keys.to(device), replay.targets.to(device), replay.counts
     steps = 0
-    done = before == targets.numel()
+    done = learned == targets.numel()
     while not done and steps < fb.max_steps:
         tuned.train()
+        bk, bt = torch.cat([fk, rk[broken.to(device)]]), torch.cat([ft, rt[broken.to(device)]])
+        bw = torch.full((bt.numel(),), float(fb.weight), device=device)
         for _ in range(min(check_every, fb.max_steps - steps)):
             draws = torch.multinomial(rc, fb.replay_batch, replacement=True, generator=gen)
             idx, mult = torch.unique(draws, return_counts=True)
@@ -280,9 +292,9 @@ def finetune(
             # One weighted mean over both: where a marked window also occurs in normal data, its normal
             # successors keep their share and the marked key joins them instead of replacing them.
             _, loss = tuned(
-                torch.cat([rk[idx], fk]),
-                torch.cat([rt[idx], ft]),
-                torch.cat([mult, fw]),
+                torch.cat([rk[idx], bk]),
+                torch.cat([rt[idx], bt]),
+                torch.cat([mult, bw]),
                 model_cfg.label_smoothing,
             )
             assert loss is not None
@@ -290,10 +302,15 @@ def finetune(
             loss.backward()
             opt.step()
             steps += 1
-        done = bool(accepted(tuned, keys, targets, model_cfg.top_g, floor).all())
+        now_ok = accepted(tuned, replay.keys, replay.targets, g, floor)
+        lost = replay_ok & ~now_ok
+        broken |= lost
+        done = bool(accepted(tuned, keys, targets, g, floor, fb.target_probability).all()) and not bool(
+            lost.any()
+        )
     tuned.eval()
-    after = int(accepted(tuned, keys, targets, model_cfg.top_g, floor).sum())
-    return tuned, FinetuneReport(steps, before, after, int(targets.numel()))
+    after = int(accepted(tuned, keys, targets, g, floor).sum())
+    return tuned, FinetuneReport(steps, before, after, int(targets.numel()), int(broken.sum()))
 
 
 # ---------------------------------------------------------------------------------------------------- job
