@@ -302,9 +302,9 @@ class FeedbackConfig:
 
     learning_rate: float = 0.001  # half of training's: nudge the weights, do not relearn
     max_steps: int = 300  # bound on fine-tuning steps per run
-    replay_batch: int = 512  # normal training windows mixed into every step (against forgetting)
+    replay_batch: int = 2048  # normal training windows mixed into every step (against forgetting)
     # Each marked (window -> key) pair counts as this many of those normal windows in every step.
-    weight: float = 8.0
+    weight: float = 4.0
     # Fine-tuning goes on until each marked key has at least this probability after its window (not just
     # the top g): a margin that carries the correction to the similar windows nobody marked.
     target_probability: float = 0.05

@@ -33,7 +33,7 @@ import torch
 from .config import FeedbackConfig, ModelConfig, TemplaterConfig
 from .detector import KeyDetector, build_windows
 from .evaluate_params import SIMILARITY, _events
-from .feedback import false_alarm_rate, finetune
+from .feedback import false_alarm_rate, finetune, verdict
 from .model import KeyLSTM, train_key_model
 from .samples import build_normal_sample
 from .templater import Templater
@@ -171,7 +171,8 @@ def run(
         tuned, rep = finetune(current, k, t, sample.replay, mcfg, fcfg, keep_k, keep_t)
         fa_before = false_alarm_rate(current, sample.heldout, mcfg.top_g, floor)
         fa_after = false_alarm_rate(tuned, sample.heldout, mcfg.top_g, floor)
-        ok = fa_after - fa_before <= fcfg.tolerance
+        why = verdict(rep, fa_before, fa_after, fcfg.tolerance)
+        ok = why is None
         rounds.append(
             {
                 "round": r,
@@ -183,6 +184,7 @@ def run(
                 "heldout_false_alarm_before": fa_before,
                 "heldout_false_alarm_after": fa_after,
                 "accepted": ok,
+                "rejected_because": why,
             }
         )
         say(

@@ -216,6 +216,23 @@ class FinetuneReport:
     accepted_after: int
     pairs: int
     replay_repaired: int = 0  # replay windows the update flagged at some point and was trained back on
+    earlier_broken: int = 0  # pairs of earlier feedback the parent accepted and the update flags
+
+
+def verdict(rep: FinetuneReport, fa_before: float, fa_after: float, tolerance: float) -> str | None:
+    """Why an update must be rejected, or None: it raises the held-out false-alarm rate beyond the
+    tolerance, it could not learn every marked pattern within the step bound, or it undoes earlier
+    feedback."""
+    if fa_after - fa_before > tolerance:
+        return f"held-out false-alarm rate {fa_before:.4%} -> {fa_after:.4%} exceeds feedback.tolerance {tolerance:g}"
+    if rep.accepted_after < rep.pairs:
+        # Pushing on a pattern that normal data contradicts mostly damages what nobody checks.
+        return (
+            f"only {rep.accepted_after} of {rep.pairs} marked patterns were learned within feedback.max_steps"
+        )
+    if rep.earlier_broken:
+        return f"it would flag {rep.earlier_broken} pattern(s) of earlier feedback again"
+    return None
 
 
 def accepted(
@@ -265,7 +282,9 @@ def finetune(
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model)
     fk, ft = keys, targets
-    if keep_keys is not None and keep_targets is not None and keep_keys.numel():
+    if keep_keys is None or keep_targets is None:
+        keep_keys, keep_targets = keys[:0], targets[:0]
+    if keep_targets.numel():
         fk, ft = torch.cat([fk, keep_keys]), torch.cat([ft, keep_targets])
     # Distinct pairs, each with the same weight: a pattern marked a hundred times must not outweigh the
     # normal successors of its window (it joins them; the detector only needs it in the top g).
@@ -275,6 +294,8 @@ def finetune(
     learned = int(accepted(tuned, keys, targets, g, floor, fb.target_probability).sum())
     replay_ok = accepted(tuned, replay.keys, replay.targets, g, floor)  # [R] accepted by the parent
     broken = torch.zeros_like(replay_ok)  # replay rows this update has flagged at some check
+    # Earlier feedback the parent accepts must stay accepted.
+    keep_ok = accepted(tuned, keep_keys, keep_targets, g, floor)
     gen = torch.Generator().manual_seed(fb.seed)
     torch.manual_seed(fb.seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=fb.learning_rate)
@@ -305,12 +326,15 @@ def finetune(
         now_ok = accepted(tuned, replay.keys, replay.targets, g, floor)
         lost = replay_ok & ~now_ok
         broken |= lost
-        done = bool(accepted(tuned, keys, targets, g, floor, fb.target_probability).all()) and not bool(
-            lost.any()
-        )
+        kept = bool((~keep_ok | accepted(tuned, keep_keys, keep_targets, g, floor)).all())
+        done = bool(accepted(tuned, keys, targets, g, floor, fb.target_probability).all()) and kept
+        done = done and not bool(lost.any())
     tuned.eval()
     after = int(accepted(tuned, keys, targets, g, floor).sum())
-    return tuned, FinetuneReport(steps, before, after, int(targets.numel()), int(broken.sum()))
+    earlier_broken = int((keep_ok & ~accepted(tuned, keep_keys, keep_targets, g, floor)).sum())
+    return tuned, FinetuneReport(
+        steps, before, after, int(targets.numel()), int(broken.sum()), earlier_broken
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- job
@@ -443,11 +467,9 @@ def _learn(
         "heldout_false_alarm_after": round(after, 6),
         "heldout_source": sample.heldout_source,
     }
-    if after - before > config.feedback.tolerance:
-        err = (
-            f"update rejected: held-out false-alarm rate {before:.4%} -> {after:.4%} exceeds "
-            f"feedback.tolerance {config.feedback.tolerance:g}; model {version} kept"
-        )
+    reason = verdict(rep, before, after, config.feedback.tolerance)
+    if reason is not None:
+        err = f"update rejected: {reason}; model {version} kept"
         log.warning("%s", err)
         summary.status = REJECTED
         fbc[REJECTED] += len(fps)
