@@ -244,3 +244,42 @@ def test_pair_of_maps_templates_and_explains_what_it_cannot_learn():
     assert pair_of(moved, vocab, 4) == ([0, 0, syn.A, syn.B], syn.C)
     assert "not in the current model" in pair_of({**doc, "key": {"id": 99, "template": "x"}}, vocab, 4)
     assert "cannot be learned" in pair_of({**doc, "anomaly_type": "unseen_key"}, vocab, 4)
+
+
+def test_workload_drift_adds_a_known_line_and_leaves_other_seeds_alone():
+    from deeplog_siem.workload import DRIFT_STEP, generate_workload
+
+    plain = generate_workload(300, seed=5)
+    assert generate_workload(300, seed=5, drift_rate=0.0).lines == plain.lines
+    drifted = generate_workload(300, seed=5, drift_rate=1.0, path_rate=0.05)
+    tasks = [t for t in drifted.tasks if t.get("drifted")]
+    assert tasks and all(t["task_type"] == "delete" for t in tasks)
+    assert {lab["task_id"] for lab in drifted.labels if lab["kind"] != "slowdown"}.isdisjoint(
+        t["task_id"] for t in tasks
+    )
+    line = DRIFT_STEP.lines[0][1]
+    assert all(any(drifted.lines[i].endswith(line) for i in t["lines"]) for t in tasks)
+    assert any(ln.endswith(line) for ln in plain.lines)  # a known line (the stop task's), not a new one
+
+
+def test_evaluate_feedback_runs_the_scenario_end_to_end():
+    from deeplog_siem.evaluate_feedback import run
+
+    cfg = ModelConfig(top_g=3, hidden=16, epochs=8, seed=0, device="cpu", threads=1)
+    r = run(0, n_train=600, n_test=600, max_rounds=2, model_cfg=cfg)
+    assert r["fp_events_before"] > 0 and r["rounds"] and r["marked"] >= 1
+    for part in ("test", "fresh"):
+        assert r[part]["before"]["fp_rate"] > 0
+        assert r[part]["before"]["normal_tasks"] > 0 and r[part]["before"]["anomalous_tasks"] > 0
+    if r["updates_accepted"]:
+        assert r["fp_rate_after"] < r["fp_rate_before"]
+
+
+def test_the_daemon_schedules_the_feedback_job(clients, make_config):
+    import threading
+
+    from deeplog_siem.scheduler import build_scheduler
+
+    cfg = make_config(schedule={"feedback_interval_seconds": 123})
+    job = build_scheduler(cfg, clients, threading.Event()).get_job("feedback")
+    assert job is not None and job.trigger.interval.total_seconds() == 123
