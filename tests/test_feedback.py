@@ -283,3 +283,9 @@ def test_the_daemon_schedules_the_feedback_job(clients, make_config):
     cfg = make_config(schedule={"feedback_interval_seconds": 123})
     job = build_scheduler(cfg, clients, threading.Event()).get_job("feedback")
     assert job is not None and job.trigger.interval.total_seconds() == 123
+
+
+def test_a_run_with_no_feedback_and_no_model_is_a_quiet_success(clients, make_config):
+    # The daemon may start before the first training: the feedback job must not fail every interval.
+    summary = apply_feedback(make_config(), clients)
+    assert summary.status == "ok" and dict(summary.feedback) == {"found": 0}

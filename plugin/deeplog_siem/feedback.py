@@ -371,12 +371,17 @@ def _apply(
     after_publish: Callable[[str], None] | None,
 ) -> None:
     fbc = summary.feedback
-    version, path = store.current()
-    summary.model_version = version
+    # Pending feedback first: with none, a daemon started before the first training has nothing to fail on.
     hits = _pending(clients, config)
     fbc["found"] = len(hits)
     if not hits:
+        try:
+            summary.model_version = store.current()[0]
+        except DeeplogError:
+            pass
         return
+    version, path = store.current()
+    summary.model_version = version
     now = _now()
     updates: list[dict[str, Any]] = []
     # (1) Already in the current model (a run that crashed after publishing): mark, never train again.
