@@ -3,15 +3,20 @@
 Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh directory to write a model version
 into; `publish(version)` makes it current atomically (a `CURRENT` file replaced with os.replace), so a
 crash during training never leaves a half-written model in use; `current() -> (version, path)` or
-`ArtifactError` telling the user to train first. Each version directory holds the templater state
-(`templater/`), the key model checkpoint (`keymodel.pt`) and the workflow models (`workflows.json`), see
+`ArtifactError` telling the user to train first; `restore(version)` makes an earlier version current again;
+`lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
+state (`templater/`), the key model checkpoint (`keymodel.pt`, whose meta carries the lineage of feedback
+versions), the workflow models (`workflows.json`) and the normal-window sample (`normal_sample.pt`), see
 models/README.md.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,3 +61,28 @@ class ModelStore:
             if self.dir.is_dir()
             else []
         )
+
+    def path(self, version: str) -> Path:
+        p = self.dir / version
+        if version.startswith(".") or "/" in version or not (p / KEYMODEL).is_file():
+            known = ", ".join(self.versions()) or "none"
+            raise ArtifactError(f"no model version {version!r} in {self.dir} (versions: {known})")
+        return p
+
+    def restore(self, version: str) -> None:
+        """Make an existing version current again (a rollback); its checkpoint must load."""
+        from .model import load_checkpoint  # torch is imported only by callers that need it
+
+        load_checkpoint(self.path(version) / KEYMODEL)
+        self.publish(version)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on this model directory, held by one writer process at a time."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

@@ -406,6 +406,176 @@ def _add_workflow_parsers(sub: Any) -> None:
 
 # ------------------------------------------------------------ end workflows / evaluate-workflows (issue 8)
 
+# ------------------------------------------------------------ feedback / model versions (issue 9)
+
+
+def cmd_feedback_mark(args: argparse.Namespace) -> int:
+    from .feedback import FALSE_POSITIVE, TRUE_POSITIVE, mark
+
+    cfg = _load(args)
+    verdict = FALSE_POSITIVE if args.false_positive else TRUE_POSITIVE
+    clients = _connect(cfg)
+    try:
+        outcome = mark(clients, cfg, args.id, verdict, by=args.by, comment=args.comment)
+    finally:
+        clients.close()
+    if outcome == "unchanged":
+        print(f"{args.id}: already {verdict} and processed by the feedback job; nothing changed")
+    else:
+        print(
+            f"{args.id}: marked {verdict}; the next feedback run (or `deeplog-siem feedback apply`) uses it"
+        )
+    return 0
+
+
+def cmd_feedback_apply(args: argparse.Namespace) -> int:
+    from .feedback import apply_feedback
+
+    cfg = _load(args)
+    clients = _connect(cfg)
+    try:
+        summary = apply_feedback(cfg, clients)
+    finally:
+        clients.close()
+    if args.json:
+        print_json(summary.document(cfg.output.runs_index)["deeplog"]["run"])
+    else:
+        print(summary.line())
+    return 0 if summary.status == "ok" else 1
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from .artifacts import ModelStore
+    from .feedback import describe_versions
+
+    cfg = load_config(args.config)
+    rows = describe_versions(ModelStore(cfg.model.dir))
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print(f"no model versions in {cfg.model.dir}")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['version']}  unreadable: {r['error']}")
+            continue
+        mark = "*" if r["current"] else " "
+        if r["parent"]:
+            fa = (
+                f", held-out false alarms {r['heldout_false_alarm_before']:.4%} -> "
+                f"{r['heldout_false_alarm_after']:.4%}"
+            )
+            origin = f"feedback on {r['parent']} ({r['feedback_applied']} false positives{fa})"
+        else:
+            origin = "trained"
+        print(f"{mark} {r['version']}  created {r['created']}  {origin}")
+    return 0
+
+
+def cmd_model_restore(args: argparse.Namespace) -> int:
+    from .artifacts import ModelStore
+
+    cfg = load_config(args.config)
+    store = ModelStore(cfg.model.dir)
+    with store.lock():
+        try:
+            before = store.current()[0]
+        except DeeplogError:
+            before = None
+        store.restore(args.version)
+    print(f"model version {args.version} is current again (was {before}); the detection job picks it up")
+    return 0
+
+
+def cmd_evaluate_feedback(args: argparse.Namespace) -> int:
+    from .evaluate_feedback import run
+
+    r = run(
+        args.seed,
+        n_train=args.train_tasks,
+        n_test=args.test_tasks,
+        mark_share=args.mark,
+        max_rounds=args.rounds,
+        progress=progress,
+    )
+    print(
+        f"seed {r['seed']}: drift = {r['drift']}; {r['normal_tasks']} normal test tasks, "
+        f"{r['anomalous_tasks']} with injected path anomalies"
+    )
+    for x in r["rounds"]:
+        print(
+            f"round {x['round']}: {x['marked']} of {x['fp_events']} false-positive anomalies marked, "
+            f"{x.get('steps', 0)} fine-tuning steps, update {'accepted' if x.get('accepted') else 'REJECTED'}"
+        )
+    print(
+        f"marked in all: {r['marked']} = {r['marked_share_of_initial_fps']:.1%} of the "
+        f"{r['fp_events_before']} false-positive anomalies before feedback"
+    )
+    for part in ("test", "fresh"):
+        b, a = r[part]["before"], r[part]["after"]
+        print(
+            f"{part:>5} data: FP rate {b['fp_rate']:.4%} -> {a['fp_rate']:.4%} (ratio {r[part]['fp_ratio']:.3f}); "
+            f"recall {b['recall']:.4f} -> {a['recall']:.4f}"
+        )
+    if args.json:
+        print_json(r)
+    return 0
+
+
+def _add_feedback_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "feedback", help="responders' verdicts on anomalies: mark one, or apply them to the model"
+    )
+    fsub = p.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
+    pm = fsub.add_parser("mark", help="set deeplog.feedback on one anomaly document")
+    _add_config_arg(pm)
+    pm.add_argument("id", metavar="ID", help="_id of the anomaly document")
+    g = pm.add_mutually_exclusive_group(required=True)
+    g.add_argument("--false-positive", action="store_true", help="the event was normal: learn it")
+    g.add_argument("--true-positive", action="store_true", help="a real anomaly (kept for metrics)")
+    pm.add_argument("--by", metavar="NAME", help="who gives the verdict (deeplog.feedback_by)")
+    pm.add_argument("--comment", metavar="TEXT", help="why (deeplog.feedback_comment)")
+    pm.set_defaults(func=cmd_feedback_mark)
+    pa = fsub.add_parser("apply", help="run the feedback job once: fine-tune on new false positives")
+    _add_config_arg(pa)
+    pa.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    pa.set_defaults(func=cmd_feedback_apply)
+
+    p = sub.add_parser("model", help="list model versions with their lineage, or restore an earlier one")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    pl = msub.add_parser("list", help="model versions, oldest first (* = current), with feedback lineage")
+    _add_config_arg(pl)
+    pl.add_argument("--json", action="store_true", help="print the versions as one JSON array")
+    pl.set_defaults(func=cmd_model_list)
+    pr = msub.add_parser("restore", help="make an earlier model version current again (rollback)")
+    _add_config_arg(pr)
+    pr.add_argument("version", metavar="VERSION", help="version directory name (see `model list`)")
+    pr.set_defaults(func=cmd_model_restore)
+
+    p = sub.add_parser(
+        "evaluate-feedback",
+        help="drift scenario on generated logs: FP rate and recall before/after feedback on 10%% of the FPs",
+    )
+    p.add_argument("--seed", type=int, default=0, help="workload and model seed (default 0)")
+    p.add_argument("--train-tasks", type=int, default=3000, help="normal training tasks (default 3000)")
+    p.add_argument("--test-tasks", type=int, default=3000, help="test tasks per test set (default 3000)")
+    p.add_argument(
+        "--mark", type=float, default=0.1, help="share of the false-positive anomalies marked per round (0.1)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="feedback rounds: detect, mark, apply; each round marks the share of the FPs then raised (3)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="also print all figures as one JSON object (last line)"
+    )
+    p.set_defaults(func=cmd_evaluate_feedback)
+
+
+# ------------------------------------------------------------ end feedback / model versions
+
 # ------------------------------------------------------------------------------------------- commands
 
 
@@ -687,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_params_parsers(sub)
     _add_workflow_parsers(sub)
+    _add_feedback_parsers(sub)
 
     p = sub.add_parser("config", help="print the example configuration or validate a configuration file")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)

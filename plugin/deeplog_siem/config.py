@@ -297,6 +297,40 @@ class ParamsConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """The feedback job: responders' false positives fine-tune the key model (the `feedback` section)."""
+
+    learning_rate: float = 0.001  # half of training's: nudge the weights, do not relearn
+    max_steps: int = 300  # bound on fine-tuning steps per run
+    replay_batch: int = 2048  # normal training windows mixed into every step (against forgetting)
+    # Each marked (window -> key) pair counts as this many of those normal windows in every step.
+    weight: float = 4.0
+    # Fine-tuning goes on until each marked key has at least this probability after its window (not just
+    # the top g): a margin that carries the correction to the similar windows nobody marked.
+    target_probability: float = 0.05
+    replay_windows: int = 20000  # distinct normal training windows stored with each model version
+    heldout_windows: int = 20000  # distinct held-out normal windows stored for the safety check
+    # Absolute increase of the held-out false-alarm rate (share of normal windows flagged) beyond which an
+    # update is rejected.
+    tolerance: float = 0.002
+    max_per_run: int = 1000  # feedback documents taken per run (the rest waits for the next run)
+    seed: int = 42
+
+    def validate(self, key: str) -> None:
+        _check(f"{key}.learning_rate", self.learning_rate > 0, f"must be > 0, got {self.learning_rate}")
+        for name in ("max_steps", "replay_batch", "replay_windows", "heldout_windows", "max_per_run"):
+            v = getattr(self, name)
+            _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
+        _check(f"{key}.weight", self.weight > 0, f"must be > 0, got {self.weight}")
+        _check(
+            f"{key}.target_probability",
+            0.0 <= self.target_probability < 1.0,
+            f"must be in [0, 1), got {self.target_probability}",
+        )
+        _check(f"{key}.tolerance", 0.0 <= self.tolerance < 1.0, f"must be in [0, 1), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     anomalies_index: str = "deeplog-anomalies"
     runs_index: str = "deeplog-runs"
@@ -437,6 +471,7 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     params: ParamsConfig = field(default_factory=ParamsConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

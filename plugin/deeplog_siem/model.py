@@ -170,6 +170,24 @@ def _eval_loss(
     return total / float(counts.sum())
 
 
+def _split(n: int, cfg: ModelConfig, gen: torch.Generator) -> tuple[list[int], list[int]]:
+    n_val = int(n * cfg.validation_fraction)
+    order = torch.randperm(n, generator=gen).tolist()
+    return order[n_val:], order[:n_val]
+
+
+def validation_split(n_sessions: int, cfg: ModelConfig) -> tuple[list[int], list[int]]:
+    """(training, validation) session indices exactly as `train_key_model` splits them: the validation
+    sessions never give a gradient, so they serve as held-out normal data (the feedback job's safety check)."""
+    return _split(n_sessions, cfg, torch.Generator().manual_seed(cfg.seed))
+
+
+def unique_rows(sessions: Sequence[Sequence[int]], h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct (window [U, h], target [U]) pairs of the sessions with their counts [U] (float)."""
+    keys, targets, counts, _ = _unique_rows(sessions, h)
+    return keys, targets, counts
+
+
 def use_threads(n: int) -> None:
     """Cap torch's CPU threads for this process (`model.threads`; 0 keeps torch's default)."""
     if n > 0:
@@ -190,10 +208,9 @@ def train_key_model(
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    n_val = int(len(sessions) * cfg.validation_fraction)
-    order = torch.randperm(len(sessions), generator=gen).tolist()
-    val = [sessions[i] for i in order[:n_val]]
-    train = [sessions[i] for i in order[n_val:]]
+    train_idx, val_idx = _split(len(sessions), cfg, gen)
+    val = [sessions[i] for i in val_idx]
+    train = [sessions[i] for i in train_idx]
     keys, targets, counts, n_windows = _unique_rows(train, cfg.window)
     vkeys, vtargets, vcounts, _ = _unique_rows(val, cfg.window) if val else (None, None, None, 0)
     if n_windows == 0:

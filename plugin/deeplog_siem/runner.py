@@ -33,6 +33,7 @@ from .detector import KeyDetector, build_windows
 from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
+from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import SessionKeyer, SessionTracker
 from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
@@ -78,6 +79,9 @@ class RunSummary:
     model_version: str | None = None
     error: str | None = None
     stack_trace: str | None = None
+    # Feedback runs: documents by outcome (found, applied, reconciled, invalid, ...) and the update's figures.
+    feedback: Counter[str] = field(default_factory=Counter)
+    feedback_detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def anomalies_total(self) -> int:
@@ -94,6 +98,7 @@ class RunSummary:
             + (f"{self.sessions_evicted} sessions evicted, " if self.sessions_evicted else "")
             + (f"lag {self.lag_seconds:.1f} s, " if self.lag_seconds is not None else "")
             + f"model {self.model_version}, {secs:.1f} s"
+            + (f", feedback {dict(self.feedback)} {self.feedback_detail or ''}" if self.feedback else "")
             + (f", error: {self.error}" if self.error else "")
         )
 
@@ -123,6 +128,11 @@ class RunSummary:
                     "duration_ms": dict(self.durations_ms),
                     "lag_seconds": self.lag_seconds,
                     "model_version": self.model_version,
+                    **(
+                        {"feedback": {**self.feedback, **self.feedback_detail}}
+                        if self.feedback or self.feedback_detail
+                        else {}
+                    ),
                 }
             },
             **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
@@ -277,6 +287,11 @@ def train(
         workflows.save(path)
         meta["workflows"] = WORKFLOWS_FILE
         save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
+        # Normal windows for the feedback job: replayed while fine-tuning, held out for its safety check.
+        fb = config.feedback
+        build_normal_sample(training, config.model, fb.replay_windows, fb.heldout_windows).save(
+            path / NORMAL_SAMPLE
+        )
         store.publish(version)
         publish_workflows(clients, config, version, workflows)
         summary.model_version = version

@@ -1,8 +1,9 @@
 """scheduler: the `deeplog-siem run` daemon.
 
 Contract: `run_daemon(config, clients, stop)` runs the jobs of the `schedule` section with APScheduler 3
-until `stop` is set (the CLI sets it on SIGTERM/SIGINT): detection every `detect_interval_seconds`, and
-retraining on `retrain_cron` when configured. One instance of each job at a time, missed runs coalesced,
+until `stop` is set (the CLI sets it on SIGTERM/SIGINT): detection every `detect_interval_seconds`, the
+feedback job (`feedback.apply_feedback`) every `feedback_interval_seconds`, and retraining on `retrain_cron`
+when configured. One instance of each job at a time, missed runs coalesced,
 `misfire_grace_seconds` of tolerance, a warning when a run takes longer than its interval. A failed run is
 recorded in the runs index by the runner and logged here; the daemon keeps going. On stop, a detection run
 finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends.
@@ -66,6 +67,15 @@ def retrain_job(config: Config, clients: Clients) -> None:
         log.error("retraining failed: %s", e)
 
 
+def feedback_job(config: Config, clients: Clients) -> None:
+    from .feedback import apply_feedback  # imports torch training code only when the job runs
+
+    try:
+        apply_feedback(config, clients)
+    except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+        log.error("feedback run failed: %s", e)
+
+
 def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> BackgroundScheduler:
     sched = BackgroundScheduler(
         timezone=UTC,
@@ -81,6 +91,13 @@ def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> 
         id="detect",
         name="detect",
         next_run_time=datetime.now(UTC),
+    )
+    sched.add_job(
+        feedback_job,
+        IntervalTrigger(seconds=config.schedule.feedback_interval_seconds),
+        args=(config, clients),
+        id="feedback",
+        name="feedback",
     )
     if config.schedule.retrain_cron:
         sched.add_job(
@@ -104,8 +121,9 @@ def run_daemon(config: Config, clients: Clients, stop: threading.Event) -> None:
     sched = build_scheduler(config, clients, stop)
     sched.start()
     log.info(
-        "deeplog-siem running: detection every %s s%s; stop with SIGTERM or Ctrl-C",
+        "deeplog-siem running: detection every %s s, feedback every %s s%s; stop with SIGTERM or Ctrl-C",
         config.schedule.detect_interval_seconds,
+        config.schedule.feedback_interval_seconds,
         f", retraining on '{config.schedule.retrain_cron}'" if config.schedule.retrain_cron else "",
     )
     try:

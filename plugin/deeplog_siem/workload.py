@@ -19,6 +19,8 @@ injected anomaly and the true task graphs. `generate(...)` is the same as `(line
   `task_id`, `session`, `task_type`, `kind` (slowdown, missing, repeated, foreign), `step`, `factor`
   (slowdowns) and `lines` (0-based indices of the affected lines in `lines`; for `missing`, the line that
   follows the gap).
+- Drift (`drift_rate`, default 0): that share of the `delete` tasks without a path anomaly gets a new,
+  legitimate step (`DRIFT_STEP`) after its request; such tasks are listed with `drifted: True`, not labelled.
 - Same arguments, same output (a private `random.Random(seed)`; no wall clock).
 """
 
@@ -167,6 +169,11 @@ TASKS: dict[str, tuple[Step, ...]] = {
     ),
 }
 
+# Drift (`drift_rate`): a new legitimate step in `delete` tasks after the request, as when a newer nova stops
+# a running instance before destroying it. Its line is a known one (the `stop` task's), so the key model can
+# learn the new order from feedback; a brand-new message would be an unseen key until retraining.
+DRIFT_STEP = Step("power_off", ((_MGR, "VM Stopped (Lifecycle Event)"),), 0.8, 0.2)
+
 # "Took" values: the time from the first line of the first step named to the line that reports it.
 _TOOK_FROM = {"spawn_s": "image", "build_s": "claim", "migrate_s": "copy", "destroy_s": "destroy"}
 FLAVORS = ((512, 1, 1, 0.25), (2048, 20, 1, 0.4), (4096, 40, 2, 0.35))  # memory MB, disk GB, vcpus, share
@@ -260,6 +267,7 @@ def generate_workload(
     slowdowns: Sequence[float] = (2, 3, 5),
     path_rate: float = 0.0,
     tasks_per_hour: float = 1200.0,
+    drift_rate: float = 0.0,
 ) -> Workload:
     if n_tasks < 1:
         raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
@@ -314,6 +322,12 @@ def generate_workload(
                     foreign = rng.choice([s for s in TASKS[src] if s.median_s > 0])
                     label = {"kind": kind, "step": f"{src}.{foreign.name}"}
                     steps.insert(at + 1, foreign)
+            drifted = False
+            # Drawn only when asked for, so workloads without drift stay identical for a given seed.
+            if drift_rate > 0 and ttype == "delete" and (label is None or label["kind"] == "slowdown"):
+                drifted = rng.random() < drift_rate
+                if drifted:
+                    steps.insert(1, DRIFT_STEP)
             host = rng.choice(HOSTS)
             values: dict[str, Any] = {
                 "mem": mem,
@@ -355,7 +369,10 @@ def generate_workload(
                     if si == inserted or (slowed and (step.name == slow_step and li == 0 or "_s:" in fmt)):
                         affected.append(seq)
                     seq += 1
-            tasks.append({"task_id": req, "session": instance, "task_type": ttype, "events": task_lines})
+            task = {"task_id": req, "session": instance, "task_type": ttype, "events": task_lines}
+            if drifted:
+                task["drifted"] = True
+            tasks.append(task)
             if label is not None:
                 label.update(task_id=req, session=instance, task_type=ttype, events=affected)
                 labels.append(label)

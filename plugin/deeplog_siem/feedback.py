@@ -1,0 +1,555 @@
+"""feedback: responders' verdicts on anomaly documents -> a fine-tuned key model version, exactly once.
+
+Contract:
+- The feedback fields of an anomaly document (README "Feedback"): responders set `deeplog.feedback`
+  (`false_positive` | `true_positive`) and optionally `deeplog.feedback_by` / `deeplog.feedback_comment`, by
+  any update or with `mark(...)` (`deeplog-siem feedback mark`). The job writes `deeplog.feedback_status`
+  (`applied` | `recorded` | `invalid` | `unsupported` | `rejected`), `deeplog.feedback_applied_at`,
+  `deeplog.feedback_model_version` and `deeplog.feedback_error`.
+- `apply_feedback(config, clients) -> RunSummary` (`deeplog-siem feedback apply`, and the scheduler's
+  feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has
+  since been corrected) -> (1) those whose id is already in the current model's lineage are marked applied
+  without training (a run that crashed after publishing); (2) invalid values, true positives and anomaly
+  types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
+  pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
+  windows in every step, until every pair is within the top g and above the probability floor, at most
+  `feedback.max_steps` steps); (4) the update is rejected when it raises the false-alarm rate on the
+  held-out normal windows by more than `feedback.tolerance`; (5) else a new model version is published whose
+  checkpoint meta holds the lineage (parent version, feedback ids applied, time, run id), and only then are
+  the documents marked applied. One run document in the runs index (job `feedback`).
+- Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
+  crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
+  current model untouched, so the next run applies the feedback to the same parent again.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from . import sink
+from .artifacts import KEYMODEL, TEMPLATER, ModelStore
+from .config import Config, FeedbackConfig, ModelConfig
+from .detector import KeyDetector
+from .errors import DeeplogError
+from .es import Clients
+from .keyseq import Windows
+from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
+from .runner import RunSummary, _recorded
+from .samples import NORMAL_SAMPLE, NormalSample, Rows
+from .vocab import EOS, NUM_RESERVED, PAD, Vocabulary
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_JOB = "feedback"
+FALSE_POSITIVE, TRUE_POSITIVE = "false_positive", "true_positive"
+VERDICTS = (FALSE_POSITIVE, TRUE_POSITIVE)
+# Anomaly types whose verdict is a (window -> next key) pair the key model can learn. An `unseen_key` is a
+# message no template matched: the model's vocabulary is fixed between trainings, so only retraining helps.
+LEARNABLE = ("log_key", "session_end")
+APPLIED, RECORDED, INVALID, UNSUPPORTED, REJECTED = (
+    "applied",
+    "recorded",
+    "invalid",
+    "unsupported",
+    "rejected",
+)
+# Pairs of earlier feedback kept in each version's lineage and replayed by later updates, so a later update
+# does not undo an earlier one.
+MAX_KEPT_PAIRS = 5000
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------------------------ marking
+
+
+def mark(
+    clients: Clients,
+    config: Config,
+    anomaly_id: str,
+    verdict: str,
+    by: str | None = None,
+    comment: str | None = None,
+) -> str:
+    """Set a verdict on one anomaly document -> "marked" or "unchanged" (the same verdict already applied)."""
+    if verdict not in VERDICTS:
+        raise DeeplogError(f"feedback must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+    index = config.output.anomalies_index
+    hits = clients.es.search(index=index, query={"ids": {"values": [anomaly_id]}}, size=1)["hits"]["hits"]
+    if not hits:
+        raise DeeplogError(f"no anomaly document with id {anomaly_id!r} in {index}")
+    hit = hits[0]
+    d = hit["_source"].get("deeplog", {})
+    if d.get("feedback") == verdict and d.get("feedback_status") in (APPLIED, RECORDED):
+        return "unchanged"
+    doc: dict[str, Any] = {
+        "feedback": verdict,
+        "feedback_by": by,
+        "feedback_comment": comment,
+        # A new verdict is processed afresh by the next feedback run.
+        "feedback_status": None,
+        "feedback_error": None,
+        "feedback_applied_at": None,
+        "feedback_model_version": None,
+    }
+    # The concrete index from the hit: an alias over several rollover indices refuses single-document writes.
+    clients.es.update(index=hit["_index"], id=hit["_id"], doc={"deeplog": doc}, refresh=True)
+    return "marked"
+
+
+def pending_query() -> dict[str, Any]:
+    """Anomaly documents with a verdict the job has not processed (or an invalid one corrected since)."""
+    return {
+        "bool": {
+            "filter": [{"exists": {"field": "deeplog.feedback"}}],
+            "should": [
+                {"bool": {"must_not": [{"exists": {"field": "deeplog.feedback_status"}}]}},
+                {
+                    "bool": {
+                        "filter": [
+                            {"term": {"deeplog.feedback_status": INVALID}},
+                            {"terms": {"deeplog.feedback": list(VERDICTS)}},
+                        ]
+                    }
+                },
+            ],
+            "minimum_should_match": 1,
+        }
+    }
+
+
+def _pending(clients: Clients, config: Config) -> list[dict[str, Any]]:
+    index = config.output.anomalies_index
+    if not clients.es.indices.exists(index=index):
+        return []
+    clients.es.indices.refresh(index=index)
+    res = clients.es.search(
+        index=index,
+        query=pending_query(),
+        sort=[{"@timestamp": {"order": "asc", "unmapped_type": "date"}}],
+        size=config.feedback.max_per_run,
+        source_includes=["deeplog"],
+    )
+    return res["hits"]["hits"]
+
+
+def _update(hit: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"_op_type": "update", "_index": hit["_index"], "_id": hit["_id"], "doc": {"deeplog": fields}}
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def lineage_of(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The feedback lineage in a checkpoint's meta (None for a trained, not fine-tuned, version)."""
+    lin = meta.get("lineage")
+    return lin if isinstance(lin, dict) else None
+
+
+def applied_ids(store: ModelStore, version: str) -> dict[str, tuple[str, str]]:
+    """feedback id -> (version that applied it, when) over `version` and its feedback ancestors."""
+    out: dict[str, tuple[str, str]] = {}
+    seen: set[str] = set()
+    v: str | None = version
+    while v and v not in seen and (store.dir / v / KEYMODEL).is_file():
+        seen.add(v)
+        _, _, header = load_checkpoint(store.dir / v / KEYMODEL)
+        lin = lineage_of(header["meta"])
+        if lin is None:
+            break
+        for fid in lin.get("feedback_ids", []):
+            out.setdefault(str(fid), (v, str(lin.get("applied_at"))))
+        v = lin.get("parent")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def _resolve(key_id: Any, template: Any, vocab: Vocabulary, index: dict[str, int]) -> int | None:
+    """A key id of an anomaly document -> the id of the same template in this model's vocabulary."""
+    if not isinstance(key_id, int) or isinstance(key_id, bool):
+        return None
+    if key_id == EOS:
+        return EOS
+    if key_id < NUM_RESERVED:
+        return None
+    if vocab.template(key_id) == template:
+        return key_id
+    return index.get(template) if isinstance(template, str) else None
+
+
+def pair_of(d: dict[str, Any], vocab: Vocabulary, window: int) -> tuple[list[int], int] | str:
+    """The anomaly's (window [h] left-padded, actual key) in this vocabulary, or why it has none."""
+    kind = d.get("anomaly_type")
+    if kind not in LEARNABLE:
+        return f"{kind} anomalies cannot be learned from feedback (retrain to learn new log templates)"
+    index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
+    win = d.get("window") or {}
+    ids, texts = win.get("key_ids") or [], win.get("templates") or []
+    key = d.get("key") or {}
+    if len(ids) != len(texts) or not ids:
+        return "the anomaly document has no usable window"
+    hist = [_resolve(k, t, vocab, index) for k, t in zip(ids, texts, strict=True)]
+    target = _resolve(key.get("id"), key.get("template"), vocab, index)
+    if target is None or any(k is None for k in hist):
+        return "its log templates are not in the current model's vocabulary (retrained since?)"
+    hist = [int(k) for k in hist if k is not None][-window:]
+    return [PAD] * (window - len(hist)) + hist, int(target)
+
+
+@dataclass
+class FinetuneReport:
+    steps: int
+    accepted_before: int
+    accepted_after: int
+    pairs: int
+    replay_repaired: int = 0  # replay windows the update flagged at some point and was trained back on
+    earlier_broken: int = 0  # pairs of earlier feedback the parent accepted and the update flags
+
+
+def verdict(rep: FinetuneReport, fa_before: float, fa_after: float, tolerance: float) -> str | None:
+    """Why an update must be rejected, or None: it raises the held-out false-alarm rate beyond the
+    tolerance, it could not learn every marked pattern within the step bound, or it undoes earlier
+    feedback."""
+    if fa_after - fa_before > tolerance:
+        return f"held-out false-alarm rate {fa_before:.4%} -> {fa_after:.4%} exceeds feedback.tolerance {tolerance:g}"
+    if rep.accepted_after < rep.pairs:
+        # Pushing on a pattern that normal data contradicts mostly damages what nobody checks.
+        return (
+            f"only {rep.accepted_after} of {rep.pairs} marked patterns were learned within feedback.max_steps"
+        )
+    if rep.earlier_broken:
+        return f"it would flag {rep.earlier_broken} pattern(s) of earlier feedback again"
+    return None
+
+
+def accepted(
+    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, top_g: int, floor: float, at_least: float = 0.0
+) -> torch.Tensor:
+    """[N] bool: the detector would accept target i after window i (the job's exact verdict), and gives it
+    at least `at_least` probability."""
+    det = KeyDetector(
+        model, top_g, device=next(model.parameters()).device, cache_size=0, min_probability=floor
+    )
+    n = targets.numel()
+    z = torch.zeros(n, dtype=torch.long)
+    sc = det.score(Windows(keys, targets, z, z))
+    return ~sc.anomalous & (sc.prob >= at_least)
+
+
+def false_alarm_rate(model: KeyLSTM, rows: Rows, top_g: int, floor: float) -> float:
+    """Share of the (count-weighted) normal windows the detector would flag."""
+    if len(rows) == 0:
+        return 0.0
+    ok = accepted(model, rows.keys, rows.targets, top_g, floor)
+    return float((rows.counts * (~ok).float()).sum() / rows.counts.sum())
+
+
+def finetune(
+    model: KeyLSTM,
+    keys: torch.Tensor,
+    targets: torch.Tensor,
+    replay: Rows,
+    model_cfg: ModelConfig,
+    fb: FeedbackConfig,
+    keep_keys: torch.Tensor | None = None,
+    keep_targets: torch.Tensor | None = None,
+    check_every: int = 10,
+) -> tuple[KeyLSTM, FinetuneReport]:
+    """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted with at least
+    `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
+    every replay window the model accepted before still is (at most `fb.max_steps` steps).
+
+    Every step: a batch of `fb.replay_batch` normal training windows drawn by frequency, plus the distinct
+    feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay windows the update has
+    broken so far, each weighted as `fb.weight` normal windows. So the update moves the misjudged windows
+    and repairs what it disturbs instead of forgetting it (an LSTM that learns "VM Stopped, then destroyed"
+    tends to forget "VM Stopped, then powering on" until reminded)."""
+    floor = model_cfg.floor(model.args.vocab_size)
+    g = model_cfg.top_g
+    device = next(model.parameters()).device
+    tuned = copy.deepcopy(model)
+    fk, ft = keys, targets
+    if keep_keys is None or keep_targets is None:
+        keep_keys, keep_targets = keys[:0], targets[:0]
+    if keep_targets.numel():
+        fk, ft = torch.cat([fk, keep_keys]), torch.cat([ft, keep_targets])
+    # Distinct pairs, each with the same weight: a pattern marked a hundred times must not outweigh the
+    # normal successors of its window (it joins them; the detector only needs it in the top g).
+    rows = torch.unique(torch.cat([fk, ft[:, None]], 1), dim=0)  # [P', h + 1]
+    fk, ft = rows[:, :-1].to(device), rows[:, -1].to(device)
+    before = int(accepted(tuned, keys, targets, g, floor).sum())
+    learned = int(accepted(tuned, keys, targets, g, floor, fb.target_probability).sum())
+    replay_ok = accepted(tuned, replay.keys, replay.targets, g, floor)  # [R] accepted by the parent
+    broken = torch.zeros_like(replay_ok)  # replay rows this update has flagged at some check
+    # Earlier feedback the parent accepts must stay accepted.
+    keep_ok = accepted(tuned, keep_keys, keep_targets, g, floor)
+    gen = torch.Generator().manual_seed(fb.seed)
+    torch.manual_seed(fb.seed)
+    opt = torch.optim.Adam(tuned.parameters(), lr=fb.learning_rate)
+    rk, rt, rc = replay.keys.to(device), replay.targets.to(device), replay.counts
+    steps = 0
+    done = learned == targets.numel()
+    while not done and steps < fb.max_steps:
+        tuned.train()
+        bk, bt = torch.cat([fk, rk[broken.to(device)]]), torch.cat([ft, rt[broken.to(device)]])
+        bw = torch.full((bt.numel(),), float(fb.weight), device=device)
+        for _ in range(min(check_every, fb.max_steps - steps)):
+            draws = torch.multinomial(rc, fb.replay_batch, replacement=True, generator=gen)
+            idx, mult = torch.unique(draws, return_counts=True)
+            idx, mult = idx.to(device), mult.to(device, torch.float)
+            # One weighted mean over both: where a marked window also occurs in normal data, its normal
+            # successors keep their share and the marked key joins them instead of replacing them.
+            _, loss = tuned(
+                torch.cat([rk[idx], bk]),
+                torch.cat([rt[idx], bt]),
+                torch.cat([mult, bw]),
+                model_cfg.label_smoothing,
+            )
+            assert loss is not None
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        now_ok = accepted(tuned, replay.keys, replay.targets, g, floor)
+        lost = replay_ok & ~now_ok
+        broken |= lost
+        kept = bool((~keep_ok | accepted(tuned, keep_keys, keep_targets, g, floor)).all())
+        done = bool(accepted(tuned, keys, targets, g, floor, fb.target_probability).all()) and kept
+        done = done and not bool(lost.any())
+    tuned.eval()
+    after = int(accepted(tuned, keys, targets, g, floor).sum())
+    earlier_broken = int((keep_ok & ~accepted(tuned, keep_keys, keep_targets, g, floor)).sum())
+    return tuned, FinetuneReport(
+        steps, before, after, int(targets.numel()), int(broken.sum()), earlier_broken
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- job
+
+
+@dataclass
+class _Fp:
+    hit: dict[str, Any]
+    window: list[int]
+    target: int
+
+
+def apply_feedback(
+    config: Config,
+    clients: Clients,
+    *,
+    after_publish: Callable[[str], None] | None = None,
+) -> RunSummary:
+    """One feedback run (see the module contract). `after_publish(version)` is called between publishing the
+    new version and marking the documents: tests use it to simulate a crash there."""
+    summary = RunSummary(run_id=uuid.uuid4().hex, job=FEEDBACK_JOB)
+    with _recorded(clients, config, summary):
+        store = ModelStore(config.model.dir)
+        with store.lock():  # one feedback writer at a time (the daemon and a manual `feedback apply`)
+            _apply(config, clients, store, summary, after_publish)
+        return summary
+
+
+def _apply(
+    config: Config,
+    clients: Clients,
+    store: ModelStore,
+    summary: RunSummary,
+    after_publish: Callable[[str], None] | None,
+) -> None:
+    fbc = summary.feedback
+    # Pending feedback first: with none, a daemon started before the first training has nothing to fail on.
+    hits = _pending(clients, config)
+    fbc["found"] = len(hits)
+    if not hits:
+        try:
+            summary.model_version = store.current()[0]
+        except DeeplogError:
+            pass
+        return
+    version, path = store.current()
+    summary.model_version = version
+    now = _now()
+    updates: list[dict[str, Any]] = []
+    # (1) Already in the current model (a run that crashed after publishing): mark, never train again.
+    done = applied_ids(store, version)
+    rest = []
+    for h in hits:
+        if h["_id"] in done:
+            v, at = done[h["_id"]]
+            updates.append(
+                _update(
+                    h,
+                    feedback_status=APPLIED,
+                    feedback_applied_at=at,
+                    feedback_model_version=v,
+                    feedback_error=None,
+                )
+            )
+            fbc["reconciled"] += 1
+        else:
+            rest.append(h)
+    use_threads(config.model.threads)
+    model, vocab, header = load_checkpoint(path / KEYMODEL)
+    model = model.to(resolve_device(config.model.device))
+    # (2) Verdicts that train nothing.
+    fps: list[_Fp] = []
+    for h in rest:
+        d = h["_source"].get("deeplog", {})
+        verdict = d.get("feedback")
+        if verdict not in VERDICTS:
+            err = f"invalid feedback {verdict!r}: use {' or '.join(VERDICTS)}"
+            updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
+            fbc["invalid"] += 1
+        elif verdict == TRUE_POSITIVE:
+            updates.append(_update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None))
+            fbc["true_positive"] += 1
+        else:
+            pair = pair_of(d, vocab, model.args.window)
+            if isinstance(pair, str):
+                updates.append(
+                    _update(h, feedback_status=UNSUPPORTED, feedback_error=pair, feedback_applied_at=now)
+                )
+                fbc["unsupported"] += 1
+            else:
+                fps.append(_Fp(h, *pair))
+    if fps:
+        updates += _learn(
+            config, store, version, path, model, vocab, header, fps, summary, now, after_publish
+        )
+    result = sink.write(clients, updates, refresh=True)
+    summary.rejected.update(result.rejected)
+    for k in ("invalid", "rejected", "unsupported"):
+        if fbc[k]:
+            log.warning("feedback run %s: %s feedback document(s) %s", summary.run_id, fbc[k], k)
+
+
+def _learn(
+    config: Config,
+    store: ModelStore,
+    version: str,
+    path: Any,
+    model: KeyLSTM,
+    vocab: Vocabulary,
+    header: dict[str, Any],
+    fps: Sequence[_Fp],
+    summary: RunSummary,
+    now: str,
+    after_publish: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """Fine-tune on the false positives, check, publish, and return the documents' updates."""
+    fbc = summary.feedback
+    sample = NormalSample.load(path / NORMAL_SAMPLE)
+    keys = torch.tensor([f.window for f in fps], dtype=torch.long)  # [P, h]
+    targets = torch.tensor([f.target for f in fps], dtype=torch.long)  # [P]
+    meta = header["meta"]
+    kept = (lineage_of(meta) or {}).get("pairs", [])
+    keep_k = torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window)
+    keep_t = torch.tensor([p[1] for p in kept], dtype=torch.long)
+    tuned, rep = finetune(model, keys, targets, sample.replay, config.model, config.feedback, keep_k, keep_t)
+    floor = config.model.floor(model.args.vocab_size)
+    before = false_alarm_rate(model, sample.heldout, config.model.top_g, floor)
+    after = false_alarm_rate(tuned, sample.heldout, config.model.top_g, floor)
+    summary.feedback_detail = {
+        "parent_version": version,
+        "steps": rep.steps,
+        "pairs_accepted_before": rep.accepted_before,
+        "pairs_accepted_after": rep.accepted_after,
+        "heldout_false_alarm_before": round(before, 6),
+        "heldout_false_alarm_after": round(after, 6),
+        "heldout_source": sample.heldout_source,
+    }
+    reason = verdict(rep, before, after, config.feedback.tolerance)
+    if reason is not None:
+        err = f"update rejected: {reason}; model {version} kept"
+        log.warning("%s", err)
+        summary.status = REJECTED
+        fbc[REJECTED] += len(fps)
+        return [
+            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now) for f in fps
+        ]
+    ids = [f.hit["_id"] for f in fps]
+    new_pairs = [[f.window, f.target] for f in fps]
+    lineage = {
+        "parent": version,
+        "feedback_ids": ids,
+        "applied_at": now,
+        "run_id": summary.run_id,
+        "steps": rep.steps,
+        "heldout_false_alarm_before": before,
+        "heldout_false_alarm_after": after,
+        "pairs": (kept + new_pairs)[-MAX_KEPT_PAIRS:],
+    }
+    new_version, new_path = store.create()
+    shutil.copytree(path / TEMPLATER, new_path / TEMPLATER)
+    shutil.copy2(path / NORMAL_SAMPLE, new_path / NORMAL_SAMPLE)
+    save_checkpoint(new_path / KEYMODEL, tuned.cpu(), vocab, {**meta, "lineage": lineage})
+    store.publish(new_version)
+    log.info(
+        "feedback: model %s published (parent %s, %s false positives, %s steps, held-out false alarms %.4f%% -> %.4f%%)",
+        new_version,
+        version,
+        len(fps),
+        rep.steps,
+        100 * before,
+        100 * after,
+    )
+    if after_publish is not None:
+        after_publish(new_version)
+    summary.model_version = new_version
+    fbc[APPLIED] += len(fps)
+    return [
+        _update(
+            f.hit,
+            feedback_status=APPLIED,
+            feedback_applied_at=now,
+            feedback_model_version=new_version,
+            feedback_error=None,
+        )
+        for f in fps
+    ]
+
+
+# ------------------------------------------------------------------------------------------ model versions
+
+
+def describe_versions(store: ModelStore) -> list[dict[str, Any]]:
+    """Every version, oldest first: created, current or not, parent and feedback applied (lineage)."""
+    try:
+        current = store.current()[0]
+    except DeeplogError:
+        current = None
+    out = []
+    for v in store.versions():
+        p = store.dir / v / KEYMODEL
+        row: dict[str, Any] = {"version": v, "current": v == current}
+        try:
+            _, _, header = load_checkpoint(p)
+        except DeeplogError as e:
+            row["error"] = str(e)
+            out.append(row)
+            continue
+        lin = lineage_of(header["meta"]) or {}
+        row.update(
+            created=header.get("created"),
+            parent=lin.get("parent"),
+            feedback_applied=len(lin.get("feedback_ids", [])),
+            heldout_false_alarm_before=lin.get("heldout_false_alarm_before"),
+            heldout_false_alarm_after=lin.get("heldout_false_alarm_after"),
+            feedback_sample=(store.dir / v / NORMAL_SAMPLE).is_file(),
+        )
+        out.append(row)
+    return out
