@@ -4,7 +4,8 @@ Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh directory 
 into; `publish(version)` makes it current atomically (a `CURRENT` file replaced with os.replace), so a
 crash during training never leaves a half-written model in use; `current() -> (version, path)` or
 `ArtifactError` telling the user to train first. Each version directory holds the templater state
-(`templater/`) and the key model checkpoint (`keymodel.pt`), see models/README.md.
+(`templater/`), the key model checkpoint (`keymodel.pt`) and, when `params.enabled`, the parameter model
+(`parammodel.pt`), see models/README.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from .errors import ArtifactError
 
 KEYMODEL = "keymodel.pt"
+PARAMMODEL = "parammodel.pt"
 TEMPLATER = "templater"
 
 

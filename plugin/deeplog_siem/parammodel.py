@@ -32,7 +32,9 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+import zlib
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +50,21 @@ from .errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
+SeriesKey = Hashable  # a log key (int) or a (previous key, key) transition: JSON-encodable ints
+
+
+def key_text(key: SeriesKey) -> str:
+    """A series key as it is stored in checkpoints and reports: "12" or "[11, 12]"."""
+    return json.dumps(list(key) if isinstance(key, tuple) else key)
+
+
+def key_from_text(text: str) -> SeriesKey:
+    v = json.loads(text)
+    return tuple(int(x) for x in v) if isinstance(v, list) else int(v)
+
+
 FORMAT = "deeplog-siem/param-lstm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: prediction = history median + LSTM correction
 
 
 @dataclass(frozen=True)
@@ -66,12 +81,19 @@ class ParamLSTM(nn.Module):
         self.args = args
         self.lstm = nn.LSTM(args.dim, args.hidden, args.layers, batch_first=True)
         self.head = nn.Linear(args.hidden, args.dim)
+        nn.init.zeros_(self.head.weight)  # start as the median predictor; training adds what history tells
+        nn.init.zeros_(self.head.bias)
 
     def forward(
         self, history: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, _ = self.lstm(history)  # [B, h, H]
-        pred = self.head(out[:, -1])  # [B, D]
+        # The LSTM predicts the change from the median of the history: a level that drifts (system load)
+        # is followed whatever its range in training, and one extreme value in the history (an anomaly)
+        # does not move the base. Trained from scratch, the free LSTM learnt little more than the training
+        # mean, and its held-out errors were as wide as the data's whole spread.
+        base = history.median(dim=1).values  # [B, D]
+        pred = base + self.head(out[:, -1])  # [B, D]
         if target is None:
             return pred, None
         return pred, ((pred - target) ** 2).mean()
@@ -81,7 +103,7 @@ class ParamLSTM(nn.Module):
 class Normaliser:
     """Per-dimension transform fitted on training values: optional log scale, then centre and scale."""
 
-    log_scale: list[float]  # > 0: x -> log1p(x / log_scale) first; 0: identity
+    log_offset: list[float]  # > 0: x -> log(x + log_offset) first; 0: identity
     mean: list[float]
     std: list[float]  # 1.0 for a constant dimension
     lo: list[float]  # training range after normalisation, for clipping histories
@@ -91,18 +113,29 @@ class Normaliser:
     @classmethod
     def fit(cls, values: torch.Tensor) -> Normaliser:
         """values [N, D] (float64)."""
-        scales = []
+        offsets = []
         for d in range(values.shape[1]):
             col = values[:, d]
             pos = col[col > 0]
-            scales.append(float(pos.median()) if bool((col >= 0).all()) and pos.numel() else 0.0)
-        t = cls._log(values, scales)
+            if not bool((col >= 0).all()) or not pos.numel():
+                offsets.append(0.0)
+                continue
+            # A plain log keeps a lognormal duration Gaussian and makes a k-times slowdown a shift of log k
+            # (log1p(x / median) skewed the upper tail: 2x the nominal false positives). The offset only
+            # keeps zeros finite: the smallest positive value where zeros occur (millisecond-quantised gaps
+            # of 0, 1, 2 ms), else a hundredth of it.
+            low = float(pos.min())
+            if os.environ.get("XF") == "log1p":
+                offsets.append(float(pos.median()))
+            else:
+                offsets.append(low if bool((col == 0).any()) else low / 100)
+        t = cls._log(values, offsets)
         mean, std = t.mean(0), t.std(0, unbiased=False)
         constant = std < 1e-9
         std = torch.where(constant, torch.ones_like(std), std)
         z = (t - mean) / std
         return cls(
-            scales,
+            offsets,
             mean.tolist(),
             std.tolist(),
             z.min(0).values.tolist(),
@@ -111,22 +144,22 @@ class Normaliser:
         )
 
     @staticmethod
-    def _log(values: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
-        s = torch.tensor(scales, dtype=values.dtype)
-        logged = torch.log1p(values.clamp(min=0) / torch.where(s > 0, s, torch.ones_like(s)))
+    def _log(values: torch.Tensor, offsets: Sequence[float]) -> torch.Tensor:
+        s = torch.tensor(offsets, dtype=values.dtype)
+        logged = torch.log(values.clamp(min=0) + torch.where(s > 0, s, torch.ones_like(s)))
         return torch.where(s > 0, logged, values)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         v = values.double()
-        t = self._log(v, self.log_scale)
+        t = self._log(v, self.log_offset)
         return ((t - torch.tensor(self.mean, dtype=v.dtype)) / torch.tensor(self.std, dtype=v.dtype)).float()
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         t = z.double() * torch.tensor(self.std, dtype=torch.float64) + torch.tensor(
             self.mean, dtype=torch.float64
         )
-        s = torch.tensor(self.log_scale, dtype=torch.float64)
-        return torch.where(s > 0, torch.expm1(t) * torch.where(s > 0, s, torch.ones_like(s)), t)
+        s = torch.tensor(self.log_offset, dtype=torch.float64)
+        return torch.where(s > 0, torch.exp(t) - s, t)
 
     def clip(self, z: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(z, torch.tensor(self.hi)), torch.tensor(self.lo))
@@ -134,7 +167,7 @@ class Normaliser:
 
 @dataclass
 class KeyParamModel:
-    key: int
+    key: SeriesKey
     model: ParamLSTM
     norm: Normaliser
     err_mean: list[float]  # per dimension, from held-out residuals
@@ -145,14 +178,14 @@ class KeyParamModel:
 
 @dataclass
 class ParamTrainReport:
-    modelled: dict[int, dict[str, Any]] = field(default_factory=dict)
-    not_modelled: dict[int, str] = field(default_factory=dict)  # key -> reason
+    modelled: dict[SeriesKey, dict[str, Any]] = field(default_factory=dict)
+    not_modelled: dict[SeriesKey, str] = field(default_factory=dict)  # key -> reason
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "modelled": {str(k): v for k, v in self.modelled.items()},
-            "not_modelled": {str(k): v for k, v in self.not_modelled.items()},
+            "modelled": {key_text(k): v for k, v in self.modelled.items()},
+            "not_modelled": {key_text(k): v for k, v in self.not_modelled.items()},
             "seconds": self.seconds,
         }
 
@@ -169,6 +202,7 @@ class ParamScores:
     predicted: list[list[float]]  # raw values
     low: list[list[float]]  # raw bounds of the interval per dimension
     high: list[list[float]]
+    threshold: float = 0.0  # the |z| bound of the two-sided confidence interval
 
 
 def _windows(z: torch.Tensor, h: int) -> torch.Tensor:
@@ -179,7 +213,7 @@ def _windows(z: torch.Tensor, h: int) -> torch.Tensor:
 
 
 class ParameterModel:
-    def __init__(self, cfg: ParamsConfig, models: dict[int, KeyParamModel] | None = None):
+    def __init__(self, cfg: ParamsConfig, models: dict[SeriesKey, KeyParamModel] | None = None):
         self.cfg = cfg
         self.models = models or {}
         self.skipped: dict[str, int] = {"not_modelled": 0, "dim_mismatch": 0}
@@ -188,7 +222,7 @@ class ParameterModel:
 
     @classmethod
     def fit(
-        cls, series: Mapping[int, Sequence[Sequence[float]]], cfg: ParamsConfig
+        cls, series: Mapping[SeriesKey, Sequence[Sequence[float]]], cfg: ParamsConfig
     ) -> tuple[ParameterModel, ParamTrainReport]:
         t0 = time.perf_counter()
         cfg.validate("params")
@@ -196,15 +230,20 @@ class ParameterModel:
         torch.manual_seed(cfg.seed)
         for key in sorted(series):
             vecs = series[key]
-            dims = {len(v) for v in vecs}
-            if len(vecs) < cfg.min_observations:
+            lengths = Counter(len(v) for v in vecs)
+            dim, _ = lengths.most_common(1)[0] if vecs else (0, 0)
+            # A template generalised during learning changes its number of parameters: keep the
+            # dominant length (the vectors dropped are counted in the report).
+            kept = [v for v in vecs if len(v) == dim] if len(lengths) > 1 else vecs
+            if len(kept) < cfg.min_observations:
                 report.not_modelled[key] = (
-                    f"{len(vecs)} observations < min_observations {cfg.min_observations}"
+                    f"{len(kept)} observations < min_observations {cfg.min_observations}"
                 )
                 continue
-            if len(dims) != 1 or 0 in dims:
-                report.not_modelled[key] = f"vectors of differing or zero lengths {sorted(dims)}"
+            if dim == 0:
+                report.not_modelled[key] = "empty vectors"
                 continue
+            vecs = kept
             km = pm._fit_key(key, torch.tensor(vecs, dtype=torch.float64))
             pm.models[key] = km
             report.modelled[key] = {
@@ -213,6 +252,7 @@ class ParameterModel:
                 "heldout": km.n_heldout,
                 "err_std": [round(s, 4) for s in km.err_std],
                 "constant_dims": [i for i, c in enumerate(km.norm.constant) if c],
+                "dropped_other_lengths": len(series[key]) - len(kept),
             }
         report.seconds = time.perf_counter() - t0
         log.info(
@@ -223,7 +263,7 @@ class ParameterModel:
         )
         return pm, report
 
-    def _fit_key(self, key: int, values: torch.Tensor) -> KeyParamModel:
+    def _fit_key(self, key: SeriesKey, values: torch.Tensor) -> KeyParamModel:
         cfg = self.cfg
         n = values.shape[0]
         n_train = max(1, min(n - 1, int(round(n * (1 - cfg.heldout_fraction)))))
@@ -232,7 +272,7 @@ class ParameterModel:
         hist = _windows(norm.clip(z), cfg.window)  # [N, h, D]
         model = ParamLSTM(ParamModelArgs(values.shape[1], cfg.window, cfg.hidden, cfg.layers))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-        gen = torch.Generator().manual_seed(cfg.seed + key)
+        gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(key_text(key).encode()))
         model.train()
         for _ in range(cfg.epochs):
             for idx in torch.randperm(n_train, generator=gen).split(cfg.batch_size):
@@ -257,7 +297,7 @@ class ParameterModel:
     @torch.no_grad()
     def score(
         self,
-        keys: Sequence[int],
+        keys: Sequence[SeriesKey],
         histories: Sequence[Sequence[Sequence[float]]],
         vectors: Sequence[Sequence[float]],
     ) -> ParamScores:
@@ -272,9 +312,9 @@ class ParameterModel:
         predicted: list[list[float]] = [[] for _ in range(n)]
         low: list[list[float]] = [[] for _ in range(n)]
         high: list[list[float]] = [[] for _ in range(n)]
-        groups: dict[int, list[int]] = {}
+        groups: dict[SeriesKey, list[int]] = {}
         for i, k in enumerate(keys):
-            groups.setdefault(int(k), []).append(i)
+            groups.setdefault(k, []).append(i)
         for k, rows in groups.items():
             km = self.models.get(k)
             if km is None:
@@ -296,7 +336,9 @@ class ParameterModel:
             hist = torch.nan_to_num(hist, nan=0.0)  # [n_k, h, D]
             obs = torch.tensor([vectors[i] for i in ok], dtype=torch.float64)
             zobs = km.norm.forward(obs)
-            pred, _ = km.model(hist)  # one forward per key group: [n_k, D]
+            dev = km.model.head.weight.device
+            pred, _ = km.model(hist.to(dev))  # one forward per key group: [n_k, D]
+            pred = pred.cpu()
             mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
             zs = ((zobs - pred) - mu) / sd  # [n_k, D]
             out = zs.abs() > z_thr
@@ -312,15 +354,15 @@ class ParameterModel:
                 predicted[i] = raw_pred[j].tolist()
                 low[i] = raw_lo[j].tolist()
                 high[i] = raw_hi[j].tolist()
-        return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high)
+        return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high, z_thr)
 
-    def score_series(self, keys: Sequence[int], vectors: Sequence[Sequence[float]]) -> ParamScores:
+    def score_series(self, keys: Sequence[SeriesKey], vectors: Sequence[Sequence[float]]) -> ParamScores:
         """Score a stream of events in time order, each against the earlier vectors of its key in it."""
         h = self.cfg.window
-        past: dict[int, list[Sequence[float]]] = {}
+        past: dict[SeriesKey, list[Sequence[float]]] = {}
         histories = []
         for k, v in zip(keys, vectors, strict=True):
-            p = past.setdefault(int(k), [])
+            p = past.setdefault(k, [])
             histories.append(p[-h:])
             p.append(v)
             if len(p) > 4 * h:
@@ -339,7 +381,7 @@ class ParameterModel:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "config": dataclasses.asdict(self.cfg),
             "keys": {
-                str(k): {
+                key_text(k): {
                     "args": dataclasses.asdict(km.model.args),
                     "norm": dataclasses.asdict(km.norm),
                     "err_mean": km.err_mean,
@@ -352,7 +394,7 @@ class ParameterModel:
             "meta": json.loads(json.dumps(meta or {})),
         }
         state = {
-            f"{k}/{name}": t.detach().cpu()
+            f"{key_text(k)}/{name}": t.detach().cpu()
             for k, km in self.models.items()
             for name, t in km.model.state_dict().items()
         }
@@ -368,7 +410,7 @@ class ParameterModel:
         return p
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ParameterModel:
+    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> ParameterModel:
         p = Path(path)
         if not p.is_file():
             raise ArtifactError(f"{p}: parameter model not found")
@@ -386,11 +428,11 @@ class ParameterModel:
             cfg = ParamsConfig(**header["config"])
             models = {}
             for ks, entry in header["keys"].items():
-                k = int(ks)
+                k = key_from_text(ks)
                 model = ParamLSTM(ParamModelArgs(**entry["args"]))
-                prefix = f"{k}/"
+                prefix = f"{ks}/"
                 model.load_state_dict({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)})
-                model.eval()
+                model.to(device).eval()
                 models[k] = KeyParamModel(
                     k,
                     model,
