@@ -16,9 +16,12 @@ Contract:
   held-out rest give a per-key, per-dimension Gaussian (mean, std) of the error. A vector is anomalous when
   a dimension's error is outside the two-sided `confidence` interval of that Gaussian (default 99.9%,
   |z| > 3.29); the std is floored at `min_error_std` so a constant dimension does not flag rounding noise.
+  A dimension whose held-out errors fall outside that interval far more often than the Gaussian allows
+  (a bimodal size) is not judged (`judged`, reported): it would alert on normal values all the time.
 - `ParameterModel.score(keys, histories, vectors)` -> `ParamScores`, batched: events are grouped by key and
-  each key's model runs one forward over all its events (padded histories). History values are clipped to
-  the training range, so one extreme value does not make the next prediction of the key extreme too.
+  each key's model runs one forward over all its events (padded histories). The prediction is the median
+  of the history plus the LSTM's correction, so one extreme value in the history (an anomaly) does not make
+  the next prediction extreme too, and a level beyond the training range is followed.
 - `save(path)` / `ParameterModel.load(path)`: one self-describing file (args, normalisation and error
   statistics per key, versions) read with `torch.load(weights_only=True)`; ArtifactError when damaged.
 """
@@ -64,6 +67,11 @@ def key_from_text(text: str) -> SeriesKey:
 
 
 FORMAT = "deeplog-siem/param-lstm"
+LSTM_CLAMP = 4.0  # normalised units
+# A dimension is judged while at most this many of its held-out errors (or EXCESS_FACTOR times the expected
+# number, if more) fall outside the interval.
+MAX_HELDOUT_OUTSIDE = 1
+EXCESS_FACTOR = 10.0
 FORMAT_VERSION = 2  # 2: prediction = history median + LSTM correction
 
 
@@ -87,12 +95,15 @@ class ParamLSTM(nn.Module):
     def forward(
         self, history: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out, _ = self.lstm(history)  # [B, h, H]
-        # The LSTM predicts the change from the median of the history: a level that drifts (system load)
-        # is followed whatever its range in training, and one extreme value in the history (an anomaly)
-        # does not move the base. Trained from scratch, the free LSTM learnt little more than the training
-        # mean, and its held-out errors were as wide as the data's whole spread.
+        # The LSTM predicts the change from the median of the history, and sees the history relative to
+        # that median only: a level that drifts (system load) is followed whatever its range in training,
+        # and the LSTM cannot learn the training period's level (it did, pulling predictions towards it:
+        # biased, wider errors on later data). One extreme value in the history (an anomaly) moves neither
+        # the median nor, clamped, the LSTM's input much. Trained from scratch without this, the LSTM
+        # learnt little more than the training mean.
         base = history.median(dim=1).values  # [B, D]
+        rel = (history - base.unsqueeze(1)).clamp(-LSTM_CLAMP, LSTM_CLAMP)  # [B, h, D]
+        out, _ = self.lstm(rel)  # [B, h, H]
         pred = base + self.head(out[:, -1])  # [B, D]
         if target is None:
             return pred, None
@@ -103,10 +114,10 @@ class ParamLSTM(nn.Module):
 class Normaliser:
     """Per-dimension transform fitted on training values: optional log scale, then centre and scale."""
 
-    log_offset: list[float]  # > 0: x -> log(x + log_offset) first; 0: identity
+    log_offset: list[float]  # > 0: x -> log(x + log_offset) first; 0: identity (a dimension with negatives)
     mean: list[float]
     std: list[float]  # 1.0 for a constant dimension
-    lo: list[float]  # training range after normalisation, for clipping histories
+    lo: list[float]  # training range after normalisation (reported)
     hi: list[float]
     constant: list[bool]
 
@@ -120,15 +131,15 @@ class Normaliser:
             if not bool((col >= 0).all()) or not pos.numel():
                 offsets.append(0.0)
                 continue
-            # A plain log keeps a lognormal duration Gaussian and makes a k-times slowdown a shift of log k
-            # (log1p(x / median) skewed the upper tail: 2x the nominal false positives). The offset only
-            # keeps zeros finite: the smallest positive value where zeros occur (millisecond-quantised gaps
-            # of 0, 1, 2 ms), else a hundredth of it.
-            low = float(pos.min())
-            if os.environ.get("XF") == "log1p":
+            # A plain log keeps a lognormal duration Gaussian and makes a k-times slowdown a shift of log k;
+            # log1p(x / median) everywhere widened the errors on a busier host than in training (its slope
+            # grows with x), 2x the nominal false positives. Where zeros occur, the values sit at the
+            # clock's resolution (bookkeeping lines 0-4 ms apart): there log(x + median) keeps a 0 near a
+            # 2 ms gap instead of orders of magnitude below it. Else the offset only keeps a 0 finite.
+            if bool((col == 0).any()):
                 offsets.append(float(pos.median()))
             else:
-                offsets.append(low if bool((col == 0).any()) else low / 100)
+                offsets.append(float(pos.min()) / 100)
         t = cls._log(values, offsets)
         mean, std = t.mean(0), t.std(0, unbiased=False)
         constant = std < 1e-9
@@ -161,9 +172,6 @@ class Normaliser:
         s = torch.tensor(self.log_offset, dtype=torch.float64)
         return torch.where(s > 0, torch.exp(t) - s, t)
 
-    def clip(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(torch.minimum(z, torch.tensor(self.hi)), torch.tensor(self.lo))
-
 
 @dataclass
 class KeyParamModel:
@@ -174,6 +182,8 @@ class KeyParamModel:
     err_std: list[float]  # per dimension, from held-out residuals, floored
     n_train: int
     n_heldout: int
+    # Per dimension: judged (its held-out errors fit the Gaussian at the configured confidence), or not.
+    judged: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -252,6 +262,7 @@ class ParameterModel:
                 "heldout": km.n_heldout,
                 "err_std": [round(s, 4) for s in km.err_std],
                 "constant_dims": [i for i, c in enumerate(km.norm.constant) if c],
+                "not_judged_dims": [i for i, j in enumerate(km.judged) if not j],
                 "dropped_other_lengths": len(series[key]) - len(kept),
             }
         report.seconds = time.perf_counter() - t0
@@ -269,7 +280,7 @@ class ParameterModel:
         n_train = max(1, min(n - 1, int(round(n * (1 - cfg.heldout_fraction)))))
         norm = Normaliser.fit(values[:n_train])
         z = norm.forward(values)  # [N, D]
-        hist = _windows(norm.clip(z), cfg.window)  # [N, h, D]
+        hist = _windows(z, cfg.window)  # [N, h, D]
         model = ParamLSTM(ParamModelArgs(values.shape[1], cfg.window, cfg.hidden, cfg.layers))
         opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
         gen = torch.Generator().manual_seed(cfg.seed + zlib.crc32(key_text(key).encode()))
@@ -290,7 +301,16 @@ class ParameterModel:
             if resid.shape[0] > 1
             else (torch.full_like(err_mean, cfg.min_error_std))
         )
-        return KeyParamModel(key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train)
+        # A dimension whose held-out errors leave the interval far more often than the Gaussian allows is
+        # not Gaussian (HDFS block sizes: mostly 64 MB, a partial last block now and then, 5-6 std away):
+        # judging it would flag normal values all the time, so it is reported and left out of the verdict.
+        z_thr = NormalDist().inv_cdf(0.5 + cfg.confidence / 2)
+        outside = (((resid - err_mean) / err_std).abs() > z_thr).sum(0)  # [D]
+        allowed = max(MAX_HELDOUT_OUTSIDE, EXCESS_FACTOR * (1 - cfg.confidence) * resid.shape[0])
+        judged = [bool(o <= allowed) for o in outside.tolist()]
+        return KeyParamModel(
+            key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train, judged
+        )
 
     # ----------------------------------------------------------------------------------------- scoring
 
@@ -330,9 +350,7 @@ class ParameterModel:
             raw = [
                 [nan_row] * (h - len(p)) + [list(x) for x in p] for p in (list(histories[i])[-h:] for i in ok)
             ]
-            hist = km.norm.clip(km.norm.forward(torch.tensor(raw, dtype=torch.float64).view(-1, d))).view(
-                -1, h, d
-            )
+            hist = km.norm.forward(torch.tensor(raw, dtype=torch.float64).view(-1, d)).view(-1, h, d)
             hist = torch.nan_to_num(hist, nan=0.0)  # [n_k, h, D]
             obs = torch.tensor([vectors[i] for i in ok], dtype=torch.float64)
             zobs = km.norm.forward(obs)
@@ -341,6 +359,8 @@ class ParameterModel:
             pred = pred.cpu()
             mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
             zs = ((zobs - pred) - mu) / sd  # [n_k, D]
+            judged = torch.tensor(km.judged or [True] * d)
+            zs = torch.where(judged, zs, torch.zeros_like(zs))  # dimensions not judged never alert
             out = zs.abs() > z_thr
             idx = torch.tensor(ok)
             modelled[idx] = True
@@ -386,6 +406,7 @@ class ParameterModel:
                     "norm": dataclasses.asdict(km.norm),
                     "err_mean": km.err_mean,
                     "err_std": km.err_std,
+                    "judged": km.judged,
                     "n_train": km.n_train,
                     "n_heldout": km.n_heldout,
                 }
@@ -441,6 +462,7 @@ class ParameterModel:
                     entry["err_std"],
                     entry["n_train"],
                     entry["n_heldout"],
+                    entry["judged"],
                 )
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ArtifactError(f"{p}: parameter model does not match its arguments: {e}") from None
