@@ -132,7 +132,7 @@ def run(
         series.setdefault(k, []).append(v)
     pm, p_report = ParameterModel.fit(series, pcfg)
     say(
-        f"parameter model: {len(pm.models)} keys modelled, not modelled: {p_report.not_modelled} ({p_report.seconds:.1f}s)"
+        f"parameter model: {len(pm.models)} (previous key, key) series modelled, not modelled: {p_report.to_dict()['not_modelled']} ({p_report.seconds:.1f}s)"
     )
 
     # Test: key model first.

@@ -267,7 +267,7 @@ class ParameterModel:
             }
         report.seconds = time.perf_counter() - t0
         log.info(
-            "parameter model: %s keys modelled, %s not modelled (%.1fs)",
+            "parameter model: %s series modelled, %s not modelled (%.1fs)",
             len(pm.models),
             len(report.not_modelled),
             report.seconds,
