@@ -7,8 +7,9 @@ Contracts:
 - `run_once(config, clients) -> RunSummary`: new raw logs since the checkpoint (source) -> keys (templater,
   match-only) -> per-session windows with the tails carried over from earlier runs (sessions, detector) ->
   the events the key model accepts -> parameter model, each against the last vectors of its series, also
-  carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) -> checkpoint and tails saved (state), one
-  bounded chunk at a time; then one run document in the runs index and one summary log line.
+  carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) ->
+  checkpoint and tails saved (state), one bounded chunk at a time; then one run document in the runs index
+  and one summary log line.
 """
 
 from __future__ import annotations
