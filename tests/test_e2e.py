@@ -53,7 +53,7 @@ def test_replay_train_detect_end_to_end(clients, make_config, prefix, sample):
     by_block = {ln.session: labels[ln.session_index] for ln in test_lines}
     for h in hits:
         d = h["_source"]["deeplog"]
-        assert d["anomaly_type"] in ("log_key", "unseen_key", "session_end")
+        assert d["anomaly_type"] in ("log_key", "unseen_key", "session_end", "parameter")
         assert d["session"]["id"] in by_block
         assert d["summary"]
         if d["anomaly_type"] == "log_key":
@@ -68,10 +68,20 @@ def test_replay_train_detect_end_to_end(clients, make_config, prefix, sample):
             assert src["message"] == h["_source"]["message"]
 
     # Flagged sessions are mostly the labelled anomalous ones: the model learned normal HDFS behaviour.
+    # The labels are about execution paths, and the replay's timings are synthetic: precision is judged on
+    # the key model's anomalies; the parameter model may flag only a few normal sessions.
     flagged = session_scores(clients, cfg.output.anomalies_index)
-    tp = sum(1 for s in flagged if by_block[s])
-    assert tp / len(flagged) >= 0.8, (tp, len(flagged))
+    by_type: dict[str, set[str]] = {}
+    for h in hits:
+        d = h["_source"]["deeplog"]
+        by_type.setdefault(d["anomaly_type"], set()).add(d["session"]["id"])
+    key_flagged = {s for t, ids in by_type.items() if t != "parameter" for s in ids}
+    tp = sum(1 for s in key_flagged if by_block[s])
+    assert tp / len(key_flagged) >= 0.8, (tp, len(key_flagged))
     assert tp >= 0.5 * sum(labels)
+    normal_param = {s for s in by_type.get("parameter", ()) if not by_block[s]}
+    assert len(normal_param) <= 0.05 * (len(labels) - sum(labels)), len(normal_param)
+    assert set(flagged) == key_flagged | by_type.get("parameter", set())
 
     # The run is recorded, and the checkpoint means a second pass reads nothing and writes nothing.
     clients.es.indices.refresh(index=cfg.output.runs_index)

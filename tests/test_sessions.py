@@ -15,7 +15,7 @@ from deeplog_siem.errors import ArtifactError, ConfigError
 from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
 from deeplog_siem.keyseq import read_key_sessions
 from deeplog_siem.replay import render
-from deeplog_siem.sessions import EOS, SessionKeyer, SessionTracker
+from deeplog_siem.sessions import EOS, PAD, SessionKeyer, SessionTracker, series_key
 from deeplog_siem.shared_data import shared_data_dir
 from deeplog_siem.templater import Templater
 
@@ -193,3 +193,27 @@ def test_rendered_hdfs_lines_rebuild_their_sessions() -> None:
         by_block[r.session].append(mapping[r.key])
     for sid, keys in rebuilt.items():
         assert keys == [*by_block[sid], EOS]
+
+
+def test_parameter_series_histories_are_carried_across_runs() -> None:
+    tr = SessionTracker(3, 60.0, 100, 3600.0, param_depth=2)
+    a = tr.observe("s1", 5, (7.0,), 100.0, wall=0.0)
+    b = tr.observe("s1", 6, (), 101.5, wall=0.0)
+    assert series_key(a, 5) == (PAD, 5) and series_key(b, 6) == (5, 6)
+    hist = tr.param_history.take([(5, 6), (5, 6), (5, 6), (PAD, 5)], [(1.0,), (2.0,), (3.0,), (0.0, 7.0)])
+    assert hist == [[], [(1.0,)], [(1.0,), (2.0,)], []]  # earlier events of the same batch count
+    saved = json.loads(json.dumps(tr.to_dict()))
+    again = SessionTracker.from_dict(
+        saved, window=3, idle_timeout_s=60.0, max_sessions=100, ttl_s=3600.0, param_depth=2
+    )
+    assert again.param_history.get((5, 6)) == [(2.0,), (3.0,)]  # the last param_depth vectors
+    assert again.param_history.get((PAD, 5)) == [(0.0, 7.0)]
+    del saved["params"]  # state saved before the parameter model ran in the job
+    assert (
+        len(
+            SessionTracker.from_dict(
+                saved, window=3, idle_timeout_s=60.0, max_sessions=100, ttl_s=3600.0
+            ).param_history
+        )
+        == 0
+    )

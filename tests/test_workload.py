@@ -66,6 +66,14 @@ def test_labels_match_the_injected_anomalies() -> None:
         elif lab["kind"] == "missing":
             step = next(s for s in TASKS[t["task_type"]] if s.name == lab["step"])
             assert len(t["lines"]) == n_normal - len(step.lines)
+            # The labelled line is the one after the gap: the next step's first line, if the task has one.
+            names = [s.name for s in TASKS[t["task_type"]]]
+            nxt = names.index(lab["step"]) + 1
+            if nxt < len(names):
+                fmt = TASKS[t["task_type"]][nxt].lines[0][1]
+                assert fmt.split("{")[0] in w.lines[lab["lines"][0]]
+            elif lab["lines"]:  # the task's last step: the session's next line, after this task's lines
+                assert lab["lines"][0] > max(t["lines"])
         else:
             assert len(t["lines"]) > n_normal
             assert lab["lines"] and set(lab["lines"]) <= set(t["lines"])

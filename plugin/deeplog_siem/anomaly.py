@@ -3,14 +3,18 @@
 Contract: `key_anomaly(...) -> dict` builds one document for an event the log-key model did not expect
 (types `log_key`, `unseen_key`, `session_end`): what happened, what was expected with which probability,
 the window of preceding events, the session and a query for its raw logs, and (`workflow`, from
-`workflow.diagnose`) where the session left its workflow or why no workflow applies. Its `_id` is deterministic
-(source document id + detector + model version), so re-processing the same data never duplicates it.
+`workflow.diagnose`) where the session left its workflow or why no workflow applies. `parameter_anomaly(...)
+-> dict` builds one for an event the key model accepted whose parameter vector the parameter model did not
+(type `parameter`): key and template, the deviating dimensions in words ("time gap 4.8 s, expected 0.9 s
+(0.7 .. 1.2 s)"), observed and predicted values, the interval, the error and its threshold. The `_id` is
+deterministic (source document id + detector + model version), so re-processing never duplicates it.
 ECS names where ECS has them, `deeplog.*` for the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -138,6 +142,87 @@ def key_anomaly(
             },
             "expected": exp,
             "expected_summary": exp_summary,
+            **({"workflow": workflow} if workflow is not None else {}),
+        },
+    }
+
+
+def dimension_name(dim: int) -> str:
+    """Dimension 0 of a parameter vector is the time gap; then the template's numeric parameters in order."""
+    return "time gap" if dim == 0 else f"parameter {dim}"
+
+
+def _value(dim: int, v: float) -> str:
+    return f"{v:.3g} s" if dim == 0 else f"{v:.4g}"
+
+
+def parameter_anomaly(
+    *,
+    event: EventRef,
+    session_id: str,
+    position: int,
+    window: Sequence[int],
+    key: int,
+    params: Sequence[str],
+    dims: Sequence[int],
+    observed: Sequence[float],
+    predicted: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    error: float,
+    threshold: float,
+    vocab: Vocabulary,
+    model_version: str,
+    run_id: str,
+    query: str,
+    index: str,
+    workflow: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`dims`: the deviating dimensions; the value lists hold every dimension of the vector; `workflow`: the
+    session's place in its workflow with the slow step (`workflow.Diagnosis.fields()`)."""
+    name, description = RULES["parameter"]
+    history = [k for k in window if k != PAD]
+    template = vocab.template(key)
+    said = [
+        f"{dimension_name(d)} {_value(d, observed[d])}, expected {_value(d, predicted[d])} "
+        f"({_value(d, low[d])} .. {_value(d, high[d])})"
+        for d in dims
+    ]
+    text = "; ".join(said)
+    summary = f'unusual parameters of {key_label(key, vocab)} "{template}" in session {session_id}: {text}'
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "_index": index,
+        "_id": anomaly_id(event.index, event.id, "parameter", model_version),
+        "@timestamp": event.timestamp,
+        "message": event.message,
+        "host": {"name": event.host} if event.host else {},
+        "event": {"kind": "alert", "module": "deeplog", "dataset": "deeplog.anomaly", "created": now},
+        "rule": {"name": name, "id": "deeplog-parameter", "description": description},
+        "deeplog": {
+            "anomaly_type": "parameter",
+            # Two-sided Gaussian confidence of the error: 0.999 at 3.29 standard deviations.
+            "score": round(math.erf(float(error) / math.sqrt(2.0)), 6),
+            "summary": summary,
+            "model_version": model_version,
+            "run_id": run_id,
+            "source": {"index": event.index, "id": event.id},
+            "session": {"id": session_id, "position": position, "query": query},
+            "key": {"id": int(key), "template": template, "params": [str(p) for p in params]},
+            "window": {
+                "key_ids": [int(k) for k in history],
+                "templates": [vocab.template(k) for k in history],
+            },
+            "parameter": {
+                "dimension": [dimension_name(d) for d in dims],
+                "observed": [round(float(v), 6) for v in observed],
+                "predicted": [round(float(v), 6) for v in predicted],
+                "low": [round(float(v), 6) for v in low],
+                "high": [round(float(v), 6) for v in high],
+                "error": round(float(error), 4),
+                "threshold": round(float(threshold), 4),
+                "description": text,
+            },
             **({"workflow": workflow} if workflow is not None else {}),
         },
     }

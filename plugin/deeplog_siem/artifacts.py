@@ -6,8 +6,8 @@ crash during training never leaves a half-written model in use; `current() -> (v
 `ArtifactError` telling the user to train first; `restore(version)` makes an earlier version current again;
 `lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
 state (`templater/`), the key model checkpoint (`keymodel.pt`, whose meta carries the lineage of feedback
-versions), the workflow models (`workflows.json`) and the normal-window sample (`normal_sample.pt`), see
-models/README.md.
+versions), the workflow models (`workflows.json`), the normal-window sample (`normal_sample.pt`) and, when
+`params.enabled`, the parameter model (`parammodel.pt`), see models/README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import ArtifactError
 
 KEYMODEL = "keymodel.pt"
+PARAMMODEL = "parammodel.pt"
 TEMPLATER = "templater"
 
 

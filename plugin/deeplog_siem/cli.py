@@ -170,7 +170,7 @@ def cmd_evaluate_params(args: argparse.Namespace) -> int:
     print(f"path anomalies found by the key model: {r['path_recall']:.4f} {r['path_by_kind']}")
     inf = r["inference"]
     print(
-        f"inference over {inf['events']} events, {inf['keys']} keys: one forward per key group "
+        f"inference over {inf['events']} events, {inf['keys']} series: one forward per key group "
         f"{inf['per_key_group_seconds']:.2f}s, one multi-key model {inf['multi_key_seconds']:.2f}s ({inf['note']})"
     )
     if args.json:

@@ -2,11 +2,14 @@
 
 Contracts:
 - `train(config, clients) -> TrainSummary`: raw logs (source) -> templates and keys (templater) -> sessions
-  (sessions) -> key model (model) -> a new published model version (artifacts).
+  (sessions) -> key model (model) and, with `params.enabled`, the parameter model over each (previous key,
+  key) series of parameter vectors (parammodel) -> a new published model version (artifacts).
 - `run_once(config, clients) -> RunSummary`: new raw logs since the checkpoint (source) -> keys (templater,
   match-only) -> per-session windows with the tails carried over from earlier runs (sessions, detector) ->
-  anomaly documents (anomaly) -> written and acknowledged (sink) -> checkpoint and tails saved (state), one
-  bounded chunk at a time; then one run document in the runs index and one summary log line.
+  the events the key model accepts -> parameter model, each against the last vectors of its series, also
+  carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) ->
+  checkpoint and tails saved (state), one bounded chunk at a time; then one run document in the runs index
+  and one summary log line.
 """
 
 from __future__ import annotations
@@ -26,19 +29,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import sink
-from .anomaly import EventRef, key_anomaly, session_query
-from .artifacts import KEYMODEL, TEMPLATER, ModelStore
+from .anomaly import EventRef, key_anomaly, parameter_anomaly, session_query
+from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
 from .detector import KeyDetector, build_windows
 from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
+from .parammodel import ParameterModel
 from .samples import NORMAL_SAMPLE, build_normal_sample
-from .sessions import SessionKeyer, SessionTracker
+from .sessions import SessionKeyer, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
 from .templater import Templater
-from .vocab import EOS
+from .vocab import EOS, PAD, UNK
 from .workflow import WORKFLOWS_FILE, WorkflowModel, diagnose
 from .workflow_mining import mine_workflows, model_predictor
 
@@ -247,6 +251,12 @@ def train(
         # Event times per session, for the workflow model's task split and typical step gaps.
         times: dict[str, list[float]] = defaultdict(list)
         skipped: Counter[str] = Counter()
+        # Parameter vectors per (previous key, key) series, in reading (time) order; the gap needs each
+        # session's last event time. A key id stays while Drain generalises its template, but its number of
+        # numeric parameters may change then: the fit keeps each series' dominant vector length.
+        series: dict[tuple[int, int], list[tuple[float, ...]]] = defaultdict(list)
+        last_seen: dict[str, tuple[int, float]] = {}
+        with_params = config.params.enabled
         progress(f"reading training logs from {src_cfg.index} ...")
         for page in source.pages(start=start, end=end):
             summary.docs_read += len(page)
@@ -254,6 +264,14 @@ def train(
                 sessions[sid].append(ev.key)
                 ts = epoch_seconds(doc.get(src_cfg.timestamp_field))
                 times[sid].append(ts if ts is not None else (times[sid][-1] if times[sid] else 0.0))
+                if with_params:
+                    if ts is None:
+                        skipped["params_bad_timestamp"] += 1
+                        continue
+                    prev = last_seen.get(sid)
+                    gap = 0.0 if prev is None else max(0.0, ts - prev[1])
+                    series[(PAD if prev is None else prev[0], ev.key)].append((gap, *ev.numbers))
+                    last_seen[sid] = (ev.key, ts if prev is None else max(ts, prev[1]))
             if summary.docs_read % 20000 < len(page):
                 progress(
                     f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
@@ -292,6 +310,14 @@ def train(
         build_normal_sample(training, config.model, fb.replay_windows, fb.heldout_windows).save(
             path / NORMAL_SAMPLE
         )
+        if with_params:
+            progress(f"training the parameter model on {len(series)} (previous key, key) series ...")
+            use_threads(config.model.threads)
+            pm, p_report = ParameterModel.fit(series, config.params)
+            pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
+            report = report.to_dict() | {"params": p_report.to_dict()}
+        else:
+            report = report.to_dict()
         store.publish(version)
         publish_workflows(clients, config, version, workflows)
         summary.model_version = version
@@ -303,7 +329,7 @@ def train(
             len(sessions),
             templater.num_templates,
             dict(skipped),
-            report.to_dict(),
+            report,
         )
 
 
@@ -390,6 +416,7 @@ class _Prefetch:
 def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
     kw = {
         "window": window,
+        "param_depth": config.params.window,
         "idle_timeout_s": config.sessions.idle_timeout_seconds,
         "max_sessions": config.sessions.max_open,
         "ttl_s": config.sessions.ttl_seconds,
@@ -433,6 +460,7 @@ class Detection:
     window: int
     top_g: int
     workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
+    params: ParameterModel | None = None  # None: params.enabled is off, or the version has no parameter model
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -453,7 +481,19 @@ class Detection:
             workflows = WorkflowModel.load(path)
         else:
             log.warning("model version %s has no workflow model: anomalies say so instead of a path", version)
-        return cls(version, templater, detector, vocab, model.args.window, config.model.top_g, workflows)
+        params = None
+        if config.params.enabled:
+            if (path / PARAMMODEL).is_file():
+                params = ParameterModel.load(path / PARAMMODEL, device=device)
+            else:
+                log.warning(
+                    "model version %s has no parameter model (trained with params.enabled off, or before it "
+                    "existed): parameter anomalies are off until the next `deeplog-siem train`",
+                    version,
+                )
+        return cls(
+            version, templater, detector, vocab, model.args.window, config.model.top_g, workflows, params
+        )
 
 
 def run_once(
@@ -597,11 +637,16 @@ def _score_page(
     chunk.pending_rows.extend(rows)
     chunk.pending_observed.extend(observed)
     if len(chunk.pending_rows) >= SCORE_BATCH:
-        _score_pending(config, det, chunk, summary, writer)
+        _score_pending(config, det, tracker, chunk, summary, writer)
 
 
 def _score_pending(
-    config: Config, det: Detection, chunk: _Chunk, summary: RunSummary, writer: sink.BackgroundWriter
+    config: Config,
+    det: Detection,
+    tracker: SessionTracker,
+    chunk: _Chunk,
+    summary: RunSummary,
+    writer: sink.BackgroundWriter,
 ) -> None:
     """Score the pending events; their anomalies go to the writer at once (ids are deterministic, so a
     chunk that fails later and is read again just overwrites them)."""
@@ -635,8 +680,79 @@ def _score_pending(
                     gap_s=None if o.first else o.vector[0],
                 )
             )
+        if det.params is not None:
+            # Only what the key model accepts goes on (DeepLog): a flagged event is one anomaly already, and
+            # its vector would teach the series' history a path the model does not know.
+            rejected = set(windows.session[scores.anomalous].tolist())
+            accepted = [j for j in range(len(rows)) if j not in rejected and rows[j][2].key != UNK]
+            if accepted:
+                found += _score_params(config, det, tracker, summary, rows, observed, accepted)
     chunk.anomalies.extend(found)
     writer.submit(found)
+
+
+def _score_params(
+    config: Config,
+    det: Detection,
+    tracker: SessionTracker,
+    summary: RunSummary,
+    rows: list[tuple[SourceDoc, str, Any, float]],
+    observed: list[Any],
+    accepted: list[int],
+) -> list[dict[str, Any]]:
+    """Parameter vectors of the accepted events, each against the last vectors of its (previous key, key)
+    series (carried across runs by the tracker), scored in one batch: one forward per series group."""
+    assert det.params is not None
+    src = config.source
+    series = [series_key(observed[j], rows[j][2].key) for j in accepted]
+    vectors = [observed[j].vector for j in accepted]
+    histories = tracker.param_history.take(series, vectors)
+    ps = det.params.score(series, histories, vectors)
+    found = []
+    for n in ps.anomalous.nonzero().flatten().tolist():
+        j = accepted[n]
+        doc, sid, ev, ts = rows[j]
+        o = observed[j]
+        msg = doc.get(src.message_field)
+        # Which step was slow against its usual gap in the session's workflow (or why no workflow applies).
+        where = diagnose(
+            det.workflows,
+            list(o.history),
+            ev.key,
+            gap_s=o.vector[0],
+            template_of=det.vocab.template,
+            timing=True,
+        )
+        found.append(
+            parameter_anomaly(
+                event=EventRef(
+                    doc.index,
+                    doc.id,
+                    _iso(ts),
+                    msg if isinstance(msg, str) else "",
+                    doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
+                ),
+                session_id=sid,
+                position=int(o.position),
+                window=o.history,
+                key=ev.key,
+                params=ev.params,
+                dims=ps.dims[n],
+                observed=ps.observed[n],
+                predicted=ps.predicted[n],
+                low=ps.low[n],
+                high=ps.high[n],
+                error=float(ps.error[n]),
+                threshold=ps.threshold,
+                vocab=det.vocab,
+                model_version=det.version,
+                run_id=summary.run_id,
+                query=session_query(src.session_field, sid, src.message_field),
+                index=config.output.anomalies_index,
+                workflow=where.fields(),
+            )
+        )
+    return found
 
 
 def _commit_chunk(
@@ -653,7 +769,7 @@ def _commit_chunk(
 ) -> None:
     """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails."""
     src = config.source
-    _score_pending(config, det, chunk, summary, writer)
+    _score_pending(config, det, tracker, chunk, summary, writer)
     # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
     if close_all:
         closed = tracker.close_all()

@@ -15,6 +15,10 @@ Contract:
   key (EOS) after their last keys; beyond `max_sessions` the least recently updated session is dropped and
   counted in `stats["evicted_lru"]`. `to_dict()`/`from_dict()` give a compact JSON-safe form for the run
   checkpoint. An open session costs well under 1 KB (measured by `deeplog-siem bench templater`).
+- `SessionTracker.param_history` (`ParamHistory`): the parameter model's inputs, carried across runs with
+  the tails: per parameter series (the (previous key, key) transition of a session: `series_key(observed,
+  key)`), the last `depth` vectors the job scored, across all sessions. `take(series, vectors)` returns each
+  event's history (the vectors before it, including earlier ones of the same batch) and appends the event.
 """
 
 from __future__ import annotations
@@ -30,9 +34,9 @@ from typing import Any
 from .config import SourceConfig
 from .errors import ArtifactError, ConfigError
 from .source import get_field
-from .vocab import EOS
+from .vocab import EOS, PAD
 
-__all__ = ["EOS", "Observed", "SessionKeyer", "SessionTail", "SessionTracker"]
+__all__ = ["EOS", "Observed", "ParamHistory", "SessionKeyer", "SessionTail", "SessionTracker", "series_key"]
 
 
 class SessionKeyer:
@@ -157,8 +161,61 @@ class Observed:
     position: int  # index of this event in its session (0 = first), continued across job runs
 
 
+def series_key(observed: Observed, key: int) -> tuple[int, int]:
+    """The parameter series of an event: (previous key of its session, or PAD for the first event, key).
+
+    The time gap is a property of the transition: one message can end different steps ("VM Started" after
+    "Creating image" takes ~8 s, after "Powering on instance" ~2.5 s), and one series mixing them hides a
+    slowed step inside the normal spread of another."""
+    return (observed.history[-1] if observed.history else PAD, int(key))
+
+
+class ParamHistory:
+    """The last `depth` parameter vectors of each series, oldest first (JSON-safe via to_list/from_list)."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._rows: dict[tuple[int, int], list[tuple[float, ...]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, series: tuple[int, int]) -> list[tuple[float, ...]]:
+        return list(self._rows.get(series, ()))
+
+    def take(
+        self, series: Sequence[tuple[int, int]], vectors: Sequence[Sequence[float]]
+    ) -> list[list[tuple[float, ...]]]:
+        out = []
+        rows = self._rows
+        for s, v in zip(series, vectors, strict=True):
+            r = rows.setdefault(s, [])
+            out.append(list(r))
+            r.append(tuple(float(x) for x in v))
+            if len(r) > self.depth:
+                del r[0]
+        return out
+
+    def to_list(self) -> list[Any]:
+        return [[p, k, [list(v) for v in vs]] for (p, k), vs in self._rows.items()]
+
+    @classmethod
+    def from_list(cls, data: Any, depth: int) -> ParamHistory:
+        h = cls(depth)
+        for p, k, vs in data:
+            h._rows[(int(p), int(k))] = [tuple(float(x) for x in v) for v in vs][-depth:] if depth else []
+        return h
+
+
 class SessionTracker:
-    def __init__(self, window: int, idle_timeout_s: float, max_sessions: int, ttl_s: float) -> None:
+    def __init__(
+        self,
+        window: int,
+        idle_timeout_s: float,
+        max_sessions: int,
+        ttl_s: float,
+        param_depth: int = 10,
+    ) -> None:
         if window < 1:
             raise ConfigError(f"sessions.window: must be >= 1, got {window}")
         if idle_timeout_s <= 0:
@@ -174,6 +231,7 @@ class SessionTracker:
         # Insertion order = least recently updated first (an update re-inserts at the end).
         self._tails: dict[str, SessionTail] = {}
         self.stats: Counter[str] = Counter()
+        self.param_history = ParamHistory(param_depth)
 
     def __len__(self) -> int:
         return len(self._tails)
@@ -266,14 +324,22 @@ class SessionTracker:
             "version": 1,
             "window": self.window,
             "sessions": {sid: t.to_list() for sid, t in self._tails.items()},
+            "params": self.param_history.to_list(),
         }
 
     @classmethod
     def from_dict(
-        cls, data: Any, *, window: int, idle_timeout_s: float, max_sessions: int, ttl_s: float
+        cls,
+        data: Any,
+        *,
+        window: int,
+        idle_timeout_s: float,
+        max_sessions: int,
+        ttl_s: float,
+        param_depth: int = 10,
     ) -> SessionTracker:
         """Restore tails saved by `to_dict`; a smaller window keeps the newest events."""
-        tr = cls(window, idle_timeout_s, max_sessions, ttl_s)
+        tr = cls(window, idle_timeout_s, max_sessions, ttl_s, param_depth)
         try:
             if data.get("version") != 1:
                 raise ValueError(f"unsupported version {data.get('version')!r}")
@@ -288,6 +354,8 @@ class SessionTracker:
                         t._append(k, v, window)
                     t.count, t.last_ref = count, last_ref
                 tails[str(sid)] = t
+            # Absent in state saved before the parameter model ran in the job: start empty.
+            tr.param_history = ParamHistory.from_list(data.get("params", []), param_depth)
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise ArtifactError(f"session state: malformed ({type(e).__name__}: {e})") from None
         # Keep the most recently updated ones if the bound shrank.

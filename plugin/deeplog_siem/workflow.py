@@ -309,10 +309,13 @@ def diagnose(
     key: int,
     gap_s: float | None = None,
     template_of: Callable[[int], str] | None = None,
+    timing: bool = False,
 ) -> Diagnosis:
     """Where a session left its workflow: `history` = its last keys (oldest first), `key` = the anomalous
     key (EOS for an unexpected session end), `gap_s` = seconds since the previous event (slow-step check),
-    `template_of` = template text of keys no workflow holds (the vocabulary's)."""
+    `template_of` = template text of keys no workflow holds (the vocabulary's). `timing`: the anomaly is
+    about the step's parameters, not the step itself (the key model accepted it), so the summary leads with
+    the path and the step's time rather than a divergence."""
     if model is None or not model.workflows:
         return Diagnosis(None, "no workflow model", summary="no workflow model in this model version")
     if key == UNK:
@@ -360,11 +363,17 @@ def diagnose(
     what = "ended" if ending else f'went to {node_id(key)} "{_short(templates[key], 64)}"'
     if not known:
         what += " (a key of no workflow)"
-    verdict = "took a step rare in this context" if allowed else "diverged"
-    d.summary = (
-        f"workflow {w.name} ({_short(w.title, 40)}): after {len(path)} steps the session {verdict} at "
-        f"{where}: it {what}; expected {exp_text}"
-    )
+    if timing and allowed:
+        d.summary = (
+            f"workflow {w.name} ({_short(w.title, 40)}): after {len(path)} steps, at {where} the session {what}"
+            " as the workflow expects"
+        )
+    else:
+        verdict = "took a step rare in this context" if allowed else "diverged"
+        d.summary = (
+            f"workflow {w.name} ({_short(w.title, 40)}): after {len(path)} steps the session {verdict} at "
+            f"{where}: it {what}; expected {exp_text}"
+        )
     if gap_s is not None and last != START and not ending:
         e = w.edge(last, key)
         if e is not None and e.median_gap_s is not None:

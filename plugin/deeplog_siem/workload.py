@@ -339,8 +339,9 @@ def generate_workload(
             started: dict[str, float] = {}
             task_lines: list[int] = []
             affected: list[int] = []
-            if label is not None and label["kind"] == "missing":
-                pending_missing = affected  # the session's next line (maybe the next task's) follows the gap
+            # After a missing step, the line that follows the gap: the first line of the step now at its
+            # place, or (the task's last step missing) the session's next line, maybe the next task's.
+            gap_at = at if label is not None and label["kind"] == "missing" else -1
             inserted = at + 1 if label is not None and label["kind"] in ("repeated", "foreign") else -1
             slowed = False
             for si, step in enumerate(steps):
@@ -366,9 +367,15 @@ def generate_workload(
                     if pending_missing is not None:
                         pending_missing.append(seq)
                         pending_missing = None
-                    if si == inserted or (slowed and (step.name == slow_step and li == 0 or "_s:" in fmt)):
+                    if (
+                        si == inserted
+                        or (si == gap_at and li == 0)
+                        or (slowed and (step.name == slow_step and li == 0 or "_s:" in fmt))
+                    ):
                         affected.append(seq)
                     seq += 1
+            if gap_at == len(steps):
+                pending_missing = affected
             task = {"task_id": req, "session": instance, "task_type": ttype, "events": task_lines}
             if drifted:
                 task["drifted"] = True

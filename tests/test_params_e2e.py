@@ -1,0 +1,90 @@
+"""Parameter model in the job, on the real server: generated OpenStack-like tasks, one step slowed ten times ->
+a `parameter` anomaly document for that step's line, naming the key, the template and the time gap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from deeplog_siem.artifacts import PARAMMODEL, ModelStore
+from deeplog_siem.formats import OPENSTACK_SESSION_REGEX
+from deeplog_siem.parammodel import ParameterModel
+from deeplog_siem.runner import run_once, train
+from deeplog_siem.setup_assets import create_indices
+from deeplog_siem.state import load_state
+from deeplog_siem.workload import generate_workload
+
+
+def _index(clients, index: str, lines: list[str], run: str) -> None:
+    ops = []
+    for seq, line in enumerate(lines):
+        date, time_ = line.split(" ")[1:3]
+        ts = datetime.fromisoformat(f"{date}T{time_}").replace(tzinfo=UTC)
+        ops.append({"index": {"_index": index, "_id": f"{run}-{seq}"}})
+        ops.append(
+            {
+                "@timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "message": line,
+                "event": {"sequence": seq},
+            }
+        )
+    resp = clients.es.bulk(operations=ops, refresh=True)
+    assert not resp["errors"]
+
+
+def test_slowed_step_becomes_a_parameter_anomaly(clients, make_config, prefix):
+    cfg = make_config(
+        # Time order (the lines carry their own times), ties by line number: gaps are computed in order.
+        source={
+            "session_regex": OPENSTACK_SESSION_REGEX,
+            "checkpoint_field": "@timestamp",
+            "tiebreaker_field": "event.sequence",
+            "overlap_seconds": 0,
+        },
+        templater={"format": "openstack", "similarity_threshold": 0.9},
+        model={"epochs": 8, "threads": 1},
+        params={"epochs": 3, "min_observations": 30},
+    )
+    create_indices(clients, cfg)
+    _index(clients, f"{prefix}-train", generate_workload(600, seed=3).lines, "train")
+    t = train(cfg, clients, index=f"{prefix}-train")
+    assert t.report["params"]["modelled"]
+    _, path = ModelStore(cfg.model.dir).current()
+    assert ParameterModel.load(path / PARAMMODEL).models  # saved with the model version
+
+    test = generate_workload(150, seed=4, anomaly_rate=0.04, slowdowns=(10.0,))
+    slowed = [lab for lab in test.labels if lab["task_type"] in ("create", "delete")]
+    assert slowed  # the seed injects some: a fixed input, not a lucky draw
+    _index(clients, cfg.source.index, test.lines, "test")
+    summary = run_once(cfg, clients, close_sessions=True)
+    assert summary.status == "ok" and sum(summary.rejected.values()) == 0  # strict mapping accepts them
+    assert summary.anomalies["parameter"] >= len(slowed)
+
+    clients.es.indices.refresh(index=cfg.output.anomalies_index)
+    hits = clients.es.search(
+        index=cfg.output.anomalies_index, query={"term": {"deeplog.anomaly_type": "parameter"}}, size=500
+    )["hits"]["hits"]
+    by_source = {h["_source"]["deeplog"]["source"]["id"]: h["_source"] for h in hits}
+    for lab in slowed:
+        doc = by_source.get(f"test-{lab['lines'][0]}")  # the slowed step's first line
+        assert doc is not None, lab
+        d = doc["deeplog"]
+        assert d["key"]["template"] and d["session"]["id"] == lab["session"]
+        assert "time gap" in d["parameter"]["dimension"]
+        p = d["parameter"]
+        assert p["observed"][0] > p["high"][0] > p["predicted"][0] > p["low"][0]
+        assert p["error"] > p["threshold"] > 0
+        assert "time gap" in p["description"] and "expected" in d["summary"]
+        # The workflow diagnosis says which step was slow against its usual gap (or why no workflow applies).
+        wf = d["workflow"]
+        assert wf["summary"]
+        if "reason" not in wf:
+            step = wf["slow_step"]
+            assert step["gap_s"] == pytest.approx(p["observed"][0], rel=1e-3) and step["slow"] is True
+            assert "took" in wf["summary"] and "slow" in wf["summary"]
+    # The series' last vectors are carried to the next run with the session tails.
+    state = load_state(clients, cfg.output.state_index, "detect")
+    assert state.sessions["params"] and all(
+        len(v) <= cfg.params.window for _, _, v in state.sessions["params"]
+    )
