@@ -118,6 +118,9 @@ def test_false_positive_is_learned_and_a_true_anomaly_stays_flagged(
     _, _, header = load_checkpoint(Path(cfg.model.dir) / new / KEYMODEL)
     assert header["meta"]["lineage"]["parent"] == version
     assert header["meta"]["lineage"]["feedback_ids"] == [fp["_id"]]
+    # Everything the update did not change is carried over from the parent (workflows, templater, ...).
+    parent_files = {p.name for p in (Path(cfg.model.dir) / version).iterdir()}
+    assert parent_files <= {p.name for p in (Path(cfg.model.dir) / new).iterdir()}
     rows = {r["version"]: r for r in describe_versions(ModelStore(cfg.model.dir))}
     assert rows[new]["parent"] == version and rows[new]["current"] and rows[version]["parent"] is None
     # The run is recorded (its document fits the strict runs mapping).

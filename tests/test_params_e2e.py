@@ -88,3 +88,89 @@ def test_slowed_step_becomes_a_parameter_anomaly(clients, make_config, prefix):
     assert state.sessions["params"] and all(
         len(v) <= cfg.params.window for _, _, v in state.sessions["params"]
     )
+
+
+def test_parameter_false_positive_widens_only_its_series(clients, make_config, prefix):
+    from deeplog_siem.feedback import FALSE_POSITIVE, apply_feedback, describe_versions, mark
+    from deeplog_siem.paramfeedback import load as load_scales
+
+    cfg = make_config(
+        source={
+            "session_regex": OPENSTACK_SESSION_REGEX,
+            "checkpoint_field": "@timestamp",
+            "tiebreaker_field": "event.sequence",
+            "overlap_seconds": 0,
+        },
+        templater={"format": "openstack", "similarity_threshold": 0.9},
+        model={"epochs": 8, "threads": 1},
+        params={"epochs": 3, "min_observations": 30},
+    )
+    create_indices(clients, cfg)
+    _index(clients, f"{prefix}-train", generate_workload(600, seed=3).lines, "train")
+    version = train(cfg, clients, index=f"{prefix}-train").version
+    _index(
+        clients,
+        cfg.source.index,
+        generate_workload(150, seed=4, anomaly_rate=0.04, slowdowns=(10.0,)).lines,
+        "t",
+    )
+    assert run_once(cfg, clients, close_sessions=True).status == "ok"
+
+    def parameter_docs(model_version):
+        clients.es.indices.refresh(index=cfg.output.anomalies_index)
+        q = {
+            "bool": {
+                "filter": [
+                    {"term": {"deeplog.anomaly_type": "parameter"}},
+                    {"term": {"deeplog.model_version": model_version}},
+                ]
+            }
+        }
+        return clients.es.search(index=cfg.output.anomalies_index, query=q, size=500)["hits"]["hits"]
+
+    def series(h):
+        d = h["_source"]["deeplog"]
+        ids = d["window"]["key_ids"]
+        return (ids[-1] if ids else 0, d["key"]["id"])
+
+    before = parameter_docs(version)
+    fp = before[0]
+    others = [h for h in before if series(h) != series(fp)]
+    assert others  # a fixed seed: slowed steps of several series
+    assert mark(clients, cfg, fp["_id"], FALSE_POSITIVE) != "unchanged"
+    s = apply_feedback(cfg, clients)
+    assert s.status == "ok" and s.feedback["applied"] == 1, (s.error, dict(s.feedback))
+    new, path = ModelStore(cfg.model.dir).current()
+    assert new != version and (path / PARAMMODEL).is_file()  # the rest of the version is carried over
+    p = fp["_source"]["deeplog"]["parameter"]
+    assert load_scales(path)[series(fp)] >= p["error"] / p["threshold"]
+    row = next(r for r in describe_versions(ModelStore(cfg.model.dir)) if r["version"] == new)
+    assert row["parent"] == version and row["feedback_kind"] == "parameter"
+    clients.es.indices.refresh(index=cfg.output.anomalies_index)
+    marked = clients.es.get(index=fp["_index"], id=fp["_id"])["_source"]["deeplog"]
+    assert marked["feedback_status"] == "applied" and marked["feedback_model_version"] == new
+
+    # The same window again with the new version: that value is normal now; other series still alert.
+    assert (
+        run_once(
+            cfg, clients, close_sessions=True, start="2000-01-01T00:00:00Z", end="2100-01-01T00:00:00Z"
+        ).status
+        == "ok"
+    )
+    after = {h["_source"]["deeplog"]["source"]["id"] for h in parameter_docs(new)}
+    assert fp["_source"]["deeplog"]["source"]["id"] not in after
+    assert any(h["_source"]["deeplog"]["source"]["id"] in after for h in others)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"format_version": 2, "series": {}}', '{"format_version": 1, "series": {"[3, 4]": 0.5}}', "not json"],
+)
+def test_malformed_parameter_feedback_is_an_artifact_error(tmp_path, body):
+    from deeplog_siem.artifacts import PARAM_FEEDBACK
+    from deeplog_siem.errors import ArtifactError
+    from deeplog_siem.paramfeedback import load as load_scales
+
+    (tmp_path / PARAM_FEEDBACK).write_text(body)
+    with pytest.raises(ArtifactError, match="param_feedback.json"):
+        load_scales(tmp_path)

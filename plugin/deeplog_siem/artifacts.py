@@ -24,6 +24,8 @@ from .errors import ArtifactError
 
 KEYMODEL = "keymodel.pt"
 PARAMMODEL = "parammodel.pt"
+# Per-series widening of the parameter model's threshold learnt from false-positive feedback (README "Feedback").
+PARAM_FEEDBACK = "param_feedback.json"
 TEMPLATER = "templater"
 
 

@@ -460,7 +460,12 @@ def cmd_model_list(args: argparse.Namespace) -> int:
             print(f"  {r['version']}  unreadable: {r['error']}")
             continue
         mark = "*" if r["current"] else " "
-        if r["parent"]:
+        if r["parent"] and r.get("feedback_kind") == "parameter":
+            origin = (
+                f"parameter feedback on {r['parent']} ({r['feedback_applied']} false positives, thresholds "
+                f"widened for {len(r.get('series_widened') or {})} series)"
+            )
+        elif r["parent"]:
             fa = (
                 f", held-out false alarms {r['heldout_false_alarm_before']:.4%} -> "
                 f"{r['heldout_false_alarm_after']:.4%}"

@@ -35,14 +35,15 @@ from typing import Any
 
 import torch
 
-from . import sink
-from .artifacts import KEYMODEL, TEMPLATER, ModelStore
+from . import paramfeedback, sink
+from .artifacts import KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector
 from .errors import DeeplogError
 from .es import Clients
 from .keyseq import Windows
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
+from .parammodel import key_text
 from .runner import RunSummary, _recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
 from .vocab import EOS, NUM_RESERVED, PAD, Vocabulary
@@ -172,6 +173,18 @@ def applied_ids(store: ModelStore, version: str) -> dict[str, tuple[str, str]]:
             out.setdefault(str(fid), (v, str(lin.get("applied_at"))))
         v = lin.get("parent")
     return out
+
+
+def copy_version(src: Any, dst: Any) -> None:
+    """Every artifact of version `src` but its key model into `dst` (templater, workflows, parameter model,
+    normal sample, parameter feedback...), so a feedback version keeps all that the update did not change."""
+    for item in src.iterdir():
+        if item.name == KEYMODEL:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dst / item.name)
+        else:
+            shutil.copy2(item, dst / item.name)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -347,6 +360,91 @@ class _Fp:
     target: int
 
 
+@dataclass
+class _PFp:
+    hit: dict[str, Any]
+    series: tuple[int, int]
+    scale: float  # the threshold scale that accepts this vector (its error / the threshold, plus a margin)
+
+
+# A widened threshold sits this much above the marked error, so the same value is not flagged again.
+WIDEN_MARGIN = 1.05
+
+
+def series_of(d: dict[str, Any], vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
+    """A parameter anomaly's (previous key, key) series in this vocabulary and the threshold scale that
+    accepts it, or why there is none."""
+    index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
+    win, key, par = d.get("window") or {}, d.get("key") or {}, d.get("parameter") or {}
+    ids, texts = win.get("key_ids") or [], win.get("templates") or []
+    if len(ids) != len(texts):
+        return "the anomaly document has no usable window"
+    prev = _resolve(ids[-1], texts[-1], vocab, index) if ids else PAD
+    target = _resolve(key.get("id"), key.get("template"), vocab, index)
+    if prev is None or target is None:
+        return "its log templates are not in the current model's vocabulary (retrained since?)"
+    try:
+        error, threshold = float(par["error"]), float(par["threshold"])
+    except (KeyError, TypeError, ValueError):
+        return "the anomaly document has no parameter error and threshold"
+    if not threshold > 0 or error != error:
+        return "the anomaly document's parameter threshold is not usable"
+    return (int(prev), int(target)), max(1.0, WIDEN_MARGIN * error / threshold)
+
+
+def _widen(
+    store: ModelStore,
+    pfps: Sequence[_PFp],
+    summary: RunSummary,
+    now: str,
+    after_publish: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """Parameter false positives: widen their series' threshold in a new version (lineage as for the key
+    model; the key model itself is unchanged), publish, then return the documents' updates."""
+    version, path = store.current()
+    model, vocab, header = load_checkpoint(path / KEYMODEL)
+    scales = paramfeedback.load(path)
+    for f in pfps:
+        scales[f.series] = max(scales.get(f.series, 1.0), f.scale)
+    meta = header["meta"]
+    parent_lineage = lineage_of(meta) or {}
+    lineage = {
+        "parent": version,
+        "kind": "parameter",
+        "feedback_ids": [f.hit["_id"] for f in pfps],
+        "applied_at": now,
+        "run_id": summary.run_id,
+        "steps": 0,
+        "series_widened": {key_text(f.series): round(scales[f.series], 4) for f in pfps},
+        "pairs": parent_lineage.get("pairs", []),  # the key model's earlier feedback stays guarded
+    }
+    new_version, new_path = store.create()
+    copy_version(path, new_path)
+    paramfeedback.save(new_path, scales)
+    save_checkpoint(new_path / KEYMODEL, model, vocab, {**meta, "lineage": lineage})
+    store.publish(new_version)
+    log.info(
+        "feedback: model %s published (parent %s): parameter thresholds widened for %s series",
+        new_version,
+        version,
+        len({f.series for f in pfps}),
+    )
+    if after_publish is not None:
+        after_publish(new_version)
+    summary.model_version = new_version
+    summary.feedback[APPLIED] += len(pfps)
+    return [
+        _update(
+            f.hit,
+            feedback_status=APPLIED,
+            feedback_applied_at=now,
+            feedback_model_version=new_version,
+            feedback_error=None,
+        )
+        for f in pfps
+    ]
+
+
 def apply_feedback(
     config: Config,
     clients: Clients,
@@ -407,6 +505,7 @@ def _apply(
     model = model.to(resolve_device(config.model.device))
     # (2) Verdicts that train nothing.
     fps: list[_Fp] = []
+    pfps: list[_PFp] = []
     for h in rest:
         d = h["_source"].get("deeplog", {})
         verdict = d.get("feedback")
@@ -417,6 +516,16 @@ def _apply(
         elif verdict == TRUE_POSITIVE:
             updates.append(_update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None))
             fbc["true_positive"] += 1
+        elif d.get("anomaly_type") == "parameter":
+            widen = series_of(d, vocab)
+            if isinstance(widen, str) or not (path / PARAMMODEL).is_file():
+                why = widen if isinstance(widen, str) else "the current model version has no parameter model"
+                updates.append(
+                    _update(h, feedback_status=UNSUPPORTED, feedback_error=why, feedback_applied_at=now)
+                )
+                fbc["unsupported"] += 1
+            else:
+                pfps.append(_PFp(h, *widen))
         else:
             pair = pair_of(d, vocab, model.args.window)
             if isinstance(pair, str):
@@ -430,6 +539,16 @@ def _apply(
         updates += _learn(
             config, store, version, path, model, vocab, header, fps, summary, now, after_publish
         )
+    if pfps and summary.status != REJECTED:
+        # On top of whatever the key-model update just published: one version per run and kind.
+        updates += _widen(store, pfps, summary, now, after_publish)
+    elif pfps:
+        err = "not applied: the key-model update of the same run was rejected; mark again to retry"
+        updates += [
+            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
+            for f in pfps
+        ]
+        fbc[REJECTED] += len(pfps)
     result = sink.write(clients, updates, refresh=True)
     summary.rejected.update(result.rejected)
     for k in ("invalid", "rejected", "unsupported"):
@@ -494,8 +613,7 @@ def _learn(
         "pairs": (kept + new_pairs)[-MAX_KEPT_PAIRS:],
     }
     new_version, new_path = store.create()
-    shutil.copytree(path / TEMPLATER, new_path / TEMPLATER)
-    shutil.copy2(path / NORMAL_SAMPLE, new_path / NORMAL_SAMPLE)
+    copy_version(path, new_path)
     save_checkpoint(new_path / KEYMODEL, tuned.cpu(), vocab, {**meta, "lineage": lineage})
     store.publish(new_version)
     log.info(
@@ -547,6 +665,8 @@ def describe_versions(store: ModelStore) -> list[dict[str, Any]]:
             created=header.get("created"),
             parent=lin.get("parent"),
             feedback_applied=len(lin.get("feedback_ids", [])),
+            feedback_kind=lin.get("kind", "key") if lin else None,
+            series_widened=lin.get("series_widened"),
             heldout_false_alarm_before=lin.get("heldout_false_alarm_before"),
             heldout_false_alarm_after=lin.get("heldout_false_alarm_after"),
             feedback_sample=(store.dir / v / NORMAL_SAMPLE).is_file(),

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import sink
+from . import paramfeedback, sink
 from .anomaly import EventRef, key_anomaly, parameter_anomaly, session_query
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
@@ -461,6 +461,8 @@ class Detection:
     top_g: int
     workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
     params: ParameterModel | None = None  # None: params.enabled is off, or the version has no parameter model
+    # Series whose threshold responders' feedback widened (paramfeedback): bound = scale x params threshold.
+    param_scales: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -491,8 +493,17 @@ class Detection:
                     "existed): parameter anomalies are off until the next `deeplog-siem train`",
                     version,
                 )
+        scales = paramfeedback.load(path) if params is not None else {}
         return cls(
-            version, templater, detector, vocab, model.args.window, config.model.top_g, workflows, params
+            version,
+            templater,
+            detector,
+            vocab,
+            model.args.window,
+            config.model.top_g,
+            workflows,
+            params,
+            scales,
         )
 
 
@@ -710,6 +721,8 @@ def _score_params(
     ps = det.params.score(series, histories, vectors)
     found = []
     for n in ps.anomalous.nonzero().flatten().tolist():
+        if float(ps.error[n]) <= ps.threshold * det.param_scales.get(series[n], 1.0):
+            continue  # a value responders marked as normal for this series (feedback widened its bound)
         j = accepted[n]
         doc, sid, ev, ts = rows[j]
         o = observed[j]
