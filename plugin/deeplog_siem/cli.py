@@ -596,12 +596,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from .server import serve_forever, start_embedded
+    from .server import serve_forever, start_embedded, stop_signals
 
-    server = start_embedded(port=args.port)
-    print(f"embedded server (in-memory, OpenSearch-compatible {server.version}) at {server.url}", flush=True)
-    print("set elasticsearch.hosts to this URL; Ctrl-C stops it (data is kept in memory only)", flush=True)
-    serve_forever(server)
+    with stop_signals() as done:  # a Ctrl-C right after the URL is printed still stops the server cleanly
+        server = start_embedded(port=args.port)
+        print(
+            f"embedded server (in-memory, OpenSearch-compatible {server.version}) at {server.url}", flush=True
+        )
+        print(
+            "set elasticsearch.hosts to this URL; Ctrl-C stops it (data is kept in memory only)", flush=True
+        )
+        serve_forever(server, done)
     return 0
 
 

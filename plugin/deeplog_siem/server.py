@@ -13,6 +13,8 @@ import logging
 import signal
 import threading
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +67,10 @@ def start_embedded(port: int = 0, startup_timeout: float = 30.0) -> EmbeddedServ
     return EmbeddedServer(url=handle.url, pid=handle.pid, version=version, _handle=handle)
 
 
-def serve_forever(server: EmbeddedServer) -> None:
-    """Block until SIGINT/SIGTERM or until the server process ends, then stop it."""
+@contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the yielded event instead of interrupting, from entering until leaving the block:
+    entered before the server starts, a stop request that arrives while it starts is not lost."""
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -74,10 +78,26 @@ def serve_forever(server: EmbeddedServer) -> None:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not done.wait(0.5):
-            if not server.running:
-                raise ServerError("embedded server exited unexpectedly")
+        yield done
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def serve_forever(server: EmbeddedServer, done: threading.Event | None = None) -> None:
+    """Block until SIGINT/SIGTERM (or `done`, from `stop_signals`) or until the server process ends, then
+    stop it."""
+    try:
+        if done is None:
+            with stop_signals() as done:
+                _wait(server, done)
+        else:
+            _wait(server, done)
+    finally:
         server.stop()
+
+
+def _wait(server: EmbeddedServer, done: threading.Event) -> None:
+    while not done.wait(0.5):
+        if not server.running:
+            raise ServerError("embedded server exited unexpectedly")
