@@ -317,3 +317,25 @@ def test_cli_workflow_hdfs_on_real_sessions(tmp_path, capsys):
         d = a["diagnosis"]
         assert d["summary"] and ("name" in d or d["reason"])
     assert WorkflowModel.load(tmp_path).sessions == 4855
+
+
+def test_concurrency_mask_accepts_only_the_first_occurrence_next_to_its_partner():
+    import torch
+
+    from deeplog_siem.workflow import concurrency_mask, concurrent_partners
+
+    wm = mine_workflows([[A, B, C], [B, A, C]] * 30, NAMES)  # A and B in either order: concurrent
+    partners = concurrent_partners(wm)
+    assert partners.get(A) == frozenset({B}) and partners.get(B) == frozenset({A})
+    pad = 0
+    keys = torch.tensor(
+        [
+            [pad, pad, B],  # A after B, first A: accepted whatever the model thinks of the order
+            [pad, A, B],  # A again: its partner is no excuse for a repeat
+            [pad, pad, C],  # A after C only: no concurrent partner in the window
+            [pad, pad, A],  # C after A: C has no partner
+        ]
+    )
+    targets = torch.tensor([A, A, A, C])
+    assert concurrency_mask(keys, targets, partners).tolist() == [True, False, False, False]
+    assert not concurrency_mask(keys, targets, {}).any()

@@ -70,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--{name}: no file given and ../shared/data/hdfs_keys is not beside the checkout"
             )
     r = run_evaluation(
-        None if args.model else args.train,
+        args.train,  # with --model it is read only for the workflows (model.concurrency)
         args.normal,
         args.abnormal,
         cfg,
@@ -80,6 +80,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=progress,
     )
     print(f"protocol: {r['protocol']}")
+    if r.get("concurrent_pairs"):
+        pairs = ", ".join(f"K{a} || K{b}" for a, b in r["concurrent_pairs"])
+        print(f"concurrent steps from the training workflows (first occurrences accepted): {pairs}")
     print(
         f"window h={r['window']}, top g={r['top_g']}, min probability {r['min_probability']:g}, "
         f"model {r['model_args']}, device {r['device']}"
@@ -137,6 +140,13 @@ def _add_evaluate_parser(sub: Any) -> None:
     ):
         p.add_argument("--" + name.replace("_", "-"), type=typ, dest=name, metavar="N", help=f"model.{name}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="model.device (default auto)")
+    p.add_argument(
+        "--no-concurrency",
+        dest="concurrency",
+        action="store_const",
+        const=False,
+        help="model.concurrency off: judge the order of concurrent steps too (plain DeepLog top-g)",
+    )
     p.add_argument(
         "--json", action="store_true", help="also print all figures as one JSON object (last line)"
     )

@@ -227,6 +227,9 @@ class ModelConfig:
     # CPU threads for torch (0 = torch's default, one per core). On a host whose cores other services use,
     # 1 avoids OpenMP threads spinning against each other, which slowed training up to 100x here.
     threads: int = 0
+    # Accept the first occurrence of a step its workflow runs concurrently with one already in the window
+    # (workflow.concurrency_mask): the order of concurrent steps is not an anomaly.
+    concurrency: bool = True
 
     FLOOR_FACTOR = 2.2
 

@@ -49,6 +49,8 @@ from .detector import KeyDetector
 from .errors import ArtifactError
 from .keyseq import HDFS_DIR, build_windows, hdfs_vocabulary, read_key_sessions, to_ids
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from .workflow import concurrency_mask, concurrent_partners
+from .workflow_mining import mine_workflows, model_predictor
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ PROTOCOL = (
     "trained on every session of the training file (duplicates kept; a seeded share of sessions held out "
     "for early stopping); no test session de-duplicated; a session is anomalous when any event fails "
     "detection (actual key not in the top-g of the model's prediction from the previous h keys, or its "
-    "probability below model.min_probability when that is set; windows left-padded so the first events are scored) or its end-of-session key does; paper scale: "
+    "probability below model.min_probability when that is set; the first occurrence of a step the training "
+    "workflows run concurrently with one in its window is accepted when model.concurrency is on; windows "
+    "left-padded so the first events are scored) or its end-of-session key does; paper scale: "
     f"FP_paper = FP rate x {PAPER_NORMAL:,}, TP_paper = recall x {PAPER_ABNORMAL:,}"
 )
 
@@ -68,14 +72,19 @@ def default_file(name: str) -> str | None:
 
 
 def flag_sessions(
-    detector: KeyDetector, sessions: Sequence[Sequence[int]], chunk: int = 20_000
+    detector: KeyDetector,
+    sessions: Sequence[Sequence[int]],
+    chunk: int = 20_000,
+    partners: dict[int, frozenset[int]] | None = None,
 ) -> torch.Tensor:
-    """BoolTensor [S]: the sessions with at least one anomalous event (or end), scored `chunk` sessions at once."""
+    """BoolTensor [S]: the sessions with at least one anomalous event (or end), scored `chunk` sessions at once;
+    `partners` (workflow.concurrent_partners): concurrent steps' first occurrences are accepted, as in the job."""
     flags = torch.zeros(len(sessions), dtype=torch.bool)
     for i in range(0, len(sessions), chunk):
         w = build_windows(sessions[i : i + chunk], detector.h)
         s = detector.score(w)
-        flags[i + w.session[s.anomalous]] = True
+        flagged = s.anomalous & ~concurrency_mask(w.keys, w.targets, partners or {})
+        flags[i + w.session[flagged]] = True
     return flags
 
 
@@ -93,11 +102,14 @@ def paper_scale(fp_rate: float, recall: float) -> dict[str, float]:
 
 
 def evaluate(
-    detector: KeyDetector, normal: Sequence[Sequence[int]], abnormal: Sequence[Sequence[int]]
+    detector: KeyDetector,
+    normal: Sequence[Sequence[int]],
+    abnormal: Sequence[Sequence[int]],
+    partners: dict[int, frozenset[int]] | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    fp = int(flag_sessions(detector, normal).sum())
-    tp = int(flag_sessions(detector, abnormal).sum())
+    fp = int(flag_sessions(detector, normal, partners=partners).sum())
+    tp = int(flag_sessions(detector, abnormal, partners=partners).sum())
     fp_rate = fp / len(normal) if normal else 0.0
     recall = tp / len(abnormal) if abnormal else 0.0
     return {
@@ -169,7 +181,18 @@ def run_evaluation(
     detector = KeyDetector(
         model, cfg.top_g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size)
     )
-    result.update(evaluate(detector, sets["normal"], sets["abnormal"]))
+    partners: dict[int, frozenset[int]] = {}
+    if cfg.concurrency and "train" in sets:
+        # The workflows `train` would build from the same sessions: which steps run concurrently.
+        say("mining workflows from the training sessions (model.concurrency) ...")
+        wm = mine_workflows(sets["train"], vocab.templates, predict=model_predictor(model), window=cfg.window)
+        partners = concurrent_partners(wm)
+    elif cfg.concurrency:
+        say(
+            "model.concurrency needs --train (the workflows come from the training sessions); off for this run"
+        )
+    result["concurrent_pairs"] = sorted({tuple(sorted((a, b))) for a, bs in partners.items() for b in bs})
+    result.update(evaluate(detector, sets["normal"], sets["abnormal"], partners))
     result["device"] = str(device)
     result["model_args"] = asdict(model.args)
     return result

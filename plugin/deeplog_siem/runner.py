@@ -43,7 +43,7 @@ from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, save_state
 from .templater import Templater
 from .vocab import EOS, PAD, UNK
-from .workflow import WORKFLOWS_FILE, WorkflowModel, diagnose
+from .workflow import WORKFLOWS_FILE, WorkflowModel, concurrency_mask, concurrent_partners, diagnose
 from .workflow_mining import mine_workflows, model_predictor
 
 log = logging.getLogger(__name__)
@@ -463,6 +463,8 @@ class Detection:
     params: ParameterModel | None = None  # None: params.enabled is off, or the version has no parameter model
     # Series whose threshold responders' feedback widened (paramfeedback): bound = scale x params threshold.
     param_scales: dict[tuple[int, int], float] = field(default_factory=dict)
+    # key -> keys its workflow runs concurrently with (model.concurrency; empty without workflows)
+    partners: dict[int, frozenset[int]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -504,6 +506,7 @@ class Detection:
             workflows,
             params,
             scales,
+            concurrent_partners(workflows) if config.model.concurrency else {},
         )
 
 
@@ -670,8 +673,10 @@ def _score_pending(
         seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
         windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
         scores = det.detector.score(windows)
+        # A concurrent step's first occurrence is accepted whatever its order (model.concurrency).
+        flagged = scores.anomalous & ~concurrency_mask(windows.keys, windows.targets, det.partners)
         found = []
-        for i in scores.anomalous.nonzero().flatten().tolist():
+        for i in flagged.nonzero().flatten().tolist():
             doc, sid, ev, ts = rows[int(windows.session[i])]
             o = observed[int(windows.session[i])]
             found.append(
@@ -694,7 +699,7 @@ def _score_pending(
         if det.params is not None:
             # Only what the key model accepts goes on (DeepLog): a flagged event is one anomaly already, and
             # its vector would teach the series' history a path the model does not know.
-            rejected = set(windows.session[scores.anomalous].tolist())
+            rejected = set(windows.session[flagged].tolist())
             accepted = [j for j in range(len(rows)) if j not in rejected and rows[j][2].key != UNK]
             if accepted:
                 found += _score_params(config, det, tracker, summary, rows, observed, accepted)

@@ -416,6 +416,34 @@ def _gap(e: Edge) -> str:
     return f", gap {e.median_gap_s:.3g}s (p90 {e.p90_gap_s:.3g}s)" if e.median_gap_s is not None else ""
 
 
+def concurrent_partners(model: WorkflowModel | None) -> dict[int, frozenset[int]]:
+    """key -> the keys some workflow runs concurrently with it (both directions)."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for w in model.workflows if model is not None else ():
+        for a, b in w.concurrent:
+            out[a].add(b)
+            out[b].add(a)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def concurrency_mask(keys: Any, targets: Any, partners: dict[int, frozenset[int]]) -> Any:
+    """BoolTensor [N]: events whose key a workflow runs concurrently with a key already in their window
+    [N, h], and that have not occurred in that window yet: the first occurrence of a concurrent step, which
+    may come before or after its partner (HDFS: `allocateBlock` logged after the first `Receiving block`
+    lines of the same second). The log-key model judges order; this is what it could not learn from
+    training sessions that happened to show one order more often. Vectorised over the window tensor."""
+    import torch
+
+    out = torch.zeros(targets.shape[0], dtype=torch.bool)
+    for k, cs in partners.items():
+        is_k = targets == k
+        if not bool(is_k.any()):
+            continue
+        seen_c = torch.isin(keys, torch.tensor(sorted(cs), dtype=keys.dtype)).any(1)
+        out |= is_k & seen_c & ~(keys == k).any(1)
+    return out
+
+
 def render_text(w: Workflow) -> str:
     lines = [
         f"workflow {w.name}: {w.title}  ({w.sessions} paths, {len(w.nodes)} states, {len(w.edges)} edges)"
