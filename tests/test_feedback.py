@@ -180,8 +180,12 @@ def test_crash_between_publish_and_marking_neither_loses_nor_double_applies(
 
 
 def test_an_update_that_raises_false_alarms_is_rejected(clients, make_config, prefix, sample):
-    # A learning rate 1000x the default wrecks the model: the held-out check must catch it.
-    cfg = make_config(model=MODEL, feedback={"learning_rate": 0.5, "max_steps": 30, "tolerance": 0.0})
+    # A learning rate 500x the default with the marked pair outweighing the distillation of the normal windows
+    # a million to one wrecks the model: the held-out check must catch it.
+    cfg = make_config(
+        model=MODEL,
+        feedback={"learning_rate": 0.5, "weight": 1e6, "max_steps": 30, "tolerance": 0.0},
+    )
     version, fp, _, _ = _scenario(clients, cfg, prefix, sample)
     clients.es.update(index=fp["_index"], id=fp["_id"], doc={"deeplog": {"feedback": "false_positive"}})
     summary = apply_feedback(cfg, clients)

@@ -315,6 +315,9 @@ class FeedbackConfig:
     # Fine-tuning goes on until each marked key has at least this probability after its window (not just
     # the top g): a margin that carries the correction to the similar windows nobody marked.
     target_probability: float = 0.05
+    # Weight of the penalty on keys the parent rejects after a normal window that the update raises toward
+    # acceptance (the missing or repeated steps the parent caught there).
+    guard_weight: float = 0.1
     replay_windows: int = 20000  # distinct normal training windows stored with each model version
     heldout_windows: int = 20000  # distinct held-out normal windows stored for the safety check
     # Absolute increase of the held-out false-alarm rate (share of normal windows flagged) beyond which an
@@ -329,6 +332,7 @@ class FeedbackConfig:
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
         _check(f"{key}.weight", self.weight > 0, f"must be > 0, got {self.weight}")
+        _check(f"{key}.guard_weight", self.guard_weight >= 0, f"must be >= 0, got {self.guard_weight}")
         _check(
             f"{key}.target_probability",
             0.0 <= self.target_probability < 1.0,

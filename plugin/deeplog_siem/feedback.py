@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
@@ -270,6 +271,22 @@ def false_alarm_rate(model: KeyLSTM, rows: Rows, top_g: int, floor: float) -> fl
     return float((rows.counts * (~ok).float()).sum() / rows.counts.sum())
 
 
+def _licence(fk: torch.Tensor, ft: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[V, V] bool: L[a, k] = a marked pair ends its window with key a and has target k, so the update may
+    raise k after normal windows ending with a (where the marked key joins the usual successors)."""
+    lic = torch.zeros(vocab_size, vocab_size, dtype=torch.bool, device=fk.device)
+    if ft.numel():
+        lic[fk[:, -1], ft] = True
+    return lic
+
+
+# The no-loosening guard lets a key the parent rejects after a normal window rise to this many times its
+# parent probability, or to this share of the floor, whichever is higher, before the penalty applies: the
+# tail may move a little, but not into the accepted set.
+LOOSEN_RATIO = 1.5
+LOOSEN_FLOOR_SHARE = 0.8
+
+
 def finetune(
     model: KeyLSTM,
     keys: torch.Tensor,
@@ -285,14 +302,21 @@ def finetune(
     `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
     every replay window the model accepted before still is (at most `fb.max_steps` steps).
 
-    Every step: a batch of `fb.replay_batch` normal training windows drawn by frequency, plus the distinct
-    feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay windows the update has
-    broken so far, each weighted as `fb.weight` normal windows. So the update moves the misjudged windows
-    and repairs what it disturbs instead of forgetting it (an LSTM that learns "VM Stopped, then destroyed"
-    tends to forget "VM Stopped, then powering on" until reminded)."""
+    Every step: the distinct feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay
+    windows the update has broken so far, each a cross-entropy weighted as `fb.weight` normal windows; and a
+    batch of `fb.replay_batch` normal training windows drawn by frequency, distilled toward the parent
+    (KL(parent || update) over all next keys, not only the observed one), plus `fb.guard_weight` x a
+    penalty on every key the parent rejects after such a window (not in its top g above the floor) that the
+    update raises toward acceptance. So the update moves the marked pairs and leaves the rest of the
+    picture as it was: the keys the parent rejected after a normal window are what catches a missing or a
+    repeated step there, and a plain cross-entropy on the observed next keys lets them drift up unseen. A
+    marked key may rise after normal windows that end with the same key as its marked window (it joins
+    their successors there). Broken replay windows are repaired (an LSTM that learns "VM Stopped, then
+    destroyed" tends to forget "VM Stopped, then powering on" until reminded)."""
     floor = model_cfg.floor(model.args.vocab_size)
     g = model_cfg.top_g
     device = next(model.parameters()).device
+    parent = model.eval()
     tuned = copy.deepcopy(model)
     fk, ft = keys, targets
     if keep_keys is None or keep_targets is None:
@@ -303,6 +327,7 @@ def finetune(
     # normal successors of its window (it joins them; the detector only needs it in the top g).
     rows = torch.unique(torch.cat([fk, ft[:, None]], 1), dim=0)  # [P', h + 1]
     fk, ft = rows[:, :-1].to(device), rows[:, -1].to(device)
+    licence = _licence(fk, ft, model.args.vocab_size)  # [V, V]
     before = int(accepted(tuned, keys, targets, g, floor).sum())
     learned = int(accepted(tuned, keys, targets, g, floor, fb.target_probability).sum())
     replay_ok = accepted(tuned, replay.keys, replay.targets, g, floor)  # [R] accepted by the parent
@@ -313,6 +338,7 @@ def finetune(
     torch.manual_seed(fb.seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=fb.learning_rate)
     rk, rt, rc = replay.keys.to(device), replay.targets.to(device), replay.counts
+    log_floor = math.log(LOOSEN_FLOOR_SHARE * floor) if floor > 0 else -math.inf
     steps = 0
     done = learned == targets.numel()
     while not done and steps < fb.max_steps:
@@ -323,15 +349,25 @@ def finetune(
             draws = torch.multinomial(rc, fb.replay_batch, replacement=True, generator=gen)
             idx, mult = torch.unique(draws, return_counts=True)
             idx, mult = idx.to(device), mult.to(device, torch.float)
-            # One weighted mean over both: where a marked window also occurs in normal data, its normal
-            # successors keep their share and the marked key joins them instead of replacing them.
-            _, loss = tuned(
-                torch.cat([rk[idx], bk]),
-                torch.cat([rt[idx], bt]),
-                torch.cat([mult, bw]),
-                model_cfg.label_smoothing,
-            )
-            assert loss is not None
+            n = idx.numel()
+            with torch.no_grad():
+                p_logp = parent(rk[idx])[0].log_softmax(-1)  # [n, V]
+                p_top = torch.zeros_like(p_logp, dtype=torch.bool).scatter_(
+                    1, p_logp.topk(g, -1).indices, True
+                )
+                rejected = ~(p_top & (p_logp.exp() >= floor)) & ~licence[rk[idx, -1]]  # [n, V]
+                ceiling = torch.clamp(p_logp + math.log(LOOSEN_RATIO), min=log_floor)  # [n, V]
+            logits, _ = tuned(torch.cat([rk[idx], bk]))  # [n + B, V]
+            logq = logits[:n].log_softmax(-1)  # [n, V]
+            kl = (p_logp.exp() * (p_logp - logq)).sum(-1)  # [n]
+            loosen = (torch.relu(logq - ceiling) * rejected).sum(-1)  # [n]
+            ce = torch.nn.functional.cross_entropy(
+                logits[n:], bt, reduction="none", label_smoothing=model_cfg.label_smoothing
+            )  # [B]
+            # One weighted mean over both: the replay windows weigh by how often they occur, each marked
+            # or repaired pair as `fb.weight` of them.
+            loss = ((kl + fb.guard_weight * loosen) * mult).sum() + (ce * bw).sum()
+            loss = loss / (mult.sum() + bw.sum())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
