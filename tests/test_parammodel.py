@@ -100,4 +100,19 @@ def test_transition_keys_roundtrip_and_a_level_beyond_training_is_followed(tmp_p
     s = pm.score([(11, 12), (11, 12), (3, 12)], [busy, busy, busy], [(3.1,), (15.0,), (3.1,)])
     assert s.anomalous.tolist() == [False, True, False]
     assert s.modelled.tolist() == [True, True, False]  # (3, 12): another transition, not modelled
-    assert 2.0 < s.predicted[0][0] < 4.5 and s.threshold > 3.0
+    assert 2.0 < s.predicted[0][0] < 4.5 and s.threshold[0] > 3.0
+
+
+def test_confidence_is_per_vector_split_over_its_non_constant_dimensions() -> None:
+    from statistics import NormalDist
+
+    from deeplog_siem.parammodel import split_dims, z_bound
+
+    assert z_bound(0.999, 1) == pytest.approx(NormalDist().inv_cdf(0.9995))  # 3.29: DeepLog's 99.9%
+    assert z_bound(0.999, 2) == pytest.approx(NormalDist().inv_cdf(1 - 0.001 / 4))  # each dim 99.95%
+    assert split_dims([True, False, False]) == 2 and split_dims([True]) == 1
+    cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, confidence=0.999)
+    pm, _ = ParameterModel.fit({3: _series(200), 4: [(v[0],) for v in _series(200, 1)]}, cfg)
+    s = pm.score([3, 4], [_series(4, 5), [(v[0],) for v in _series(4, 6)]], [_series(1, 7)[0], (2.7,)])
+    # Key 3: (gap, constant, size): two dimensions share the budget; key 4: the gap alone.
+    assert s.threshold == [pytest.approx(z_bound(0.999, 2)), pytest.approx(z_bound(0.999, 1))]

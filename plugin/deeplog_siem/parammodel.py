@@ -13,9 +13,11 @@ Contract:
   durations vary multiplicatively, and a k-times slowdown is then a shift of about log k whatever the
   step's length), then centred and scaled; a constant dimension gets scale 1 (no division by zero). The
   first `1 - heldout_fraction` of the series trains the regressor (normal data only); its residuals on the
-  held-out rest give a per-key, per-dimension Gaussian (mean, std) of the error. A vector is anomalous when
-  a dimension's error is outside the two-sided `confidence` interval of that Gaussian (default 99.9%,
-  |z| > 3.29); the std is floored at `min_error_std` so a constant dimension does not flag rounding noise.
+  held-out rest give a per-key, per-dimension Gaussian (mean, std) of the error. `confidence` is per vector
+  (one event): split evenly over the vector's non-constant dimensions (Bonferroni, `z_bound`), a vector is
+  anomalous when a dimension's error is outside its share of that two-sided interval (default 0.9995:
+  |z| > 3.48 for a time gap alone, 3.66 per dimension for two); the std is floored at `min_error_std` so a
+  constant dimension (which takes no share: it can only change, not vary) does not flag rounding noise.
   A dimension whose held-out errors fall outside that interval far more often than the Gaussian allows
   (a bimodal size) is not judged (`judged`, reported): it would alert on normal values all the time.
 - `ParameterModel.score(keys, histories, vectors)` -> `ParamScores`, batched: events are grouped by key and
@@ -212,7 +214,21 @@ class ParamScores:
     predicted: list[list[float]]  # raw values
     low: list[list[float]]  # raw bounds of the interval per dimension
     high: list[list[float]]
-    threshold: float = 0.0  # the |z| bound of the two-sided confidence interval
+    # Per event: the |z| bound each of its dimensions was held to (0.0: not modelled).
+    threshold: list[float] = field(default_factory=list)
+
+
+def z_bound(confidence: float, dims: int) -> float:
+    """|z| bound per dimension of a vector with `dims` judged dimensions: the two-sided `confidence` holds
+    for the whole vector, split evenly over its dimensions (Bonferroni): at 0.999 a one-dimensional
+    vector is flagged beyond 3.29 standard deviations, each dimension of a three-dimensional one beyond 3.59."""
+    return NormalDist().inv_cdf(1 - (1 - confidence) / (2 * max(1, dims)))
+
+
+def split_dims(constant: Sequence[bool]) -> int:
+    """Dimensions that share a vector's error budget: a constant dimension (training std 0) alerts only on a
+    change of its value, never on noise, so it takes no share."""
+    return max(1, sum(not c for c in constant))
 
 
 def _windows(z: torch.Tensor, h: int) -> torch.Tensor:
@@ -304,9 +320,10 @@ class ParameterModel:
         # A dimension whose held-out errors leave the interval far more often than the Gaussian allows is
         # not Gaussian (HDFS block sizes: mostly 64 MB, a partial last block now and then, 5-6 std away):
         # judging it would flag normal values all the time, so it is reported and left out of the verdict.
-        z_thr = NormalDist().inv_cdf(0.5 + cfg.confidence / 2)
+        z_thr = z_bound(cfg.confidence, split_dims(norm.constant))
         outside = (((resid - err_mean) / err_std).abs() > z_thr).sum(0)  # [D]
-        allowed = max(MAX_HELDOUT_OUTSIDE, EXCESS_FACTOR * (1 - cfg.confidence) * resid.shape[0])
+        p_out = 2 * (1 - NormalDist().cdf(z_thr))  # per dimension
+        allowed = max(MAX_HELDOUT_OUTSIDE, EXCESS_FACTOR * p_out * resid.shape[0])
         judged = [bool(o <= allowed) for o in outside.tolist()]
         return KeyParamModel(
             key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train, judged
@@ -323,7 +340,6 @@ class ParameterModel:
     ) -> ParamScores:
         """Score events: `histories[i]` holds up to `window` earlier vectors of key `keys[i]`, oldest first."""
         n = len(keys)
-        z_thr = NormalDist().inv_cdf(0.5 + self.cfg.confidence / 2)
         modelled = torch.zeros(n, dtype=torch.bool)
         anomalous = torch.zeros(n, dtype=torch.bool)
         error = torch.zeros(n)
@@ -332,6 +348,7 @@ class ParameterModel:
         predicted: list[list[float]] = [[] for _ in range(n)]
         low: list[list[float]] = [[] for _ in range(n)]
         high: list[list[float]] = [[] for _ in range(n)]
+        bounds = [0.0] * n
         groups: dict[SeriesKey, list[int]] = {}
         for i, k in enumerate(keys):
             groups.setdefault(k, []).append(i)
@@ -357,6 +374,7 @@ class ParameterModel:
             dev = km.model.head.weight.device
             pred, _ = km.model(hist.to(dev))  # one forward per key group: [n_k, D]
             pred = pred.cpu()
+            z_thr = z_bound(self.cfg.confidence, split_dims(km.norm.constant))
             mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
             zs = ((zobs - pred) - mu) / sd  # [n_k, D]
             judged = torch.tensor(km.judged or [True] * d)
@@ -374,7 +392,8 @@ class ParameterModel:
                 predicted[i] = raw_pred[j].tolist()
                 low[i] = raw_lo[j].tolist()
                 high[i] = raw_hi[j].tolist()
-        return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high, z_thr)
+                bounds[i] = z_thr
+        return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high, bounds)
 
     def score_series(self, keys: Sequence[SeriesKey], vectors: Sequence[Sequence[float]]) -> ParamScores:
         """Score a stream of events in time order, each against the earlier vectors of its key in it."""

@@ -743,7 +743,7 @@ def _score_params(
                 low=ps.low[n],
                 high=ps.high[n],
                 error=float(ps.error[n]),
-                threshold=ps.threshold,
+                threshold=ps.threshold[n],
                 vocab=det.vocab,
                 model_version=det.version,
                 run_id=summary.run_id,
