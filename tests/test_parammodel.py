@@ -11,6 +11,7 @@ import torch
 from deeplog_siem.config import ParamsConfig
 from deeplog_siem.errors import ArtifactError
 from deeplog_siem.parammodel import ParameterModel
+from deeplog_siem.sessions import SharedLevel
 
 CFG = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, heldout_fraction=0.25)
 
@@ -116,3 +117,33 @@ def test_confidence_is_per_vector_split_over_its_non_constant_dimensions() -> No
     s = pm.score([3, 4], [_series(4, 5), [(v[0],) for v in _series(4, 6)]], [_series(1, 7)[0], (2.7,)])
     # Key 3: (gap, constant, size): two dimensions share the budget; key 4: the gap alone.
     assert s.threshold == [pytest.approx(z_bound(0.999, 2)), pytest.approx(z_bound(0.999, 1))]
+
+
+def test_shared_load_level_is_learnt_from_all_series_and_saved(tmp_path) -> None:
+    # Two steps whose durations follow one drifting host load, and a bookkeeping series that does not.
+    rng = random.Random(6)
+    series: dict[tuple[int, int], list[tuple[float, ...]]] = {(1, 2): [], (2, 3): [], (3, 4): []}
+    times: dict[tuple[int, int], list[float]] = {k: [] for k in series}
+    load, t = 0.0, 0.0
+    for _ in range(1500):
+        t += 2.0
+        load = 0.995 * load + 0.03 * rng.gauss(0, 1)
+        k = rng.choice(list(series))
+        gap = 0.002 + 0.001 * rng.random() if k == (3, 4) else math.exp(load + 0.2 * rng.gauss(0, 1))
+        series[k].append((gap,))
+        times[k].append(t)
+    cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30)
+    pm, report = ParameterModel.fit(series, cfg, times)
+    assert pm.level_series == {(1, 2), (2, 3)}
+    assert "level_coef" in report.to_dict()["modelled"]["[1, 2]"]
+    again = ParameterModel.load(pm.save(tmp_path / "p.pt"))
+    assert again.level_series == pm.level_series
+    # A host three times busier: the level follows it from the other series' recent gaps.
+    state = SharedLevel()
+    busy = [((1, 2) if i % 2 else (2, 3), (3.0 * math.exp(0.2 * rng.gauss(0, 1)),)) for i in range(60)]
+    lv = again.levels([k for k, _ in busy], [v for _, v in busy], [t + i for i in range(60)], state)
+    assert lv[0] == 0.0 and 0.7 < lv[-1] < 1.5  # log 3 = 1.1
+    hist = [v for k, v in busy if k == (1, 2)][-4:]
+    s = again.score([(1, 2), (1, 2)], [hist, hist], [(3.0,), (15.0,)], [lv[-1], lv[-1]])
+    assert s.anomalous.tolist() == [False, True]
+    assert SharedLevel.from_list(state.to_list()).to_list() == state.to_list()
