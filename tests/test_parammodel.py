@@ -112,6 +112,14 @@ def test_confidence_is_per_vector_split_over_its_non_constant_dimensions() -> No
     assert z_bound(0.999, 1) == pytest.approx(NormalDist().inv_cdf(0.9995))  # 3.29: DeepLog's 99.9%
     assert z_bound(0.999, 2) == pytest.approx(NormalDist().inv_cdf(1 - 0.001 / 4))  # each dim 99.95%
     assert split_dims([True, False, False]) == 2 and split_dims([True]) == 1
+    from deeplog_siem.parammodel import effective_dims
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(400, 1, generator=g, dtype=torch.float64)
+    # A gap and a logged duration that are the same number count once; independent errors twice.
+    assert effective_dims(torch.cat([e, e, torch.zeros_like(e)], 1), [False, False, True]) == 1.0
+    indep = effective_dims(torch.randn(400, 2, generator=g, dtype=torch.float64), [False, False])
+    assert indep == pytest.approx(2.0)
     cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, confidence=0.999)
     pm, _ = ParameterModel.fit({3: _series(200), 4: [(v[0],) for v in _series(200, 1)]}, cfg)
     s = pm.score([3, 4], [_series(4, 5), [(v[0],) for v in _series(4, 6)]], [_series(1, 7)[0], (2.7,)])

@@ -214,6 +214,7 @@ class KeyParamModel:
     # Per dimension: judged (its held-out errors fit the Gaussian at the configured confidence), or not.
     judged: list[bool] = field(default_factory=list)
     level: LevelFit | None = None
+    split: float = 0.0  # effective number of dimensions sharing the confidence (0: every non-constant one)
 
 
 @dataclass
@@ -246,17 +247,33 @@ class ParamScores:
     threshold: list[float] = field(default_factory=list)
 
 
-def z_bound(confidence: float, dims: int) -> float:
+def z_bound(confidence: float, dims: float) -> float:
     """|z| bound per dimension of a vector with `dims` judged dimensions: the two-sided `confidence` holds
     for the whole vector, split evenly over its dimensions (Bonferroni): at 0.999 a one-dimensional
     vector is flagged beyond 3.29 standard deviations, each dimension of a three-dimensional one beyond 3.59."""
-    return NormalDist().inv_cdf(1 - (1 - confidence) / (2 * max(1, dims)))
+    return NormalDist().inv_cdf(1 - (1 - confidence) / (2 * max(1.0, dims)))
 
 
 def split_dims(constant: Sequence[bool]) -> int:
     """Dimensions that share a vector's error budget: a constant dimension (training std 0) alerts only on a
     change of its value, never on noise, so it takes no share."""
     return max(1, sum(not c for c in constant))
+
+
+def effective_dims(resid: torch.Tensor, constant: Sequence[bool]) -> float:
+    """The number of independent tests among a vector's non-constant dimensions, from the correlation of
+    their held-out errors [N, D] (Li and Ji 2005: sum over the correlation matrix's eigenvalues l of
+    [l >= 1] + (l - floor l)): two dimensions that always move together ("Took 1.02 seconds to deallocate
+    network" logged 1.02 s after the previous line) count once and keep the one-dimensional bound; two
+    independent ones count twice, as in the plain Bonferroni split."""
+    cols = [d for d, c in enumerate(constant) if not c]
+    if len(cols) < 2 or resid.shape[0] < 3:
+        return float(split_dims(constant))
+    r = torch.nan_to_num(torch.corrcoef(resid[:, cols].double().T), nan=0.0)
+    r.fill_diagonal_(1.0)
+    lam = torch.linalg.eigvalsh(r).abs()
+    m = float(((lam >= 1).double() + lam - lam.floor()).sum())
+    return min(float(len(cols)), max(1.0, m))
 
 
 def _windows(z: torch.Tensor, h: int) -> torch.Tensor:
@@ -319,6 +336,7 @@ class ParameterModel:
                 "err_std": [round(s, 4) for s in km.err_std],
                 "constant_dims": [i for i, c in enumerate(km.norm.constant) if c],
                 "not_judged_dims": [i for i, j in enumerate(km.judged) if not j],
+                "effective_dims": round(km.split, 3),
                 "dropped_other_lengths": len(series[key]) - len(kept),
             }
         if fitted:
@@ -371,13 +389,14 @@ class ParameterModel:
         # A dimension whose held-out errors leave the interval far more often than the Gaussian allows is
         # not Gaussian (HDFS block sizes: mostly 64 MB, a partial last block now and then, 5-6 std away):
         # judging it would flag normal values all the time, so it is reported and left out of the verdict.
-        z_thr = z_bound(cfg.confidence, split_dims(norm.constant))
+        split = effective_dims(resid, norm.constant)
+        z_thr = z_bound(cfg.confidence, split)
         outside = (((resid - err_mean) / err_std).abs() > z_thr).sum(0)  # [D]
         p_out = 2 * (1 - NormalDist().cdf(z_thr))  # per dimension
         allowed = max(MAX_HELDOUT_OUTSIDE, EXCESS_FACTOR * p_out * resid.shape[0])
         judged = [bool(o <= allowed) for o in outside.tolist()]
         km = KeyParamModel(
-            key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train, judged
+            key, model, norm, err_mean.tolist(), err_std.tolist(), n_train, n - n_train, judged, split=split
         )
         return km, z, pred_all
 
@@ -493,7 +512,7 @@ class ParameterModel:
             dev = km.model.head.weight.device
             pred, _ = km.model(hist.to(dev))  # one forward per key group: [n_k, D]
             pred = pred.cpu()
-            z_thr = z_bound(self.cfg.confidence, split_dims(km.norm.constant))
+            z_thr = z_bound(self.cfg.confidence, km.split or split_dims(km.norm.constant))
             mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
             if levels is not None and km.level is not None:
                 # The gap from the shared level and the history's prediction, with its own error Gaussian.
@@ -562,6 +581,7 @@ class ParameterModel:
                     "n_train": km.n_train,
                     "n_heldout": km.n_heldout,
                     "level": dataclasses.asdict(km.level) if km.level is not None else None,
+                    "split": km.split,
                 }
                 for k, km in self.models.items()
             },
@@ -617,6 +637,7 @@ class ParameterModel:
                     entry["n_heldout"],
                     entry["judged"],
                     LevelFit(**entry["level"]) if entry.get("level") else None,
+                    float(entry.get("split", 0.0)),
                 )
         except (KeyError, TypeError, RuntimeError, ValueError) as e:
             raise ArtifactError(f"{p}: parameter model does not match its arguments: {e}") from None
