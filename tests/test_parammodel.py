@@ -118,13 +118,15 @@ def test_confidence_is_per_vector_split_over_its_non_constant_dimensions() -> No
     e = torch.randn(400, 1, generator=g, dtype=torch.float64)
     # A gap and a logged duration that are the same number count once; independent errors twice.
     assert effective_dims(torch.cat([e, e, torch.zeros_like(e)], 1), [False, False, True]) == 1.0
+    near = torch.cat([e, e + 0.1 * torch.randn(400, 1, generator=g, dtype=torch.float64)], 1)
+    assert effective_dims(near, [False, False]) < 1.05
     indep = effective_dims(torch.randn(400, 2, generator=g, dtype=torch.float64), [False, False])
-    assert indep == pytest.approx(2.0)
+    assert indep == pytest.approx(2.0, abs=0.02)
     cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, confidence=0.999)
     pm, _ = ParameterModel.fit({3: _series(200), 4: [(v[0],) for v in _series(200, 1)]}, cfg)
     s = pm.score([3, 4], [_series(4, 5), [(v[0],) for v in _series(4, 6)]], [_series(1, 7)[0], (2.7,)])
     # Key 3: (gap, constant, size): two dimensions share the budget; key 4: the gap alone.
-    assert s.threshold == [pytest.approx(z_bound(0.999, 2)), pytest.approx(z_bound(0.999, 1))]
+    assert s.threshold == [pytest.approx(z_bound(0.999, 2), abs=0.01), pytest.approx(z_bound(0.999, 1))]
 
 
 def test_shared_load_level_is_learnt_from_all_series_and_saved(tmp_path) -> None:
