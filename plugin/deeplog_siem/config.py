@@ -278,7 +278,7 @@ class ParamsConfig:
     # Two-sided confidence per parameter vector (one event), split evenly over the vector's non-constant
     # dimensions (Bonferroni). Not the 0.999: an alert is judged per task (about 8 events, 5-7 of
     # them with a Gaussian time gap or duration); measured on generated OpenStack logs (BENCHMARKS.md),
-    # 0.999 per vector flagged 0.43-0.75% of normal tasks (target 0.5%), 0.9998 at most 0.19%.
+    # 0.999 per vector flagged 0.49-0.88% of normal tasks on seeds 0-4 (target 0.5%), 0.9998 0.04-0.50%.
     confidence: float = 0.9998
     min_observations: int = 50  # fewer vectors than this: the key is not modelled (reported)
     min_error_std: float = 0.01  # floor of the error std, in normalised units
