@@ -14,9 +14,10 @@ Contract:
   step's length), then centred and scaled; a constant dimension gets scale 1 (no division by zero). The
   first `1 - heldout_fraction` of the series trains the regressor (normal data only); its residuals on the
   held-out rest give a per-key, per-dimension Gaussian (mean, std) of the error. `confidence` is per vector
-  (one event): split evenly over the vector's non-constant dimensions (Bonferroni, `z_bound`), a vector is
-  anomalous when a dimension's error is outside its share of that two-sided interval (default 0.9995:
-  |z| > 3.48 for a time gap alone, 3.66 per dimension for two); the std is floored at `min_error_std` so a
+  (one event): split evenly over the vector's effective number of non-constant dimensions (Bonferroni,
+  `z_bound`; `effective_dims` from the held-out errors' correlation), a vector is anomalous when a
+  dimension's error is outside its share of that two-sided interval (default 0.9998: |z| > 3.72 for a time
+  gap alone, 3.89 per dimension for two independent ones); the std is floored at `min_error_std` so a
   constant dimension (which takes no share: it can only change, not vary) does not flag rounding noise.
   A dimension whose held-out errors fall outside that interval far more often than the Gaussian allows
   (a bimodal size) is not judged (`judged`, reported): it would alert on normal values all the time.
