@@ -11,6 +11,7 @@ import torch
 from deeplog_siem.config import ParamsConfig
 from deeplog_siem.errors import ArtifactError
 from deeplog_siem.parammodel import ParameterModel
+from deeplog_siem.sessions import SharedLevel
 
 CFG = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, heldout_fraction=0.25)
 
@@ -100,4 +101,59 @@ def test_transition_keys_roundtrip_and_a_level_beyond_training_is_followed(tmp_p
     s = pm.score([(11, 12), (11, 12), (3, 12)], [busy, busy, busy], [(3.1,), (15.0,), (3.1,)])
     assert s.anomalous.tolist() == [False, True, False]
     assert s.modelled.tolist() == [True, True, False]  # (3, 12): another transition, not modelled
-    assert 2.0 < s.predicted[0][0] < 4.5 and s.threshold > 3.0
+    assert 2.0 < s.predicted[0][0] < 4.5 and s.threshold[0] > 3.0
+
+
+def test_confidence_is_per_vector_split_over_its_non_constant_dimensions() -> None:
+    from statistics import NormalDist
+
+    from deeplog_siem.parammodel import split_dims, z_bound
+
+    assert z_bound(0.999, 1) == pytest.approx(NormalDist().inv_cdf(0.9995))  # 3.29: DeepLog's 99.9%
+    assert z_bound(0.999, 2) == pytest.approx(NormalDist().inv_cdf(1 - 0.001 / 4))  # each dim 99.95%
+    assert split_dims([True, False, False]) == 2 and split_dims([True]) == 1
+    from deeplog_siem.parammodel import effective_dims
+
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(400, 1, generator=g, dtype=torch.float64)
+    # A gap and a logged duration that are the same number count once; independent errors twice.
+    assert effective_dims(torch.cat([e, e, torch.zeros_like(e)], 1), [False, False, True]) == 1.0
+    near = torch.cat([e, e + 0.1 * torch.randn(400, 1, generator=g, dtype=torch.float64)], 1)
+    assert effective_dims(near, [False, False]) < 1.05
+    indep = effective_dims(torch.randn(400, 2, generator=g, dtype=torch.float64), [False, False])
+    assert indep == pytest.approx(2.0, abs=0.02)
+    cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30, confidence=0.999)
+    pm, _ = ParameterModel.fit({3: _series(200), 4: [(v[0],) for v in _series(200, 1)]}, cfg)
+    s = pm.score([3, 4], [_series(4, 5), [(v[0],) for v in _series(4, 6)]], [_series(1, 7)[0], (2.7,)])
+    # Key 3: (gap, constant, size): two dimensions share the budget; key 4: the gap alone.
+    assert s.threshold == [pytest.approx(z_bound(0.999, 2), abs=0.01), pytest.approx(z_bound(0.999, 1))]
+
+
+def test_shared_load_level_is_learnt_from_all_series_and_saved(tmp_path) -> None:
+    # Two steps whose durations follow one drifting host load, and a bookkeeping series that does not.
+    rng = random.Random(6)
+    series: dict[tuple[int, int], list[tuple[float, ...]]] = {(1, 2): [], (2, 3): [], (3, 4): []}
+    times: dict[tuple[int, int], list[float]] = {k: [] for k in series}
+    load, t = 0.0, 0.0
+    for _ in range(1500):
+        t += 2.0
+        load = 0.995 * load + 0.03 * rng.gauss(0, 1)
+        k = rng.choice(list(series))
+        gap = 0.002 + 0.001 * rng.random() if k == (3, 4) else math.exp(load + 0.2 * rng.gauss(0, 1))
+        series[k].append((gap,))
+        times[k].append(t)
+    cfg = ParamsConfig(window=4, hidden=8, epochs=3, min_observations=30)
+    pm, report = ParameterModel.fit(series, cfg, times)
+    assert pm.level_series == {(1, 2), (2, 3)}
+    assert "level_coef" in report.to_dict()["modelled"]["[1, 2]"]
+    again = ParameterModel.load(pm.save(tmp_path / "p.pt"))
+    assert again.level_series == pm.level_series
+    # A host three times busier: the level follows it from the other series' recent gaps.
+    state = SharedLevel()
+    busy = [((1, 2) if i % 2 else (2, 3), (3.0 * math.exp(0.2 * rng.gauss(0, 1)),)) for i in range(60)]
+    lv = again.levels([k for k, _ in busy], [v for _, v in busy], [t + i for i in range(60)], state)
+    assert lv[0] == 0.0 and 0.7 < lv[-1] < 1.5  # log 3 = 1.1
+    hist = [v for k, v in busy if k == (1, 2)][-4:]
+    s = again.score([(1, 2), (1, 2)], [hist, hist], [(3.0,), (15.0,)], [lv[-1], lv[-1]])
+    assert s.anomalous.tolist() == [False, True]
+    assert SharedLevel.from_list(state.to_list()).to_list() == state.to_list()

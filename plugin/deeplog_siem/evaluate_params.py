@@ -6,7 +6,8 @@ Contract: `run(seed, ...) -> dict` (the figures behind `deeplog-siem evaluate-pa
 2. The real pipeline stages: `Templater` (format `openstack`, learning on the training lines, match-only on
    the test lines), sessions by instance id (`SessionTracker`: vectors = time gap + numbers), the log-key
    model (`train_key_model` with the configuration defaults: h=10, 2x64, early stopping; `KeyDetector`)
-   and the parameter model (`ParameterModel`, one series per (previous key, key)), both trained on the
+   and the parameter model (`ParameterModel`, one series per (previous key, key), with the shared load
+   level from the event times), both trained on the
    normal training data only. The key model's g and probability floor come from 20% of the normal
    training sessions held out from its training (`choose_key_thresholds`), never from the test data.
 3. Test: every event is scored by the key model (plus each session's end); only events the key model
@@ -62,7 +63,7 @@ def _events(tpl: Templater, w: Workload, learn: bool, window: int) -> dict[str, 
     rx = re.compile(OPENSTACK_SESSION_REGEX)
     parsed = tpl.parse_many(w.lines, learn=learn)
     tracker = SessionTracker(window, 1e9, 10**7, 1e10)
-    keys, prevs, vectors, sessions, lines = [], [], [], [], []
+    keys, prevs, vectors, sessions, lines, times = [], [], [], [], [], []
     per_session: dict[str, list[int]] = {}
     for i, (line, ev) in enumerate(zip(w.lines, parsed, strict=True)):
         if ev is None:
@@ -78,6 +79,7 @@ def _events(tpl: Templater, w: Workload, learn: bool, window: int) -> dict[str, 
         vectors.append(obs.vector)
         sessions.append(sid)
         lines.append(i)
+        times.append(ts)
     return {
         "keys": keys,
         "series": list(zip(prevs, keys, strict=True)),
@@ -85,6 +87,7 @@ def _events(tpl: Templater, w: Workload, learn: bool, window: int) -> dict[str, 
         "sessions": sessions,
         "lines": lines,
         "per_session": per_session,
+        "times": times,
     }
 
 
@@ -128,9 +131,11 @@ def run(
 
     # Parameter model on the normal events, one series per key in time order.
     series: dict[int, list[tuple[float, ...]]] = {}
-    for k, v in zip(tr["series"], tr["vectors"], strict=True):
+    series_times: dict[int, list[float]] = {}
+    for k, v, t in zip(tr["series"], tr["vectors"], tr["times"], strict=True):
         series.setdefault(k, []).append(v)
-    pm, p_report = ParameterModel.fit(series, pcfg)
+        series_times.setdefault(k, []).append(t)
+    pm, p_report = ParameterModel.fit(series, pcfg, series_times)
     say(
         f"parameter model: {len(pm.models)} (previous key, key) series modelled, not modelled: {p_report.to_dict()['not_modelled']} ({p_report.seconds:.1f}s)"
     )
@@ -155,7 +160,11 @@ def run(
             eos_flag.add(sids[s])
     # Parameter model on the accepted events only.
     accepted = [i for i in range(n_events) if not key_flag[i] and te["keys"][i] != UNK]
-    ps = pm.score_series([te["series"][i] for i in accepted], [te["vectors"][i] for i in accepted])
+    ps = pm.score_series(
+        [te["series"][i] for i in accepted],
+        [te["vectors"][i] for i in accepted],
+        [te["times"][i] for i in accepted],
+    )
     param_flag = torch.zeros(n_events, dtype=torch.bool)
     param_flag[torch.tensor(accepted, dtype=torch.long)] = ps.anomalous
     score_s = time.perf_counter() - t_score
@@ -249,6 +258,7 @@ def run(
         "path_missed": dict(missed.most_common()),
         "path_by_kind": {k: {"found": v[0], "total": v[1]} for k, v in path.items()},
         "param_keys_modelled": len(pm.models),
+        "param_level_series": len(pm.level_series),
         "param_keys_not_modelled": p_report.to_dict()["not_modelled"],
         "param_skipped_events": dict(pm.skipped),
         "confidence": pcfg.confidence,

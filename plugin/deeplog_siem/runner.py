@@ -255,6 +255,7 @@ def train(
         # session's last event time. A key id stays while Drain generalises its template, but its number of
         # numeric parameters may change then: the fit keeps each series' dominant vector length.
         series: dict[tuple[int, int], list[tuple[float, ...]]] = defaultdict(list)
+        series_times: dict[tuple[int, int], list[float]] = defaultdict(list)  # for the shared load level
         last_seen: dict[str, tuple[int, float]] = {}
         with_params = config.params.enabled
         progress(f"reading training logs from {src_cfg.index} ...")
@@ -271,6 +272,7 @@ def train(
                     prev = last_seen.get(sid)
                     gap = 0.0 if prev is None else max(0.0, ts - prev[1])
                     series[(PAD if prev is None else prev[0], ev.key)].append((gap, *ev.numbers))
+                    series_times[(PAD if prev is None else prev[0], ev.key)].append(ts)
                     last_seen[sid] = (ev.key, ts if prev is None else max(ts, prev[1]))
             if summary.docs_read % 20000 < len(page):
                 progress(
@@ -313,7 +315,7 @@ def train(
         if with_params:
             progress(f"training the parameter model on {len(series)} (previous key, key) series ...")
             use_threads(config.model.threads)
-            pm, p_report = ParameterModel.fit(series, config.params)
+            pm, p_report = ParameterModel.fit(series, config.params, series_times)
             pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
             report = report.to_dict() | {"params": p_report.to_dict()}
         else:
@@ -723,7 +725,9 @@ def _score_params(
     series = [series_key(observed[j], rows[j][2].key) for j in accepted]
     vectors = [observed[j].vector for j in accepted]
     histories = tracker.param_history.take(series, vectors)
-    ps = det.params.score(series, histories, vectors)
+    # The shared load level continues across runs with the session tails, like the series' histories.
+    levels = det.params.levels(series, vectors, [rows[j][3] for j in accepted], tracker.param_level)
+    ps = det.params.score(series, histories, vectors, levels)
     found = []
     for n in ps.anomalous.nonzero().flatten().tolist():
         if float(ps.error[n]) <= ps.threshold * det.param_scales.get(series[n], 1.0):
@@ -761,7 +765,7 @@ def _score_params(
                 low=ps.low[n],
                 high=ps.high[n],
                 error=float(ps.error[n]),
-                threshold=ps.threshold,
+                threshold=ps.threshold[n],
                 vocab=det.vocab,
                 model_version=det.version,
                 run_id=summary.run_id,

@@ -19,6 +19,8 @@ Contract:
   the tails: per parameter series (the (previous key, key) transition of a session: `series_key(observed,
   key)`), the last `depth` vectors the job scored, across all sessions. `take(series, vectors)` returns each
   event's history (the vectors before it, including earlier ones of the same batch) and appends the event.
+  `SessionTracker.param_level` (`SharedLevel`): the state of the parameter model's shared load level, saved
+  with them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ from .errors import ArtifactError, ConfigError
 from .source import get_field
 from .vocab import EOS, PAD
 
-__all__ = ["EOS", "Observed", "ParamHistory", "SessionKeyer", "SessionTail", "SessionTracker", "series_key"]
+__all__ = [
+    "EOS",
+    "Observed",
+    "ParamHistory",
+    "SessionKeyer",
+    "SessionTail",
+    "SessionTracker",
+    "SharedLevel",
+    "series_key",
+]
 
 
 class SessionKeyer:
@@ -207,6 +218,24 @@ class ParamHistory:
         return h
 
 
+class SharedLevel:
+    """Running state of the parameter model's shared load level (`ParameterModel.levels`): an exponentially
+    time-weighted sum and weight of recent log deviations of time gaps (JSON-safe via to_list/from_list)."""
+
+    def __init__(self, num: float = 0.0, den: float = 0.0, last_t: float | None = None) -> None:
+        self.num, self.den, self.last_t = num, den, last_t
+
+    def to_list(self) -> list[float | None]:
+        return [self.num, self.den, self.last_t]
+
+    @classmethod
+    def from_list(cls, data: Any) -> SharedLevel:
+        if not data:
+            return cls()
+        num, den, last_t = data
+        return cls(float(num), float(den), None if last_t is None else float(last_t))
+
+
 class SessionTracker:
     def __init__(
         self,
@@ -232,6 +261,7 @@ class SessionTracker:
         self._tails: dict[str, SessionTail] = {}
         self.stats: Counter[str] = Counter()
         self.param_history = ParamHistory(param_depth)
+        self.param_level = SharedLevel()
 
     def __len__(self) -> int:
         return len(self._tails)
@@ -325,6 +355,7 @@ class SessionTracker:
             "window": self.window,
             "sessions": {sid: t.to_list() for sid, t in self._tails.items()},
             "params": self.param_history.to_list(),
+            "param_level": self.param_level.to_list(),
         }
 
     @classmethod
@@ -356,6 +387,7 @@ class SessionTracker:
                 tails[str(sid)] = t
             # Absent in state saved before the parameter model ran in the job: start empty.
             tr.param_history = ParamHistory.from_list(data.get("params", []), param_depth)
+            tr.param_level = SharedLevel.from_list(data.get("param_level"))
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise ArtifactError(f"session state: malformed ({type(e).__name__}: {e})") from None
         # Keep the most recently updated ones if the bound shrank.
