@@ -730,7 +730,7 @@ def _score_params(
     ps = det.params.score(series, histories, vectors, levels)
     found = []
     for n in ps.anomalous.nonzero().flatten().tolist():
-        if float(ps.error[n]) <= ps.threshold * det.param_scales.get(series[n], 1.0):
+        if float(ps.error[n]) <= ps.threshold[n] * det.param_scales.get(series[n], 1.0):
             continue  # a value responders marked as normal for this series (feedback widened its bound)
         j = accepted[n]
         doc, sid, ev, ts = rows[j]
