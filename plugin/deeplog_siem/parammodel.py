@@ -504,11 +504,15 @@ class ParameterModel:
             if not ok:
                 continue
             # Left-padded with NaN, normalised in one call, then the padding set to 0 (the training mean).
-            nan_row = [math.nan] * d
-            raw = [
-                [nan_row] * (h - len(p)) + [list(x) for x in p] for p in (list(histories[i])[-h:] for i in ok)
-            ]
-            hist = km.norm.forward(torch.tensor(raw, dtype=torch.float64).view(-1, d)).view(-1, h, d)
+            # Built flat: one list of floats and one tensor call, not a nested list per event (the hot spot of
+            # the job's detect stage when every event has a history).
+            flat: list[float] = []
+            for i in ok:
+                p = list(histories[i])[-h:]
+                flat.extend([math.nan] * (d * (h - len(p))))
+                for x in p:
+                    flat.extend(x)
+            hist = km.norm.forward(torch.tensor(flat, dtype=torch.float64).view(-1, d)).view(-1, h, d)
             hist = torch.nan_to_num(hist, nan=0.0)  # [n_k, h, D]
             obs = torch.tensor([vectors[i] for i in ok], dtype=torch.float64)
             zobs = km.norm.forward(obs)
@@ -532,14 +536,14 @@ class ParameterModel:
             modelled[idx] = True
             anomalous[idx] = out.any(1)
             error[idx] = zs.abs().max(1).values
-            raw_pred = km.norm.inverse(pred + mu)
-            raw_lo = km.norm.inverse(pred + mu - z_thr * sd)
-            raw_hi = km.norm.inverse(pred + mu + z_thr * sd)
+            raw_pred = km.norm.inverse(pred + mu).tolist()
+            raw_lo = km.norm.inverse(pred + mu - z_thr * sd).tolist()
+            raw_hi = km.norm.inverse(pred + mu + z_thr * sd).tolist()
+            hit = out.any(1).tolist()
             for j, i in enumerate(ok):
-                dims[i] = out[j].nonzero().flatten().tolist()
-                predicted[i] = raw_pred[j].tolist()
-                low[i] = raw_lo[j].tolist()
-                high[i] = raw_hi[j].tolist()
+                if hit[j]:  # the deviating dimensions are only read for anomalies
+                    dims[i] = out[j].nonzero().flatten().tolist()
+                predicted[i], low[i], high[i] = raw_pred[j], raw_lo[j], raw_hi[j]
                 bounds[i] = z_thr
         return ParamScores(modelled, anomalous, error, dims, observed, predicted, low, high, bounds)
 
