@@ -200,12 +200,15 @@ def test_model_threads_caps_torch_threads() -> None:
     import torch
 
     from deeplog_siem.config import ModelConfig
-    from deeplog_siem.model import train_key_model
+    from deeplog_siem.model import _DEFAULT_THREADS, train_key_model
 
     before = torch.get_num_threads()
     try:
         cfg = dataclasses.replace(ModelConfig(), threads=1, epochs=1, hidden=8, embedding=4, layers=1)
         train_key_model([[3, 4, 5, 3, 4, 5]] * 20, 6, cfg)
         assert torch.get_num_threads() == 1
+        # 0 restores torch's own choice: the daemon detects (one thread) and retrains in one process.
+        train_key_model([[3, 4, 5, 3, 4, 5]] * 20, 6, dataclasses.replace(cfg, threads=0))
+        assert torch.get_num_threads() == _DEFAULT_THREADS
     finally:
         torch.set_num_threads(before)

@@ -224,8 +224,9 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dir: str = "models"
     cache_size: int = 100000
-    # CPU threads for torch (0 = torch's default, one per core). On a host whose cores other services use,
-    # 1 avoids OpenMP threads spinning against each other, which slowed training up to 100x here.
+    # CPU threads for torch (0 = auto: torch's default, one per core, for training; one for detection). On a
+    # host whose cores other services use, 1 avoids OpenMP threads spinning against each other, which slowed
+    # training up to 100x here.
     threads: int = 0
     # Accept the first occurrence of a step its workflow runs concurrently with one already in the window
     # (workflow.concurrency_mask): the order of concurrent steps is not an anomaly.

@@ -188,10 +188,14 @@ def unique_rows(sessions: Sequence[Sequence[int]], h: int) -> tuple[torch.Tensor
     return keys, targets, counts
 
 
+# torch's own choice at import (one per core), so 0 can restore it after a detection run set 1 (the
+# setting is process-wide and the daemon trains and detects in one process).
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def use_threads(n: int) -> None:
-    """Cap torch's CPU threads for this process (`model.threads`; 0 keeps torch's default)."""
-    if n > 0:
-        torch.set_num_threads(n)
+    """Set torch's CPU threads for this process (`model.threads`; 0 = torch's default)."""
+    torch.set_num_threads(n if n > 0 else _DEFAULT_THREADS)
 
 
 def train_key_model(

@@ -471,7 +471,10 @@ class Detection:
     @classmethod
     def load(cls, config: Config) -> Detection:
         version, path = ModelStore(config.model.dir).current()
-        use_threads(config.model.threads)
+        # Scoring runs in small batches beside the reader and writer threads: with threads 0 (auto) it uses
+        # one torch thread, since OpenMP workers spinning between batches cost more CPU than they saved
+        # (BENCHMARKS.md, bench pipeline: the job's CPU 2.9 s -> 1.3 s for 20k documents).
+        use_threads(config.model.threads or 1)
         device = resolve_device(config.model.device)
         model, vocab, _meta = load_checkpoint(path / KEYMODEL)
         templater = Templater.load(path / TEMPLATER, config.templater)
