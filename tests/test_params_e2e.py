@@ -33,7 +33,8 @@ def _index(clients, index: str, lines: list[str], run: str) -> None:
     assert not resp["errors"]
 
 
-def test_slowed_step_becomes_a_parameter_anomaly(clients, make_config, prefix):
+def _trained(clients, make_config, prefix):
+    """Output indices with their strict mappings, 600 generated normal tasks indexed, a model trained on them."""
     cfg = make_config(
         # Time order (the lines carry their own times), ties by line number: gaps are computed in order.
         source={
@@ -48,7 +49,11 @@ def test_slowed_step_becomes_a_parameter_anomaly(clients, make_config, prefix):
     )
     create_indices(clients, cfg)
     _index(clients, f"{prefix}-train", generate_workload(600, seed=3).lines, "train")
-    t = train(cfg, clients, index=f"{prefix}-train")
+    return cfg, train(cfg, clients, index=f"{prefix}-train")
+
+
+def test_slowed_step_becomes_a_parameter_anomaly(clients, make_config, prefix):
+    cfg, t = _trained(clients, make_config, prefix)
     assert t.report["params"]["modelled"]
     _, path = ModelStore(cfg.model.dir).current()
     assert ParameterModel.load(path / PARAMMODEL).models  # saved with the model version
@@ -94,20 +99,8 @@ def test_parameter_false_positive_widens_only_its_series(clients, make_config, p
     from deeplog_siem.feedback import FALSE_POSITIVE, apply_feedback, describe_versions, mark
     from deeplog_siem.paramfeedback import load as load_scales
 
-    cfg = make_config(
-        source={
-            "session_regex": OPENSTACK_SESSION_REGEX,
-            "checkpoint_field": "@timestamp",
-            "tiebreaker_field": "event.sequence",
-            "overlap_seconds": 0,
-        },
-        templater={"format": "openstack", "similarity_threshold": 0.9},
-        model={"epochs": 8, "threads": 1},
-        params={"epochs": 3, "min_observations": 30},
-    )
-    create_indices(clients, cfg)
-    _index(clients, f"{prefix}-train", generate_workload(600, seed=3).lines, "train")
-    version = train(cfg, clients, index=f"{prefix}-train").version
+    cfg, t = _trained(clients, make_config, prefix)
+    version = t.version
     _index(
         clients,
         cfg.source.index,

@@ -447,11 +447,7 @@ def cmd_feedback_apply(args: argparse.Namespace) -> int:
         summary = apply_feedback(cfg, clients)
     finally:
         clients.close()
-    if args.json:
-        print_json(summary.document(cfg.output.runs_index)["deeplog"]["run"])
-    else:
-        print(summary.line())
-    return 0 if summary.status == "ok" else 1
+    return _report_run(summary, cfg, args.json)
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
@@ -620,6 +616,15 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_run(summary: Any, cfg: Config, as_json: bool) -> int:
+    """A finished run on stdout (its run document with --json, else its summary line); exit 1 unless ok."""
+    if as_json:
+        print_json(summary.document(cfg.output.runs_index)["deeplog"]["run"])
+    else:
+        print(summary.line())
+    return 0 if summary.status == "ok" else 1
+
+
 def _connect(cfg: Config):
     from .es import connect
 
@@ -690,11 +695,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         )
     finally:
         clients.close()
-    if args.json:
-        print_json(summary.document(cfg.output.runs_index)["deeplog"]["run"])
-    else:
-        print(summary.line())
-    return 0 if summary.status == "ok" else 1
+    return _report_run(summary, cfg, args.json)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

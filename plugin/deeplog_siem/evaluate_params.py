@@ -29,20 +29,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import torch
 
 from .config import ModelConfig, ParamsConfig, TemplaterConfig
 from .detector import KeyDetector, build_windows
-from .formats import OPENSTACK_SESSION_REGEX
 from .model import train_key_model
 from .parammodel import ParameterModel
 from .sessions import SessionTracker
 from .templater import Templater
 from .vocab import PAD, UNK
-from .workload import Workload, generate_workload
+from .workload import Workload, generate_workload, templated_events
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +56,10 @@ FLOOR_SHARE = 0.1
 
 def _events(tpl: Templater, w: Workload, learn: bool, window: int) -> dict[str, Any]:
     """Parse, sessionise and vectorise a workload's lines (in time order)."""
-    import re
-
-    rx = re.compile(OPENSTACK_SESSION_REGEX)
-    parsed = tpl.parse_many(w.lines, learn=learn)
     tracker = SessionTracker(window, 1e9, 10**7, 1e10)
     keys, prevs, vectors, sessions, lines, times = [], [], [], [], [], []
     per_session: dict[str, list[int]] = {}
-    for i, (line, ev) in enumerate(zip(w.lines, parsed, strict=True)):
-        if ev is None:
-            continue
-        m = rx.search(line)
-        hdr = tpl.header_fields(line)
-        ts = datetime.fromisoformat(f"{hdr['date']} {hdr['time']}").timestamp()
-        sid = m.group(1) if m else "-"
+    for i, sid, ev, ts in templated_events(tpl, w.lines, learn):
         obs = tracker.observe(sid, ev.key, ev.numbers, ts, wall=0.0)
         per_session.setdefault(sid, []).append(len(keys))
         keys.append(ev.key)

@@ -20,19 +20,17 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import torch
 
 from .config import ModelConfig, TemplaterConfig
 from .evaluate_params import SIMILARITY
-from .formats import OPENSTACK_SESSION_REGEX
 from .model import train_key_model
 from .templater import Templater
 from .workflow import END, START, WorkflowModel
 from .workflow_mining import MiningParams, mine_workflows, model_predictor
-from .workload import generate_workload
+from .workload import generate_workload, templated_events
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +51,10 @@ def run(
     # path_rate > 0: training data contaminated with path anomalies (missing, repeated, foreign steps).
     w = generate_workload(n_tasks, seed, path_rate=path_rate)
     tpl = Templater(TemplaterConfig(format="openstack", similarity_threshold=SIMILARITY))
-    parsed = tpl.parse_many(w.lines, learn=True)
-    rx = re.compile(OPENSTACK_SESSION_REGEX)
     line_key: dict[int, int] = {}
     per_session: dict[str, tuple[list[int], list[float]]] = {}
-    for i, (line, ev) in enumerate(zip(w.lines, parsed, strict=True)):
-        if ev is None:
-            continue
-        m = rx.search(line)
-        hdr = tpl.header_fields(line)
-        ts = datetime.fromisoformat(f"{hdr['date']} {hdr['time']}").timestamp()
-        keys, times = per_session.setdefault(m.group(1) if m else "-", ([], []))
+    for i, sid, ev, ts in templated_events(tpl, w.lines, learn=True):
+        keys, times = per_session.setdefault(sid, ([], []))
         keys.append(ev.key)
         times.append(ts)
         line_key[i] = ev.key

@@ -400,7 +400,9 @@ class _Fp:
 class _PFp:
     hit: dict[str, Any]
     series: tuple[int, int]
-    scale: float  # the threshold scale that accepts this vector (its error / the threshold, plus a margin)
+    # The factor on the bound in effect when it was detected (its error / that threshold, plus a margin); that
+    # bound may already have been widened by earlier feedback (see `_widen`).
+    scale: float
 
 
 # A widened threshold sits this much above the marked error, so the same value is not flagged again.
@@ -440,8 +442,14 @@ def _widen(
     version, path = store.current()
     model, vocab, header = load_checkpoint(path / KEYMODEL)
     scales = paramfeedback.load(path)
+    then: dict[str, dict[tuple[int, int], float]] = {}  # model version -> its scales, read once
     for f in pfps:
-        scales[f.series] = max(scales.get(f.series, 1.0), f.scale)
+        # The document's threshold is that version's (possibly widened) bound: scale from the base bound.
+        v = str(f.hit["_source"].get("deeplog", {}).get("model_version") or "")
+        if v not in then:
+            then[v] = paramfeedback.load(store.dir / v) if v and (store.dir / v).is_dir() else {}
+        need = then[v].get(f.series, 1.0) * f.scale
+        scales[f.series] = max(scales.get(f.series, 1.0), need)
     meta = header["meta"]
     parent_lineage = lineage_of(meta) or {}
     lineage = {
@@ -465,19 +473,30 @@ def _widen(
         version,
         len({f.series for f in pfps}),
     )
+    return _published(new_version, [f.hit for f in pfps], summary, now, after_publish)
+
+
+def _published(
+    new_version: str,
+    hits: Sequence[dict[str, Any]],
+    summary: RunSummary,
+    now: str,
+    after_publish: Callable[[str], None] | None,
+) -> list[dict[str, Any]]:
+    """After a version is published: the crash hook, the summary, then the documents' `applied` updates."""
     if after_publish is not None:
         after_publish(new_version)
     summary.model_version = new_version
-    summary.feedback[APPLIED] += len(pfps)
+    summary.feedback[APPLIED] += len(hits)
     return [
         _update(
-            f.hit,
+            h,
             feedback_status=APPLIED,
             feedback_applied_at=now,
             feedback_model_version=new_version,
             feedback_error=None,
         )
-        for f in pfps
+        for h in hits
     ]
 
 
@@ -661,20 +680,7 @@ def _learn(
         100 * before,
         100 * after,
     )
-    if after_publish is not None:
-        after_publish(new_version)
-    summary.model_version = new_version
-    fbc[APPLIED] += len(fps)
-    return [
-        _update(
-            f.hit,
-            feedback_status=APPLIED,
-            feedback_applied_at=now,
-            feedback_model_version=new_version,
-            feedback_error=None,
-        )
-        for f in fps
-    ]
+    return _published(new_version, [f.hit for f in fps], summary, now, after_publish)
 
 
 # ------------------------------------------------------------------------------------------ model versions

@@ -291,6 +291,9 @@ class ParameterModel:
         self.cfg = cfg
         self.models = models or {}
         self.skipped: dict[str, int] = {"not_modelled": 0, "dim_mismatch": 0}
+        # Per-series widening of the error bound learnt from responders' false positives (paramfeedback):
+        # the bound of series k is scale x the confidence's bound, so scores, intervals and dims agree.
+        self.threshold_scales: dict[SeriesKey, float] = {}
         # Series whose time gap follows the shared load level (they also feed it).
         self.level_series: set[SeriesKey] = {k for k, km in self.models.items() if km.level is not None}
 
@@ -520,6 +523,7 @@ class ParameterModel:
             pred, _ = km.model(hist.to(dev))  # one forward per key group: [n_k, D]
             pred = pred.cpu()
             z_thr = z_bound(self.cfg.confidence, km.split or split_dims(km.norm.constant))
+            z_thr *= self.threshold_scales.get(k, 1.0)
             mu, sd = torch.tensor(km.err_mean), torch.tensor(km.err_std)
             if levels is not None and km.level is not None:
                 # The gap from the shared level and the history's prediction, with its own error Gaussian.

@@ -463,8 +463,6 @@ class Detection:
     top_g: int
     workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
     params: ParameterModel | None = None  # None: params.enabled is off, or the version has no parameter model
-    # Series whose threshold responders' feedback widened (paramfeedback): bound = scale x params threshold.
-    param_scales: dict[tuple[int, int], float] = field(default_factory=dict)
     # key -> keys its workflow runs concurrently with (model.concurrency; empty without workflows)
     partners: dict[int, frozenset[int]] = field(default_factory=dict)
 
@@ -494,13 +492,14 @@ class Detection:
         if config.params.enabled:
             if (path / PARAMMODEL).is_file():
                 params = ParameterModel.load(path / PARAMMODEL, device=device)
+                # Thresholds responders' feedback widened (a file of the version, beside the model).
+                params.threshold_scales = paramfeedback.load(path)
             else:
                 log.warning(
                     "model version %s has no parameter model (trained with params.enabled off, or before it "
                     "existed): parameter anomalies are off until the next `deeplog-siem train`",
                     version,
                 )
-        scales = paramfeedback.load(path) if params is not None else {}
         return cls(
             version,
             templater,
@@ -510,7 +509,6 @@ class Detection:
             config.model.top_g,
             workflows,
             params,
-            scales,
             concurrent_partners(workflows) if config.model.concurrency else {},
         )
 
@@ -733,12 +731,9 @@ def _score_params(
     ps = det.params.score(series, histories, vectors, levels)
     found = []
     for n in ps.anomalous.nonzero().flatten().tolist():
-        if float(ps.error[n]) <= ps.threshold[n] * det.param_scales.get(series[n], 1.0):
-            continue  # a value responders marked as normal for this series (feedback widened its bound)
         j = accepted[n]
         doc, sid, ev, ts = rows[j]
         o = observed[j]
-        msg = doc.get(src.message_field)
         # Which step was slow against its usual gap in the session's workflow (or why no workflow applies).
         where = diagnose(
             det.workflows,
@@ -750,13 +745,7 @@ def _score_params(
         )
         found.append(
             parameter_anomaly(
-                event=EventRef(
-                    doc.index,
-                    doc.id,
-                    _iso(ts),
-                    msg if isinstance(msg, str) else "",
-                    doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
-                ),
+                event=_event_ref(src, doc, ts),
                 session_id=sid,
                 position=int(o.position),
                 window=o.history,
@@ -850,6 +839,19 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _event_ref(src: Any, doc: SourceDoc, ts: float | None) -> EventRef:
+    """The raw event an anomaly is about; the timestamp normalised to ISO (the source may hold epoch millis
+    or text the anomaly mapping would refuse), message and host only when they are strings."""
+    msg, host = doc.get(src.message_field), doc.get(src.host_field)
+    return EventRef(
+        doc.index,
+        doc.id,
+        _iso(ts) if ts is not None else doc.get(src.timestamp_field),
+        msg if isinstance(msg, str) else "",
+        host if isinstance(host, str) else None,
+    )
+
+
 def _anomaly(
     config,
     det,
@@ -873,17 +875,9 @@ def _anomaly(
         det.workflows, list(history), target, gap_s=gap_s, template_of=det.vocab.template
     ).fields()
     kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
-    msg = doc.get(src.message_field)
     return key_anomaly(
         anomaly_type=kind,
-        event=EventRef(
-            doc.index,
-            doc.id,
-            # Normalised: the source may hold epoch millis or ISO text the anomaly mapping would refuse.
-            _iso(ts) if ts is not None else doc.get(src.timestamp_field),
-            msg if isinstance(msg, str) else "",
-            doc.get(src.host_field) if isinstance(doc.get(src.host_field), str) else None,
-        ),
+        event=_event_ref(src, doc, ts),
         session_id=sid,
         position=int(position),
         window=windows.keys[i].tolist(),

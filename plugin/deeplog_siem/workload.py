@@ -411,3 +411,23 @@ def generate(
     """(log lines, labels of the injected anomalies); see `generate_workload` for the task graphs."""
     w = generate_workload(n_tasks, seed, anomaly_rate, slowdowns, path_rate)
     return w.lines, w.labels
+
+
+def templated_events(tpl: Any, lines: Sequence[str], learn: bool) -> list[tuple[int, str, Any, float]]:
+    """The generated lines through a templater (`templater.Templater`, `openstack` format): (line index,
+    session id, parsed event, epoch seconds) for every line it parsed, in line order; a line without an
+    instance id goes to session "-"."""
+    import re
+
+    from .formats import OPENSTACK_SESSION_REGEX
+
+    rx = re.compile(OPENSTACK_SESSION_REGEX)
+    out = []
+    for i, (line, ev) in enumerate(zip(lines, tpl.parse_many(lines, learn=learn), strict=True)):
+        if ev is None:
+            continue
+        m = rx.search(line)
+        hdr = tpl.header_fields(line)
+        ts = datetime.fromisoformat(f"{hdr['date']} {hdr['time']}").timestamp()
+        out.append((i, m.group(1) if m else "-", ev, ts))
+    return out
