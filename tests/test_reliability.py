@@ -3,6 +3,7 @@ query delay, a SIGKILL in the middle of a backlog, a server that stops answering
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -315,3 +316,4 @@ def test_frozen_server_fails_the_run_daemon_goes_on_and_catches_up(es_section, m
         c.close()
         server.stop()
     assert not daemon.is_alive()
+    assert gc.isenabled()  # failed runs turned the garbage collector back on (gcpause)

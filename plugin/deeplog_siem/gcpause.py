@@ -1,0 +1,46 @@
+"""gcpause: an allocation-heavy block of work -> the same work without the cyclic garbage collector's pauses.
+
+Contract: `with paused():` turns Python's cyclic garbage collector off for the block and back on when the
+last block that overlaps it ends (blocks nest and may run in several threads), and only if it was on before
+the first began. `collect()` reclaims the cycles made since the last collection; a long block calls it
+between bounded units of work (the job: after each chunk), so memory stays bounded.
+
+Why: the collector runs after every 700 net allocations, and a detection chunk keeps its documents alive
+until its checkpoint (tens of thousands of dicts): the older generations fill and every full collection
+walks all of them again. Measured on the job over 20,000 documents with its pages already read: 1.07 CPU s
+with the collector on, 0.57 s with it off (BENCHMARKS.md). Reference counting still frees every acyclic
+object at once, and the job's own structures hold no cycles.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_lock = threading.Lock()
+_depth = 0
+_was_enabled = False
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()
+
+
+def collect() -> int:
+    """Collect the young generations (what was allocated since the last collection, and its survivors)."""
+    return gc.collect(1)
