@@ -361,6 +361,7 @@ def sample_anomaly_document() -> dict[str, Any]:
                     "rank": 2,
                 },
             ],
+            "expected_keys": ["K5", "K22"],
             "expected_summary": "E5 (0.71), E22 (0.20)",
             "workflow": {
                 "name": "block write",
@@ -381,7 +382,15 @@ def sample_anomaly_document() -> dict[str, Any]:
 def sample_parameter_anomaly() -> dict[str, Any]:
     doc = sample_anomaly_document()
     doc["rule"] = {"name": "DeepLog parameter model", "id": "deeplog-parameter", "description": "x"}
-    for k in ("expected", "expected_summary", "workflow", "feedback", "feedback_by", "feedback_comment"):
+    for k in (
+        "expected",
+        "expected_keys",
+        "expected_summary",
+        "workflow",
+        "feedback",
+        "feedback_by",
+        "feedback_comment",
+    ):
         doc["deeplog"].pop(k)
     doc["deeplog"].pop("feedback_applied_at")
     doc["deeplog"].pop("feedback_model_version")
@@ -446,13 +455,16 @@ def test_documents_validate_against_the_strict_mappings(clients, make_config, pr
         "nodes": [{"id": "E5", "key_id": 5, "template": "Receiving block <*>", "count": 14000}],
         "edges": [{"source": "E22", "target": "E5", "count": 4855, "probability": 1.0}],
         "templates": ["Receiving block <*>"], "graph": {"free": ["form"]}}}})  # fmt: skip
-    # nested expected keys are searchable as pairs (key 22 at rank 2, not rank 1)
-    hits = clients.es.search(
-        index=anomalies,
-        query={"nested": {"path": "deeplog.expected", "query": {"bool": {"filter": [
-            {"term": {"deeplog.expected.key_id": 22}}, {"term": {"deeplog.expected.rank": 2}}]}}}},
-    )["hits"]["hits"]  # fmt: skip
+
+    # the expected keys are searchable through expected_keys; the candidates themselves are stored, not indexed
+    def search(query: dict[str, Any]) -> list[dict[str, Any]]:
+        return clients.es.search(index=anomalies, query=query)["hits"]["hits"]
+
+    hits = search({"term": {"deeplog.expected_keys": "K22"}})
     assert len(hits) == 1
+    assert hits[0]["_source"]["deeplog"]["expected"] == sample_anomaly_document()["deeplog"]["expected"]
+    assert not search({"term": {"deeplog.expected.key_id": 22}})
+    assert len(search({"term": {"deeplog.window.key_ids": 22}})) == 2
     mapping = clients.es.indices.get_mapping(index=runs)[runs]["mappings"]
     skipped = mapping["properties"]["deeplog"]["properties"]["run"]["properties"]["skipped"]["properties"]
     assert skipped["a_reason_added_later"]["type"] == "long"  # open-ended reasons become counts

@@ -140,7 +140,10 @@ def key_anomaly(
                 "key_ids": [int(k) for k in history],
                 "templates": [vocab.template(k) for k in history],
             },
+            # Stored for reading, not indexed (`enabled: false`: indexing 9 candidates x 4 values cost more than
+            # the rest of the document); `expected_keys` is the searchable form, most likely first.
             "expected": exp,
+            "expected_keys": [key_label(int(k), vocab) for k, _ in expected],
             "expected_summary": exp_summary,
             **({"workflow": workflow} if workflow is not None else {}),
         },
