@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -62,6 +64,9 @@ def test_replay_train_detect_end_to_end(clients, make_config, prefix, sample):
                 t.templates + 3
             )
             assert len(d["expected"]) == cfg.model.top_g
+            assert d["expected_keys"] == [
+                f"K{e['key_id']}" if e["key_id"] > 2 else e["template"] for e in d["expected"]
+            ]
             assert d["key"]["template"] and d["window"]["key_ids"]
         if d["anomaly_type"] != "session_end":
             src = clients.es.get(index=d["source"]["index"], id=d["source"]["id"])["_source"]
@@ -116,3 +121,24 @@ def test_reprocessing_is_idempotent(clients, make_config, prefix, sample):
     assert first.anomalies_total == second.anomalies_total > 0
     assert ids_first == ids_second
     assert clients.es.count(index=cfg.output.anomalies_index)["count"] == first.anomalies_total
+
+
+def test_a_run_stopped_after_a_chunk_reports_its_lag(clients, make_config, prefix, sample):
+    """lag_seconds: how far the checkpoint is behind the newest readable document (0 once caught up)."""
+    train_sessions, test_sessions, _ = sample
+    cfg = make_config(model={"epochs": 2}, source={"page_size": 50}, schedule={"chunk_size": 100})
+    index_lines(clients, f"{prefix}-train", render(train_sessions[:100], seed=3), run="train")
+    train(cfg, clients, index=f"{prefix}-train")
+    early = render(test_sessions[:10], seed=4, start=EPOCH + timedelta(days=1))
+    index_lines(clients, cfg.source.index, early, run="early")
+    time.sleep(1.0)  # the later documents are ingested at least a second after the first
+    late = render(test_sessions[10:20], seed=5, start=EPOCH + timedelta(days=1))
+    index_lines(clients, cfg.source.index, late, run="late")
+    stop = threading.Event()
+    stop.set()  # stop after the first committed chunk
+    first = run_once(cfg, clients, stop=stop)
+    assert first.status == "stopped" and 0 < first.docs_read < len(early)
+    assert first.lag_seconds is not None and first.lag_seconds >= 1.0
+    rest = run_once(cfg, clients)
+    assert first.docs_read + rest.docs_read == len(early) + len(late)
+    assert rest.lag_seconds == 0.0

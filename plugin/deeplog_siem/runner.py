@@ -589,15 +589,17 @@ def run_once(
 
 def _lag(source: Source, checkpoint: Any) -> float | None:
     """How far the checkpoint is behind the newest readable document; a failed lookup is logged, not fatal."""
+    done = checkpoint.sort[0] if checkpoint is not None else None
+    if not isinstance(done, (int, float)):
+        return None
     try:
-        newest = source.newest()
+        newest = source.newest(after=checkpoint)
     except Exception as e:  # noqa: BLE001 - the lag is informative; it must not fail a committed run
         log.warning("could not look up the newest document of %s: %s", source.cfg.index, e)
         return None
+    if newest is None:
+        return 0.0  # nothing from the checkpoint on (its own document deleted): nothing left to read either
     if not isinstance(newest, (int, float)):
-        return None
-    done = checkpoint.sort[0] if checkpoint is not None else None
-    if not isinstance(done, (int, float)):
         return None
     return round(max(0.0, (float(newest) - float(done)) / 1000.0), 3)
 
