@@ -397,6 +397,10 @@ class _Prefetch:
             if close is not None:
                 close()
 
+    def ready(self) -> bool:
+        """Whether `next()` would return without waiting."""
+        return not self._q.empty()
+
     def next(self) -> list[SourceDoc] | None:
         item = self._q.get()
         if item is self._END:
@@ -548,9 +552,12 @@ def run_once(
         with gcpause.paused():
             try:
                 while True:
-                    with _Timer(
-                        summary, "read"
-                    ):  # time spent waiting for a page, not reading in the background
+                    if len(chunk.pending_rows) >= IDLE_SCORE_BATCH and not pages.ready():
+                        # The reader is behind: score what is pending instead of waiting, so less is left to
+                        # score after the last page (that tail is not overlapped with reading).
+                        _score_pending(config, det, tracker, chunk, summary, writer)
+                    # Time spent waiting for a page, not reading in the background.
+                    with _Timer(summary, "read"):
                         page = pages.next()
                     if page is None:
                         break
@@ -621,6 +628,9 @@ class _Chunk:
 
 
 SCORE_BATCH = 8192
+# While no page is ready, pending events are scored once at least this many wait (smaller batches cost more
+# per event; none at all would leave a whole SCORE_BATCH to score after the last page).
+IDLE_SCORE_BATCH = 2048
 
 
 def _score_page(

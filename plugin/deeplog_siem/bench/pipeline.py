@@ -12,7 +12,8 @@ and the plain read again; the faster of the two reads is the baseline, so the ra
 output indices get their index templates first (`setup`), as in a deployment. CPU seconds of the server
 process and of this process are reported for the read and for the job, to show which side a gap comes from.
 Peak RSS: for each of `--rss-sizes`, a fresh child process loads the model and runs the job over an index
-of that many documents (`resource.getrusage` in the child), so the sizes never share a peak.
+of that many documents (`resource.getrusage` in the child), so the sizes never share a peak; the parent
+first reads that index plainly, for the job's throughput ratio at that size (`ratio_100k`).
 Everything shares the machine with the embedded server (and with whatever else runs there).
 """
 
@@ -210,6 +211,10 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 c = connect(cfg.elasticsearch)
                 progress(f"indexing {n} documents for the memory run ...")
                 index_lines(c, f"{prefix}-logs", _lines(n), run=prefix)
+                # The plain read of the same index: the embedded server's search_after slows with index size.
+                rcfg = bench_config(server.url, prefix, model_dir, args.page_size, args.chunk_size)
+                nr, rs = plain_read(c, rcfg)
+                progress(f"  plain read of {n} docs: {nr / rs:.0f} docs/s")
                 c.close()
                 spec = {
                     "url": server.url,
@@ -229,6 +234,8 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
                 result[f"peak_rss_mb_{label}"] = child["peak_rss_mb"]
                 result[f"job_docs_per_s_{label}"] = round(child["docs"] / child["seconds"], 1)
+                result[f"read_docs_per_s_{label}"] = round(nr / rs, 1)
+                result[f"ratio_{label}"] = round((child["docs"] / child["seconds"]) / (nr / rs), 3)
                 c = connect(cfg.elasticsearch)
                 c.es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
                 c.close()
