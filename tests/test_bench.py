@@ -1,0 +1,30 @@
+"""The pipeline benchmark runs end to end at a small size and reports what issue #6 asks of it (no timing
+assertion: the figures themselves live in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import real_cluster
+
+
+def test_bench_pipeline_reports_every_figure_at_a_small_size():
+    if real_cluster():
+        pytest.skip("the benchmark starts its own embedded server")
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "pipeline", "--json", "--docs", "2000",
+         "--rss-sizes", "1000,2000", "--train-sessions", "60", "--epochs", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["docs_read"] == 2000
+    for k in ("job_docs_per_s", "read_docs_per_s", "peak_rss_mb_1k", "peak_rss_mb_2k", "read_docs_per_s_2k"):
+        assert r[k] > 0, k
+    assert r["ratio"] == pytest.approx(r["job_docs_per_s"] / r["read_docs_per_s"], rel=0.01)
+    assert r["ratio_2k"] == pytest.approx(r["job_docs_per_s_2k"] / r["read_docs_per_s_2k"], rel=0.01)
+    assert set(r["cpu_seconds"]) == {"read", "job"}
+    assert {"read", "template", "detect", "write"} <= set(r["job_stage_ms"])
