@@ -576,7 +576,17 @@ def run_once(
                             break
                 pages.close()
                 _commit_chunk(
-                    config, clients, det, tracker, state, chunk, summary, close_sessions, source, writer
+                    config,
+                    clients,
+                    det,
+                    tracker,
+                    state,
+                    chunk,
+                    summary,
+                    close_sessions,
+                    source,
+                    writer,
+                    saved=summary.docs_read > 0,
                 )
             finally:
                 pages.close()
@@ -801,8 +811,11 @@ def _commit_chunk(
     close_all: bool,
     source: Source,
     writer: sink.BackgroundWriter,
+    saved: bool = False,
 ) -> None:
-    """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails."""
+    """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails.
+    `saved`: this run has saved the state already, so an empty chunk that closes no session has nothing to
+    save (the last page filled the previous chunk)."""
     src = config.source
     _score_pending(config, det, tracker, chunk, summary, writer)
     # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
@@ -810,6 +823,8 @@ def _commit_chunk(
         closed = tracker.close_all()
     else:
         closed = tracker.close_idle(chunk.newest if chunk.newest is not None else float("-inf"))
+    if saved and not closed and not chunk.docs and not chunk.anomalies:
+        return
     if closed:
         with _Timer(summary, "detect"):
             seqs = [tuple(t.keys) for _, t in closed]
