@@ -15,9 +15,9 @@ Contract:
   windows in every step, until every pair is within the top g and above the probability floor, at most
   `feedback.max_steps` steps); (4) the update is rejected when it raises the false-alarm rate on the
   held-out normal windows by more than `feedback.tolerance`, or the alarm rate on the detection job's
-  sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model version is published whose
-  checkpoint meta holds the lineage (parent version, feedback ids applied, time, run id), and only then are
-  the documents marked applied. One run document in the runs index (job `feedback`).
+  sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model
+  version is published whose checkpoint meta holds the lineage (parent version, feedback ids applied, time,
+  run id), and only then are the documents marked applied. One run document in the runs index (job `feedback`).
 - Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
   crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
   current model untouched, so the next run applies the feedback to the same parent again.
@@ -235,6 +235,10 @@ class FinetuneReport:
     earlier_broken: int = 0  # pairs of earlier feedback the parent accepted and the update flags
 
 
+# Standard errors the rise on the recent traffic must exceed (besides the tolerance) to reject an update.
+RECENT_Z = 2.0
+
+
 @dataclass(frozen=True)
 class RecentCheck:
     """An update on the sample of recent live traffic (count-weighted windows): what it flags that the parent
@@ -263,11 +267,8 @@ class RecentCheck:
         return self.rate_after - self.rate_before > tolerance + noise
 
 
-# Standard errors the rise on the recent traffic must exceed (besides the tolerance) to reject an update.
-RECENT_Z = 2.0
-
-
 def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, top_g: int, floor: float) -> RecentCheck:
+    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts)."""
     if len(rows) == 0:
         return RecentCheck()
     was = accepted(model, rows.keys, rows.targets, top_g, floor)
