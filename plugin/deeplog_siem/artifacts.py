@@ -7,7 +7,8 @@ crash during training never leaves a half-written model in use; `current() -> (v
 `lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
 state (`templater/`), the key model checkpoint (`keymodel.pt`, whose meta carries the lineage of feedback
 versions), the workflow models (`workflows.json`), the normal-window sample (`normal_sample.pt`) and, when
-`params.enabled`, the parameter model (`parammodel.pt`), see models/README.md.
+`params.enabled`, the parameter model (`parammodel.pt`), see models/README.md. Beside the versions, the
+detection job keeps its sample of recent windows (`recent_windows.pt`, `deeplog_siem.recent`).
 """
 
 from __future__ import annotations

@@ -325,6 +325,9 @@ class FeedbackConfig:
     # update is rejected.
     tolerance: float = 0.002
     max_per_run: int = 1000  # feedback documents taken per run (the rest waits for the next run)
+    # Windows the detection job scored, sampled into `<model.dir>/recent_windows.pt` (0: none kept): an
+    # update that raises the alarm rate on them by more than `tolerance` is rejected.
+    recent_windows: int = 10000
     seed: int = 42
 
     def validate(self, key: str) -> None:
@@ -340,6 +343,7 @@ class FeedbackConfig:
             f"must be in [0, 1), got {self.target_probability}",
         )
         _check(f"{key}.tolerance", 0.0 <= self.tolerance < 1.0, f"must be in [0, 1), got {self.tolerance}")
+        _check(f"{key}.recent_windows", self.recent_windows >= 0, f"must be >= 0, got {self.recent_windows}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ Contract: `run(seed, ...) -> dict` (the figures behind `deeplog-siem evaluate-fe
 3. Before: every event of the first test set is scored (plus each session's end); an anomaly is a flagged
    event. A random `mark_share` of the anomalies that fall in tasks without an injected anomaly (the false
    positives) is "marked by responders"; their (window -> key) pairs go through the feedback job's own
-   `feedback.finetune` and safety check (`feedback.false_alarm_rate` on the held-out normal windows).
+   `feedback.finetune` and safety check (`feedback.false_alarm_rate` on the held-out normal windows, and
+   `feedback.recent_check` on the job's sample of recent windows: `recent.RecentSample`, filled as the
+   detection job fills it, from the scoring passes over the first test set before each round).
 4. After: both test sets are scored again with the updated model. Per test set: `fp_rate` = normal tasks
    (no injected anomaly in their session) with at least one flagged event (a session-end flag counts for
    the session's last task) / normal tasks; `recall` = tasks with an injected anomaly flagged (an event of
@@ -33,8 +35,9 @@ import torch
 from .config import FeedbackConfig, ModelConfig, TemplaterConfig
 from .detector import KeyDetector, build_windows
 from .evaluate_params import SIMILARITY, _events
-from .feedback import false_alarm_rate, finetune, verdict
+from .feedback import false_alarm_rate, finetune, recent_check, verdict
 from .model import KeyLSTM, train_key_model
+from .recent import RecentSample
 from .samples import build_normal_sample
 from .templater import Templater
 from .vocab import UNK
@@ -146,10 +149,14 @@ def run(
     current = model
     keep_k = torch.empty((0, mcfg.window), dtype=torch.long)
     keep_t = torch.empty(0, dtype=torch.long)
+    # The detection job's sample of the windows it scored: filled by the detection passes over the marked set
+    # only (the job scores it before each round); the fresh set stays unseen. Verdicts are not stored.
+    recent = RecentSample.empty(tpl.vocab, mcfg.window, fcfg.recent_windows)
     rounds: list[dict[str, Any]] = []
     first_fps = None
     for r in range(1, max_rounds + 1):
         flags, _ = test.score(current, mcfg)
+        recent.offer(test.windows.keys, test.windows.targets, test.windows.targets != UNK)
         # False positives: anomalies in normal tasks of sessions without an injected anomaly. (An unlabelled
         # task next to an injected one is often flagged because of it: "Powering on" right after a stop
         # task that lost its shutdown step; a responder looking at the session would not call that normal.)
@@ -171,7 +178,8 @@ def run(
         tuned, rep = finetune(current, k, t, sample.replay, mcfg, fcfg, keep_k, keep_t)
         fa_before = false_alarm_rate(current, sample.heldout, mcfg.top_g, floor)
         fa_after = false_alarm_rate(tuned, sample.heldout, mcfg.top_g, floor)
-        why = verdict(rep, fa_before, fa_after, fcfg.tolerance)
+        live = recent_check(current, tuned, recent.rows(), mcfg.top_g, floor)
+        why = verdict(rep, fa_before, fa_after, fcfg.tolerance, live)
         ok = why is None
         rounds.append(
             {
@@ -183,6 +191,9 @@ def run(
                 "marked_accepted_after": rep.accepted_after,
                 "heldout_false_alarm_before": fa_before,
                 "heldout_false_alarm_after": fa_after,
+                "recent_windows": int(live.windows),
+                "recent_alarm_before": live.rate_before,
+                "recent_alarm_after": live.rate_after,
                 "accepted": ok,
                 "rejected_because": why,
             }

@@ -14,9 +14,10 @@ Contract:
   pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
   windows in every step, until every pair is within the top g and above the probability floor, at most
   `feedback.max_steps` steps); (4) the update is rejected when it raises the false-alarm rate on the
-  held-out normal windows by more than `feedback.tolerance`; (5) else a new model version is published whose
-  checkpoint meta holds the lineage (parent version, feedback ids applied, time, run id), and only then are
-  the documents marked applied. One run document in the runs index (job `feedback`).
+  held-out normal windows by more than `feedback.tolerance`, or the alarm rate on the detection job's
+  sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model
+  version is published whose checkpoint meta holds the lineage (parent version, feedback ids applied, time,
+  run id), and only then are the documents marked applied. One run document in the runs index (job `feedback`).
 - Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
   crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
   current model untouched, so the next run applies the feedback to the same parent again.
@@ -45,6 +46,7 @@ from .es import Clients
 from .keyseq import Windows
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
+from .recent import RecentSample
 from .runner import RunSummary, _recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
 from .vocab import EOS, NUM_RESERVED, PAD, Vocabulary
@@ -233,12 +235,73 @@ class FinetuneReport:
     earlier_broken: int = 0  # pairs of earlier feedback the parent accepted and the update flags
 
 
-def verdict(rep: FinetuneReport, fa_before: float, fa_after: float, tolerance: float) -> str | None:
-    """Why an update must be rejected, or None: it raises the held-out false-alarm rate beyond the
-    tolerance, it could not learn every marked pattern within the step bound, or it undoes earlier
-    feedback."""
+# Standard errors the rise on the recent traffic must exceed (besides the tolerance) to reject an update.
+RECENT_Z = 2.0
+
+
+@dataclass(frozen=True)
+class RecentCheck:
+    """An update on the sample of recent live traffic (count-weighted windows): what it flags that the parent
+    accepted, and what it accepts that the parent flagged."""
+
+    windows: float = 0.0
+    alarms_before: float = 0.0
+    newly_flagged: float = 0.0
+    cleared: float = 0.0
+
+    @property
+    def rate_before(self) -> float:
+        return self.alarms_before / self.windows if self.windows else 0.0
+
+    @property
+    def rate_after(self) -> float:
+        after = self.alarms_before + self.newly_flagged - self.cleared
+        return after / self.windows if self.windows else 0.0
+
+    def rises_beyond(self, tolerance: float) -> bool:
+        """The alarm rate rises by more than `tolerance` plus two standard errors of the paired difference
+        (McNemar): a few windows that flip in a small sample are not evidence."""
+        if not self.windows:
+            return False
+        noise = RECENT_Z * math.sqrt(self.newly_flagged + self.cleared) / self.windows
+        return self.rate_after - self.rate_before > tolerance + noise
+
+
+def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, top_g: int, floor: float) -> RecentCheck:
+    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts)."""
+    if len(rows) == 0:
+        return RecentCheck()
+    was = accepted(model, rows.keys, rows.targets, top_g, floor)
+    now = accepted(tuned, rows.keys, rows.targets, top_g, floor)
+    c = rows.counts
+    return RecentCheck(
+        float(c.sum()),
+        float((c * ~was).sum()),
+        float((c * (was & ~now)).sum()),
+        float((c * (~was & now)).sum()),
+    )
+
+
+def verdict(
+    rep: FinetuneReport,
+    fa_before: float,
+    fa_after: float,
+    tolerance: float,
+    recent: RecentCheck | None = None,
+) -> str | None:
+    """Why an update must be rejected, or None: it raises the held-out false-alarm rate or the alarm rate on
+    the recent live traffic beyond the tolerance, it could not learn every marked pattern within the step
+    bound, or it undoes earlier feedback."""
     if fa_after - fa_before > tolerance:
         return f"held-out false-alarm rate {fa_before:.4%} -> {fa_after:.4%} exceeds feedback.tolerance {tolerance:g}"
+    if recent is not None and recent.rises_beyond(tolerance):
+        # The windows the job scored lately: an update that takes back what the model accepted there only in
+        # passing (at the top-g edge) shows here, not on the training windows above.
+        return (
+            f"alarm rate on recent traffic {recent.rate_before:.4%} -> {recent.rate_after:.4%} "
+            f"({recent.newly_flagged:g} of {recent.windows:g} sampled windows newly flagged, "
+            f"{recent.cleared:g} cleared) exceeds feedback.tolerance {tolerance:g}"
+        )
     if rep.accepted_after < rep.pairs:
         # Pushing on a pattern that normal data contradicts mostly damages what nobody checks.
         return (
@@ -611,6 +674,14 @@ def _apply(
             log.warning("feedback run %s: %s feedback document(s) %s", summary.run_id, fbc[k], k)
 
 
+def recent_windows(config: Config, store: ModelStore, vocab: Vocabulary, window: int) -> Rows:
+    """The detection job's sample of the windows it scored lately (`recent`), as distinct pairs with counts;
+    empty when feedback.recent_windows is 0 or no detection ran under this vocabulary yet."""
+    cap = config.feedback.recent_windows
+    sample = RecentSample.load(store.dir, vocab, window, cap) if cap else RecentSample.empty(vocab, window, 0)
+    return sample.rows()
+
+
 def _learn(
     config: Config,
     store: ModelStore,
@@ -637,6 +708,9 @@ def _learn(
     floor = config.model.floor(model.args.vocab_size)
     before = false_alarm_rate(model, sample.heldout, config.model.top_g, floor)
     after = false_alarm_rate(tuned, sample.heldout, config.model.top_g, floor)
+    live = recent_check(
+        model, tuned, recent_windows(config, store, vocab, model.args.window), config.model.top_g, floor
+    )
     summary.feedback_detail = {
         "parent_version": version,
         "steps": rep.steps,
@@ -645,8 +719,13 @@ def _learn(
         "heldout_false_alarm_before": round(before, 6),
         "heldout_false_alarm_after": round(after, 6),
         "heldout_source": sample.heldout_source,
+        "recent_windows": int(live.windows),
+        "recent_alarm_before": round(live.rate_before, 6),
+        "recent_alarm_after": round(live.rate_after, 6),
+        "recent_newly_flagged": int(live.newly_flagged),
+        "recent_cleared": int(live.cleared),
     }
-    reason = verdict(rep, before, after, config.feedback.tolerance)
+    reason = verdict(rep, before, after, config.feedback.tolerance, live)
     if reason is not None:
         err = f"update rejected: {reason}; model {version} kept"
         log.warning("%s", err)
@@ -665,6 +744,8 @@ def _learn(
         "steps": rep.steps,
         "heldout_false_alarm_before": before,
         "heldout_false_alarm_after": after,
+        "recent_alarm_before": live.rate_before,
+        "recent_alarm_after": live.rate_after,
         "pairs": (kept + new_pairs)[-MAX_KEPT_PAIRS:],
     }
     new_version, new_path = store.create()

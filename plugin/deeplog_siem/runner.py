@@ -37,6 +37,7 @@ from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .parammodel import ParameterModel
+from .recent import RecentSample
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import SessionKeyer, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
@@ -469,6 +470,8 @@ class Detection:
     params: ParameterModel | None = None  # None: params.enabled is off, or the version has no parameter model
     # key -> keys its workflow runs concurrently with (model.concurrency; empty without workflows)
     partners: dict[int, frozenset[int]] = field(default_factory=dict)
+    # The windows scored, sampled for the feedback job's safety check (None: feedback.recent_windows is 0).
+    recent: RecentSample | None = None
 
     @classmethod
     def load(cls, config: Config) -> Detection:
@@ -504,6 +507,11 @@ class Detection:
                     "existed): parameter anomalies are off until the next `deeplog-siem train`",
                     version,
                 )
+        recent = None
+        if config.feedback.recent_windows:
+            recent = RecentSample.load(
+                config.model.dir, vocab, model.args.window, config.feedback.recent_windows
+            )
         return cls(
             version,
             templater,
@@ -514,6 +522,7 @@ class Detection:
             workflows,
             params,
             concurrent_partners(workflows) if config.model.concurrency else {},
+            recent,
         )
 
 
@@ -591,6 +600,7 @@ def run_once(
             finally:
                 pages.close()
                 writer.close()
+        _save_recent(config, det)
         summary.sessions = len(seen_sessions)
         summary.sessions_evicted = tracker.stats["evicted_lru"]
         if not backfill:
@@ -602,6 +612,17 @@ def run_once(
                 config.sessions.max_open,
             )
         return summary
+
+
+def _save_recent(config: Config, det: Detection) -> None:
+    """Persist the sample of scored windows for the feedback job; failing to is logged, never fatal (the
+    anomalies and the checkpoint are committed already)."""
+    if det.recent is None or not det.recent.changed:
+        return
+    try:
+        det.recent.save(config.model.dir)
+    except OSError as e:
+        log.warning("could not save the sample of recent windows in %s: %s", config.model.dir, e)
 
 
 def _lag(source: Source, checkpoint: Any) -> float | None:
@@ -707,6 +728,8 @@ def _score_pending(
         seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
         windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
         scores = det.detector.score(windows)
+        if det.recent is not None:  # one random draw per window, one scatter: no per-window loop
+            det.recent.offer(windows.keys, windows.targets, windows.targets != UNK)
         # A concurrent step's first occurrence is accepted whatever its order (model.concurrency).
         flagged = scores.anomalous & ~concurrency_mask(windows.keys, windows.targets, det.partners)
         found = []
@@ -830,6 +853,8 @@ def _commit_chunk(
             seqs = [tuple(t.keys) for _, t in closed]
             windows = build_windows(seqs, det.window, context=[len(q) for q in seqs], add_eos=True)
             scores = det.detector.score(windows)
+            if det.recent is not None:
+                det.recent.offer(windows.keys, windows.targets, windows.targets != UNK)
             ended = []
             for i in scores.anomalous.nonzero().flatten().tolist():
                 sid, tail = closed[int(windows.session[i])]
