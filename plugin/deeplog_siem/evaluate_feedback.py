@@ -85,11 +85,14 @@ class _TestSet:
         flags = det.score(self.windows).anomalous
         flagged_tasks: set[str] = set()
         flagged_lines: set[int] = set()
+        ended: set[str] = set()  # tasks whose session's end was flagged
         for i in flags.nonzero().flatten().tolist():
             flagged_tasks.add(self.task_of_window(i))
             s, pos = int(self.windows.session[i]), int(self.windows.position[i])
             if pos < len(self.lines[s]):
                 flagged_lines.add(self.lines[s][pos])
+            else:
+                ended.add(self.task_of_window(i))
         fp = len(self.normal_tasks & flagged_tasks)
         found_ids = {
             t
@@ -98,11 +101,19 @@ class _TestSet:
         }
         found = len(found_ids)
         n_lab = len(self.label_of)
+        # Found where the anomaly is: an affected line flagged, or (a step missing at the very end) the
+        # session's end. A flag elsewhere in the task (the drifted step, say) does not count here.
+        at_anomaly = sum(
+            1
+            for t, lab in self.label_of.items()
+            if any(x in flagged_lines for x in lab["lines"]) or (not lab["lines"] and t in ended)
+        )
         return flags, {
             "fp_tasks": fp,
             "normal_tasks": len(self.normal_tasks),
             "fp_rate": fp / len(self.normal_tasks) if self.normal_tasks else 0.0,
             "recall": found / n_lab if n_lab else 0.0,
+            "recall_at_anomaly": at_anomaly / n_lab if n_lab else 0.0,
             "found": found,
             "found_ids": found_ids,
             "anomalous_tasks": n_lab,
@@ -238,6 +249,7 @@ def run(
             "gained": ts.kinds(fa_ - fb_),
             "fp_ratio": after["fp_rate"] / b["fp_rate"] if b["fp_rate"] else 0.0,
             "recall_drop_points": 100 * (b["recall"] - after["recall"]),
+            "recall_at_anomaly_drop_points": 100 * (b["recall_at_anomaly"] - after["recall_at_anomaly"]),
         }
     result["fp_rate_before"] = result["test"]["before"]["fp_rate"]
     result["fp_rate_after"] = result["test"]["after"]["fp_rate"]
