@@ -7,9 +7,8 @@ between bounded units of work (the job: after each chunk), so memory stays bound
 
 Why: the collector runs after every 700 net allocations, and a detection chunk keeps its documents alive
 until its checkpoint (tens of thousands of dicts): the older generations fill and every full collection
-walks all of them again. Measured on the job over 20,000 documents with its pages already read: 1.07 CPU s
-with the collector on, 0.57 s with it off (BENCHMARKS.md). Reference counting still frees every acyclic
-object at once, and the job's own structures hold no cycles.
+walks all of them again: the job's own CPU nearly doubled (BENCHMARKS.md, `bench pipeline --no-gc-pause`).
+Reference counting still frees every acyclic object at once, and the job's own structures hold no cycles.
 """
 
 from __future__ import annotations
@@ -19,6 +18,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# False: `paused()` leaves the collector alone (`deeplog-siem bench pipeline --no-gc-pause` measures the
+# difference).
+ENABLED = True
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
@@ -27,6 +29,9 @@ _was_enabled = False
 @contextmanager
 def paused() -> Iterator[None]:
     global _depth, _was_enabled
+    if not ENABLED:
+        yield
+        return
     with _lock:
         if _depth == 0:
             _was_enabled = gc.isenabled()

@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from .. import gcpause
 from ..config import Config, parse_config
 from ..es import Clients, connect
 from ..replay import EPOCH, index_lines, load_sample, render
@@ -59,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="model.threads for the job (0 = torch's default; 1 leaves a core to a co-located server)",
+    )
+    p.add_argument(
+        "--no-gc-pause",
+        action="store_true",
+        help="leave Python's garbage collector on during the in-process job (to measure what pausing it saves)",
     )
 
 
@@ -151,8 +157,10 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     sizes = [int(x) for x in str(args.rss_sizes).split(",") if x.strip()]
+    gcpause.ENABLED = not args.no_gc_pause
     server = start_embedded()
     result: dict[str, Any] = {
+        "gc_pause": gcpause.ENABLED,
         "docs": args.docs,
         "page_size": args.page_size,
         "chunk_size": args.chunk_size,
