@@ -3,7 +3,8 @@
 Contract: `with paused():` turns Python's cyclic garbage collector off for the block and back on when the
 last block that overlaps it ends (blocks nest and may run in several threads), and only if it was on before
 the first began. `collect()` reclaims the cycles made since the last collection; a long block calls it
-between bounded units of work (the job: after each chunk), so memory stays bounded.
+between bounded units of work (the job: after each chunk), so memory stays bounded however long the
+backlog.
 
 Why: the collector runs after every 700 net allocations, and a detection chunk keeps its documents alive
 until its checkpoint (tens of thousands of dicts): the older generations fill and every full collection
@@ -47,5 +48,6 @@ def paused() -> Iterator[None]:
 
 
 def collect() -> int:
-    """Collect the young generations (what was allocated since the last collection, and its survivors)."""
-    return gc.collect(1)
+    """A full collection: cycles promoted to the oldest generation are found only by one, and while the
+    collector is paused none runs by itself (once per chunk of tens of thousands of documents)."""
+    return gc.collect()
