@@ -557,7 +557,7 @@ def run_once(
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
         pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
         writer = sink.BackgroundWriter(clients)
-        # The collector's full passes over a chunk's live documents cost half the job's CPU (gcpause).
+        # The collector's full passes over a chunk's live documents cost a third of the job's CPU (gcpause).
         with gcpause.paused():
             try:
                 while True:
