@@ -168,4 +168,4 @@ def test_unseen_keys_are_not_sampled():
     keys, targets = _windows(5)
     targets[1] = UNK
     w = Windows(keys, targets, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long))
-    assert r.offer(w.keys, w.targets, w.targets != UNK) == 4 and UNK not in r.targets.tolist()
+    assert r.offer_scored(w) == 4 and UNK not in r.targets.tolist()

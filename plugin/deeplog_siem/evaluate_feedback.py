@@ -87,12 +87,13 @@ class _TestSet:
         flagged_lines: set[int] = set()
         ended: set[str] = set()  # tasks whose session's end was flagged
         for i in flags.nonzero().flatten().tolist():
-            flagged_tasks.add(self.task_of_window(i))
+            task = self.task_of_window(i)
+            flagged_tasks.add(task)
             s, pos = int(self.windows.session[i]), int(self.windows.position[i])
             if pos < len(self.lines[s]):
                 flagged_lines.add(self.lines[s][pos])
             else:
-                ended.add(self.task_of_window(i))
+                ended.add(task)
         fp = len(self.normal_tasks & flagged_tasks)
         found_ids = {
             t
@@ -167,7 +168,7 @@ def run(
     first_fps = None
     for r in range(1, max_rounds + 1):
         flags, _ = test.score(current, mcfg)
-        recent.offer(test.windows.keys, test.windows.targets, test.windows.targets != UNK)
+        recent.offer_scored(test.windows)
         # False positives: anomalies in normal tasks of sessions without an injected anomaly. (An unlabelled
         # task next to an injected one is often flagged because of it: "Powering on" right after a stop
         # task that lost its shutdown step; a responder looking at the session would not call that normal.)

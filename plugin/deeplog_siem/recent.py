@@ -6,6 +6,7 @@ Contract:
   `<model.dir>/recent_windows.pt`, or an empty one when there is none, when it was taken under another
   vocabulary (a retrain: its key ids mean other templates) or another window length, or when the file is
   unreadable (logged; it is a sample, never worth failing a run for).
+- `offer_scored(windows)`: what the job scored (every pair but UNK ones) goes through `offer`.
 - `offer(keys [N, h], targets [N], take [N] bool)`: the pairs with `take` set enter by reservoir sampling with
   a horizon, vectorised (one random draw per pair, one scatter): until `capacity` pairs are held each enters;
   then pair number n (counted from the start, at most `HORIZON` x capacity) replaces a random held pair with
@@ -29,8 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .keyseq import Windows
 from .samples import Rows
-from .vocab import Vocabulary
+from .vocab import UNK, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class RecentSample:
 
     def __len__(self) -> int:
         return int(self.targets.numel())
+
+    def offer_scored(self, windows: Windows) -> int:
+        """Offer every scored window whose key has a template (UNK pairs teach nothing) -> how many entered."""
+        return self.offer(windows.keys, windows.targets, windows.targets != UNK)
 
     def offer(self, keys: torch.Tensor, targets: torch.Tensor, take: torch.Tensor) -> int:
         """Reservoir-sample the pairs (keys [N, h], targets [N]) where take [N] is set -> how many entered."""

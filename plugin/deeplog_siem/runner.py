@@ -32,7 +32,7 @@ from . import gcpause, paramfeedback, sink
 from .anomaly import EventRef, key_anomaly, parameter_anomaly, session_query
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
-from .detector import KeyDetector, build_windows
+from .detector import KeyDetector, KeyScores, Windows, build_windows
 from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
@@ -473,6 +473,14 @@ class Detection:
     # The windows scored, sampled for the feedback job's safety check (None: feedback.recent_windows is 0).
     recent: RecentSample | None = None
 
+    def score(self, windows: Windows) -> KeyScores:
+        """The key model's verdicts; the windows also feed the sample of recent traffic (one random draw per
+        window, one scatter: no per-window loop)."""
+        scores = self.detector.score(windows)
+        if self.recent is not None:
+            self.recent.offer_scored(windows)
+        return scores
+
     @classmethod
     def load(cls, config: Config) -> Detection:
         version, path = ModelStore(config.model.dir).current()
@@ -727,9 +735,7 @@ def _score_pending(
         # One short sequence per event: its history (carried across runs by the tracker) + itself.
         seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
         windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
-        scores = det.detector.score(windows)
-        if det.recent is not None:  # one random draw per window, one scatter: no per-window loop
-            det.recent.offer(windows.keys, windows.targets, windows.targets != UNK)
+        scores = det.score(windows)
         # A concurrent step's first occurrence is accepted whatever its order (model.concurrency).
         flagged = scores.anomalous & ~concurrency_mask(windows.keys, windows.targets, det.partners)
         found = []
@@ -852,9 +858,7 @@ def _commit_chunk(
         with _Timer(summary, "detect"):
             seqs = [tuple(t.keys) for _, t in closed]
             windows = build_windows(seqs, det.window, context=[len(q) for q in seqs], add_eos=True)
-            scores = det.detector.score(windows)
-            if det.recent is not None:
-                det.recent.offer(windows.keys, windows.targets, windows.targets != UNK)
+            scores = det.score(windows)
             ended = []
             for i in scores.anomalous.nonzero().flatten().tolist():
                 sid, tail = closed[int(windows.session[i])]
