@@ -17,7 +17,7 @@ def test_bench_pipeline_reports_every_figure_at_a_small_size():
         pytest.skip("the benchmark starts its own embedded server")
     out = subprocess.run(
         [sys.executable, "-m", "deeplog_siem.cli", "bench", "pipeline", "--json", "--docs", "2000",
-         "--rss-sizes", "1000,2000", "--train-sessions", "60", "--epochs", "1"],
+         "--rss-sizes", "1000,2000", "--train-sessions", "60", "--epochs", "1", "--repeat", "2"],
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -26,5 +26,7 @@ def test_bench_pipeline_reports_every_figure_at_a_small_size():
         assert r[k] > 0, k
     assert r["ratio"] == pytest.approx(r["job_docs_per_s"] / r["read_docs_per_s"], rel=0.01)
     assert r["ratio_2k"] == pytest.approx(r["job_docs_per_s_2k"] / r["read_docs_per_s_2k"], rel=0.01)
+    assert len(r["read_seconds"]) == len(r["job_seconds"]) == 2
+    assert min(r["ratio_median"], r["ratio"]) > 0
     assert set(r["cpu_seconds"]) == {"read", "job"}
     assert {"read", "template", "detect", "write"} <= set(r["job_stage_ms"])

@@ -62,3 +62,18 @@ def test_collect_reclaims_cycles_made_while_paused():
         a.other, b.other = b, a
         del a, b
         assert gcpause.collect() >= 2
+
+
+def test_collect_promotes_survivors_so_the_next_one_does_not_walk_them_again():
+    class Node:
+        pass
+
+    with gcpause.paused():
+        old = [Node() for _ in range(100)]
+        gcpause.collect()
+        oldest = {id(o) for o in gc.get_objects(generation=2)}
+        assert all(id(o) in oldest for o in old)  # survivors are out of the young generations
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        del a, b
+        assert gcpause.collect() >= 2  # a cycle made after a collection is still found

@@ -2,7 +2,8 @@
 
 Contract: `with paused():` turns Python's cyclic garbage collector off for the block and back on when the
 last block that overlaps it ends (blocks nest and may run in several threads), and only if it was on before
-the first began. `collect()` reclaims the cycles made since the last collection; a long block calls it
+the first began. `collect()` reclaims the cycles made since the last collection (a young-generation
+collection, so its cost follows what was made since, not what was loaded before); a long block calls it
 between bounded units of work (the job: after each chunk), so memory stays bounded however long the
 backlog.
 
@@ -49,6 +50,11 @@ def paused() -> Iterator[None]:
 
 
 def collect() -> int:
-    """A full collection: cycles promoted to the oldest generation are found only by one, and while the
-    collector is paused none runs by itself (once per chunk of tens of thousands of documents)."""
-    return gc.collect()
+    """Reclaim the cycles made since the last collection -> how many objects were unreachable.
+
+    While the collector is paused, every object made since the last collection stays in the young
+    generations, so collecting those (not the oldest) finds every cycle made in that time, and walks only
+    what was made then: a full collection also walks everything loaded before the run (torch, the model, the
+    client), 0.18 s per chunk against 0.015 s for this one in the bench's 20k-document job. Survivors move to
+    the oldest generation, where the collector finds any later garbage once it runs again."""
+    return gc.collect(1)
