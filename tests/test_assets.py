@@ -74,6 +74,21 @@ def field_types(mappings: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def stored_only(mappings: dict[str, Any]) -> set[str]:
+    """Dotted paths of fields kept in _source but not indexed (`index: false`): shown, never searched."""
+    out: set[str] = set()
+
+    def walk(props: dict[str, Any], prefix: str) -> None:
+        for name, spec in props.items():
+            if spec.get("index") is False:
+                out.add(prefix + name)
+            if "properties" in spec:
+                walk(spec["properties"], prefix + name + ".")
+
+    walk(mappings["properties"], "")
+    return out
+
+
 def repo_ndjson() -> list[dict[str, Any]]:
     objects = []
     for p in sorted((REPO / "kibana").glob("*.ndjson")):
@@ -160,12 +175,17 @@ def test_every_field_a_visualization_or_search_uses_is_mapped():
         if o["type"] not in ("visualization", "search") or vega_spec(o) is not None:
             continue  # a Vega spec names its own index: test_vega_workflow_graph_reads_mapped_fields
         (ref,) = [r for r in o["references"] if r["type"] == "index-pattern"]
-        types = field_types(index_mappings(by_pattern[ref["id"]]))
+        mappings = index_mappings(by_pattern[ref["id"]])
+        types, shown_only = field_types(mappings), stored_only(mappings)
         for field, agg in _fields_used(o):
             assert field in types, f"{o['id']} uses {field}, not in the {ref['id']} mapping"
             if agg:
                 assert types[field] in AGGREGATABLE, f"{o['id']} aggregates/sorts on {field} ({types[field]})"
+                assert field not in shown_only, f"{o['id']} aggregates/sorts on {field}, which is not indexed"
             checked += 1
+        query = json.loads(o["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["query"]
+        for field in re.findall(r"([\w.@]+)\s*:", query):
+            assert field not in shown_only, f"{o['id']} searches {field}, which is stored but not indexed"
     assert checked > 30
 
 
@@ -174,6 +194,31 @@ def vega_spec(o: dict[str, Any]) -> dict[str, Any] | None:
         return None
     vis = json.loads(o["attributes"]["visState"])
     return json.loads(vis["params"]["spec"]) if vis["type"] == "vega" else None
+
+
+def test_display_only_anomaly_fields_are_stored_not_indexed():
+    # Indexing them cost the embedded server about a quarter of its CPU per anomaly document (BENCHMARKS.md);
+    # each has a searchable twin (key ids, `deeplog.summary` text) or is only ever read (a query string).
+    shown = stored_only(index_mappings("anomalies"))
+    assert {
+        "rule.description",
+        "deeplog.session.query",
+        "deeplog.window.templates",
+        "deeplog.expected_summary",
+        "deeplog.workflow.path_templates",
+        "deeplog.workflow.diverged_at_template",
+        "deeplog.workflow.expected_templates",
+        "deeplog.parameter.description",
+    } <= shown
+    types = field_types(index_mappings("anomalies"))
+    # ... and what analysts filter on stays searchable
+    for twin in (
+        "deeplog.window.key_ids",
+        "deeplog.expected_keys",
+        "deeplog.workflow.path",
+        "deeplog.summary",
+    ):
+        assert twin in types and twin not in shown, twin
 
 
 def test_vega_workflow_graph_reads_mapped_fields(make_config, prefix):

@@ -30,3 +30,17 @@ def test_bench_pipeline_reports_every_figure_at_a_small_size():
     assert min(r["ratio_median"], r["ratio"]) > 0
     assert set(r["cpu_seconds"]) == {"read", "job"}
     assert {"read", "template", "detect", "write"} <= set(r["job_stage_ms"])
+
+
+def test_bench_anomalydocs_reports_each_mapping():
+    if real_cluster():
+        pytest.skip("the benchmark starts its own embedded server")
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "anomalydocs", "--json", "--docs", "40", "--repeat", "1",
+         "--bulk", "10"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in ("shipped", "previous", "earlier"):
+        assert r[f"server_ms_per_doc_{name}"] >= 0, name
+    assert (r["docs"], r["bulk"]) == (40, 10)

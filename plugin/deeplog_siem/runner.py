@@ -41,7 +41,7 @@ from .recent import RecentSample
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import SessionKeyer, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
-from .state import JobState, load_state, save_state
+from .state import JobState, load_state, prepare_state, save_state
 from .templater import Templater
 from .vocab import EOS, PAD, UNK
 from .workflow import WORKFLOWS_FILE, WorkflowModel, concurrency_mask, concurrent_partners, diagnose
@@ -566,6 +566,7 @@ def run_once(
         pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
         writer = sink.BackgroundWriter(clients)
         # The collector's full passes over a chunk's live documents cost a third of the job's CPU (gcpause).
+        collect_due = False
         with gcpause.paused():
             try:
                 while True:
@@ -578,6 +579,9 @@ def run_once(
                         page = pages.next()
                     if page is None:
                         break
+                    if collect_due:
+                        gcpause.collect()
+                        collect_due = False
                     _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions, writer)
                     if len(chunk.docs) >= config.schedule.chunk_size:
                         _commit_chunk(
@@ -587,7 +591,9 @@ def run_once(
                             f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far"
                         )
                         chunk = _Chunk()
-                        gcpause.collect()  # the committed chunk's cycles, if any: memory stays bounded per chunk
+                        # The committed chunk's cycles, if any, are reclaimed once another page comes (memory
+                        # stays bounded per chunk); a run that ends here leaves them to the collector.
+                        collect_due = True
                         if stop is not None and stop.is_set():
                             summary.status = "stopped"
                             break
@@ -766,6 +772,8 @@ def _score_pending(
             accepted = [j for j in range(len(rows)) if j not in rejected and rows[j][2].key != UNK]
             if accepted:
                 found += _score_params(config, det, tracker, summary, rows, observed, accepted)
+    # One write per scoring pass, key and parameter anomalies together: each bulk request costs the server
+    # (the embedded one stalls for a fifth of a second or more on every tenth bulk request to an index).
     chunk.anomalies.extend(found)
     writer.submit(found)
 
@@ -882,12 +890,23 @@ def _commit_chunk(
         chunk.anomalies.extend(ended)
         writer.submit(ended)
     with _Timer(summary, "write"):  # waiting for the writes still in flight, then the state
+        # The new state is built (checkpoint, packed tails) while the last writes are in flight: after the
+        # last page this wait is the job's tail, not overlapped with any reading.
+        nxt = JobState(
+            state.job,
+            advance(state.checkpoint, chunk.docs, source.overlap_ms),
+            tracker.to_dict(),
+            det.version,
+        )
+        prepared = prepare_state(nxt)
         result = writer.flush()
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-        state.checkpoint = advance(state.checkpoint, chunk.docs, source.overlap_ms)
-        state.sessions = tracker.to_dict()
-        state.model_version = det.version
-        save_state(clients, config.output.state_index, state)
+        state.checkpoint, state.sessions, state.model_version = (
+            nxt.checkpoint,
+            nxt.sessions,
+            nxt.model_version,
+        )
+        save_state(clients, config.output.state_index, state, prepared)
     # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
     summary.docs_read += len(chunk.docs)
     summary.processed += chunk.processed

@@ -1,7 +1,8 @@
 """state: a job's checkpoint and open-session tails, persisted as one document in the state index.
 
 Contract: `load_state(clients, index, job) -> JobState` (an empty state when none was saved yet) and
-`save_state(clients, index, state)`. A save is a single-document index operation, so a crash leaves either
+`save_state(clients, index, state)` (`prepare_state(state)` builds the saved form ahead, to pass as
+`save_state(..., prepared=)`). A save is a single-document index operation, so a crash leaves either
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
 back by id (a real-time GET), and waiting for the refresh interval cost up to a second per chunk. The session tails are stored compressed in a field the
 mapping never indexes; they are only read back by this module.
@@ -65,23 +66,21 @@ def load_state(clients: Clients, index: str, job: str) -> JobState:
         ) from None
 
 
-def save_state(clients: Clients, index: str, state: JobState) -> None:
+def prepare_state(state: JobState) -> dict[str, Any]:
+    """The saved form of `state` (the tails packed), for `save_state`: a caller that has to wait for
+    something before it may save (the job: its last anomaly writes) builds it while it waits."""
+    return {
+        "job": state.job,
+        "model_version": state.model_version,
+        "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
+        "tails": _pack(state.sessions) if state.sessions else None,
+        "data": {"format": FORMAT},
+    }
+
+
+def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str, Any] | None = None) -> None:
+    """Save `state` (or `prepared`, its form from `prepare_state`, which must be of the same state)."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    clients.es.index(
-        index=index,
-        id=state.job,
-        document={
-            "@timestamp": now,
-            "deeplog": {
-                "state": {
-                    "job": state.job,
-                    "updated_at": now,
-                    "model_version": state.model_version,
-                    "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
-                    "tails": _pack(state.sessions) if state.sessions else None,
-                    "data": {"format": FORMAT},
-                }
-            },
-        },
-    )
+    body = {**(prepared if prepared is not None else prepare_state(state)), "updated_at": now}
+    clients.es.index(index=index, id=state.job, document={"@timestamp": now, "deeplog": {"state": body}})
     state.updated = now

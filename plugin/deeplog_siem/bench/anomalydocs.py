@@ -1,12 +1,17 @@
-"""bench anomalydocs: the embedded server's CPU per anomaly document, under the shipped mapping and under the
-earlier one (`deeplog.expected` nested and indexed, `deeplog.window.key_ids` integer).
+"""bench anomalydocs: the embedded server's CPU per anomaly document, under the shipped mapping, under the
+previous one (the display-only fields indexed as well: `deeplog.window.templates`, `deeplog.expected_summary`,
+the session query, `rule.description`, ...) and under the earlier one (also `deeplog.expected` nested and
+indexed, `deeplog.window.key_ids` integer).
 
 Contract: `add_arguments(parser)`, `run(args, progress) -> dict` (printed as one JSON object by the CLI).
 
 Method: `--docs` log-key anomaly documents built by the job's own builder (`anomaly.key_anomaly`: a window of
 10 keys, the top 9 expected keys, HDFS templates), each with its own id, written `--repeat` times with the
-job's bulk writer (`sink.write`) into an index created with each mapping; CPU seconds of the server process
-per document written. Why it exists: the anomaly writes compete with the reads for the server's CPU in
+job's bulk writer (`sink.write`) in bulks of `--bulk` documents (about what one scoring pass of the job
+writes) into an index created with each mapping; CPU seconds of the server process per document written. The
+bulks matter: the embedded server stalls on every tenth bulk request to an index, for longer the more it
+indexed since (a fifth of a second after ten bulks of 35 documents here), so fewer, larger writes would hide
+part of the cost. Why it exists: the anomaly writes compete with the reads for the server's CPU in
 `bench pipeline`, and the mapping decides most of their cost.
 """
 
@@ -42,6 +47,7 @@ EARLIER_EXPECTED = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", type=int, default=300, help="anomaly documents per write")
     p.add_argument("--repeat", type=int, default=3, help="times each set is written (same ids: overwrites)")
+    p.add_argument("--bulk", type=int, default=30, help="documents per bulk request")
 
 
 def _docs(n: int, index: str) -> list[dict[str, Any]]:
@@ -77,19 +83,43 @@ def _docs(n: int, index: str) -> list[dict[str, Any]]:
     return out
 
 
+def _indexed_everywhere(mappings: dict[str, Any]) -> dict[str, Any]:
+    """The mapping with every stored-only field (`index: false`) indexed again, as before the trim: keywords
+    with their `ignore_above`, `deeplog.summary` with its `keyword` sub-field."""
+    out = copy.deepcopy(mappings)
+
+    def walk(props: dict[str, Any]) -> None:
+        for name, spec in props.items():
+            if spec.get("index") is False:
+                spec.pop("index")
+                spec.pop("doc_values", None)
+                if spec.get("type") == "keyword":
+                    spec["ignore_above"] = 8191 if name == "query" else 1024
+            if "properties" in spec:
+                walk(spec["properties"])
+
+    walk(out["properties"])
+    out["properties"]["deeplog"]["properties"]["summary"] = {
+        "type": "text",
+        "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}},
+    }
+    return out
+
+
 def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     server = start_embedded()
-    result: dict[str, Any] = {"docs": args.docs, "repeat": args.repeat}
+    result: dict[str, Any] = {"docs": args.docs, "repeat": args.repeat, "bulk": args.bulk}
     try:
         cfg = bench_config(server.url, "bench", "unused", 1000, 20000)
         clients = connect(cfg.elasticsearch)
         shipped = index_templates(cfg)[cfg.output.anomalies_index]["template"]["mappings"]
-        earlier = copy.deepcopy(shipped)
+        previous = _indexed_everywhere(shipped)
+        earlier = copy.deepcopy(previous)
         props = earlier["properties"]["deeplog"]["properties"]
         props["expected"] = EARLIER_EXPECTED
         props.pop("expected_keys", None)
         props["window"]["properties"]["key_ids"] = {"type": "integer"}
-        for name, mappings in (("shipped", shipped), ("earlier", earlier)):
+        for name, mappings in (("shipped", shipped), ("previous", previous), ("earlier", earlier)):
             index = f"bench-anomalies-{name}"
             clients.es.indices.create(index=index, mappings=mappings)
             docs = _docs(args.docs, index)
@@ -99,10 +129,11 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             written = 0
             with _Cpu(server.pid) as cpu:
                 for _ in range(args.repeat):
-                    r = write(clients, docs)
-                    written += r.written
-                    if r.failed:
-                        raise RuntimeError(f"{name}: {dict(r.rejected)} rejected")
+                    for k in range(0, len(docs), max(1, args.bulk)):
+                        r = write(clients, docs[k : k + max(1, args.bulk)])
+                        written += r.written
+                        if r.failed:
+                            raise RuntimeError(f"{name}: {dict(r.rejected)} rejected")
             result[f"server_ms_per_doc_{name}"] = round(1000 * cpu.server / written, 3)
             progress(f"  {name} mapping: {result[f'server_ms_per_doc_{name}']} ms server CPU per document")
         clients.close()
