@@ -44,3 +44,16 @@ def test_bench_anomalydocs_reports_each_mapping():
     for name in ("shipped", "previous", "earlier"):
         assert r[f"server_ms_per_doc_{name}"] >= 0, name
     assert (r["docs"], r["bulk"]) == (40, 10)
+
+
+def test_the_replayed_mix_keeps_the_asked_share_of_abnormal_sessions():
+    from deeplog_siem.bench.pipeline import mix
+    from deeplog_siem.replay import load_sample
+
+    s = load_sample()
+    assert mix(s.test, s.test_labels, None) == s.test
+    kept = mix(s.test, s.test_labels, 0.03)
+    bad = {tuple(q) for q, b in zip(s.test, s.test_labels, strict=True) if b}
+    n_bad = sum(1 for q in kept if tuple(q) in bad)
+    assert sum(1 for b in s.test_labels if not b) == len(kept) - n_bad  # every normal session stays
+    assert abs(n_bad / len(kept) - 0.03) < 0.002

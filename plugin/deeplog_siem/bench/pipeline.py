@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="20000,100000",
         help="backlog sizes whose peak RSS is measured, each in a fresh process (comma-separated)",
     )
+    p.add_argument(
+        "--abnormal-share",
+        type=float,
+        default=None,
+        help="share of abnormal sessions in the replayed mix (default: the sample's own, 100 of 1,100)",
+    )
     p.add_argument("--page-size", type=int, default=1000, help="source.page_size")
     p.add_argument("--chunk-size", type=int, default=20000, help="schedule.chunk_size")
     p.add_argument(
@@ -103,9 +109,27 @@ def bench_config(url: str, prefix: str, model_dir: str, page_size: int, chunk_si
     )
 
 
-def _lines(n: int):
-    """At least n raw lines from the sample's test mix, rendered again with new block ids as needed."""
-    test = load_sample().test
+def mix(sessions: list[list[int]], abnormal: list[bool], share: float | None) -> list[list[int]]:
+    """The sessions, abnormal ones dropped (the first ones kept) until `share` of them are abnormal (None:
+    all); the order of those kept is unchanged."""
+    if share is None:
+        return list(sessions)
+    normal = sum(1 for bad in abnormal if not bad)
+    keep = round(share * normal / max(1e-9, 1 - share))
+    out = []
+    for q, bad in zip(sessions, abnormal, strict=True):
+        if bad:
+            if keep <= 0:
+                continue
+            keep -= 1
+        out.append(q)
+    return out
+
+
+def _lines(n: int, abnormal_share: float | None = None):
+    """At least n raw lines from the sample's test mix (`mix`), rendered again with new block ids as needed."""
+    sample = load_sample()
+    test = mix(sample.test, sample.test_labels, abnormal_share)
     out = []
     rep = 0
     while len(out) < n:
@@ -188,6 +212,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "threads": args.threads,
         "repeat": args.repeat,
+        "abnormal_share": args.abnormal_share,
     }
     try:
         with tempfile.TemporaryDirectory(prefix="deeplog-bench-") as tmp:
@@ -205,7 +230,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             result["model"] = {"sessions": t.sessions, "templates": t.templates}
 
             progress(f"indexing {args.docs} documents for the throughput comparison ...")
-            index_lines(clients, cfg.source.index, _lines(args.docs), run="rate")
+            index_lines(clients, cfg.source.index, _lines(args.docs, args.abnormal_share), run="rate")
             run_setup(clients, cfg)
             # Reads and job runs alternate, `--repeat` times each; the faster of each is compared, so neither
             # side gains from the other's bad moment on a shared machine (the same 20k documents read in 1.4 to
@@ -253,7 +278,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 prefix = f"rss{n}"
                 c = connect(cfg.elasticsearch)
                 progress(f"indexing {n} documents for the memory run ...")
-                index_lines(c, f"{prefix}-logs", _lines(n), run=prefix)
+                index_lines(c, f"{prefix}-logs", _lines(n, args.abnormal_share), run=prefix)
                 # The plain read of the same index: the embedded server's search_after slows with index size.
                 # The first read of a freshly indexed index is the slowest of all (up to a third slower here),
                 # and the child's job reads it after that: the timed read is the second one, so both sides
