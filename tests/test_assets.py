@@ -611,7 +611,19 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
         key_anomaly(
             anomaly_type="session_end", position=4, actual=EOS, probability=0.001, rank=9, params=(), **common
         ),
+        # Under a feedback version, inside the top g but rejected by the trained model (the anchor).
+        key_anomaly(
+            anomaly_type="log_key",
+            position=5,
+            actual=k_alloc,
+            probability=0.0005,
+            rank=1,
+            params=(),
+            anchor_probability=0.0004,
+            **{**common, "event": EventRef("logs-hdfs", "doc-3", "2008-11-09T20:36:17Z", "?", None)},
+        ),
     ]
+    assert "rejected by the trained model at p=0.0004, not taught by feedback" in docs[-1]["deeplog"]["summary"]
     run = RunSummary(
         run_id="r1", job="detect", docs_read=10, skipped=Counter(empty=1), anomalies=Counter(log_key=1)
     )
@@ -620,5 +632,5 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
     for d in docs:
         body = {k: v for k, v in d.items() if not k.startswith("_")}
         clients.es.index(index=d["_index"], id=d["_id"], document=body, refresh=True)
-    assert clients.es.count(index=cfg.output.anomalies_index)["count"] == 3
+    assert clients.es.count(index=cfg.output.anomalies_index)["count"] == 4
     assert clients.es.count(index=cfg.output.runs_index)["count"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -140,3 +141,50 @@ def test_min_probability_floor(model: KeyLSTM) -> None:
     assert (s.anomalous & ~plain.anomalous).any()  # some top-g keys are flagged by the floor alone
     with pytest.raises(ValueError, match="min_probability"):
         KeyDetector(model, 4, min_probability=1.0)
+
+
+def _shaken(model: KeyLSTM, scale: float, seed: int) -> KeyLSTM:
+    """A copy of `model` whose output layer is perturbed: stands for a fine-tuned descendant."""
+    child = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in child.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return child.eval()
+
+
+def test_anchor_flags_what_the_trained_model_rejects_unless_its_probability_rose(model: KeyLSTM) -> None:
+    """Under a feedback version the verdict is the version's, plus: a key the anchor (the trained model)
+    rejects stays flagged unless the version gives it at least `anchor_ratio` x the anchor's probability.
+    Checked against two plain detectors, one per model."""
+    rng = random.Random(3)
+    seqs = [[rng.choice(range(3, 12)) for _ in range(rng.randint(1, 25))] for _ in range(200)]
+    w = build_windows(seqs, 5)
+    child = _shaken(model, 0.3, seed=4)
+    own = KeyDetector(child, 4).score(w)
+    root = KeyDetector(model, 4).score(w)
+    s = KeyDetector(child, 4, anchor=model, anchor_ratio=2.0).score(w)
+    for f in ("rank", "prob", "topk_keys", "topk_probs", "unseen"):
+        assert torch.equal(getattr(s, f), getattr(own, f)), f
+    expected = own.anomalous | (root.anomalous & (own.prob < 2.0 * root.prob))
+    assert torch.equal(s.anomalous, expected)
+    assert torch.equal(s.anchored, s.anomalous & ~own.anomalous)
+    assert torch.equal(s.anchor_prob, root.prob)
+    # Not vacuous: some events the version alone accepts are kept flagged, and some the anchor rejected
+    # are accepted because the version raised them enough.
+    assert s.anchored.any()
+    assert (root.anomalous & ~s.anomalous).any()
+    # A higher ratio keeps more flagged; ratio 0 is no anchor; the anchor of a trained model is itself.
+    higher = KeyDetector(child, 4, anchor=model, anchor_ratio=50.0).score(w)
+    assert (higher.anomalous >= s.anomalous).all() and higher.anomalous.sum() > s.anomalous.sum()
+    assert torch.equal(KeyDetector(child, 4, anchor=model, anchor_ratio=0).score(w).anomalous, own.anomalous)
+    assert torch.equal(KeyDetector(model, 4, anchor=model).score(w).anomalous, root.anomalous)
+    # Cached and batched scoring give the same anchored verdicts.
+    det = KeyDetector(child, 4, cache_size=50, chunk_rows=64, anchor=model)
+    for _ in range(2):
+        parts = [det.score(_part(w, i, 97)) for i in range(0, len(w), 97)]
+        assert torch.equal(torch.cat([p.anomalous for p in parts]), s.anomalous)
+        assert torch.equal(torch.cat([p.anchored for p in parts]), s.anchored)
+    other = KeyLSTM(KeyModelArgs(vocab_size=11, window=5, embedding=8, layers=1, hidden=8))
+    with pytest.raises(ValueError, match="not the same lineage"):
+        KeyDetector(child, 4, anchor=other)

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from deeplog_siem.artifacts import KEYMODEL, ModelStore
+from deeplog_siem.artifacts import ANCHOR, KEYMODEL, ModelStore
 from deeplog_siem.cli import main
 from deeplog_siem.config import FeedbackConfig, ModelConfig
 from deeplog_siem.feedback import (
@@ -121,6 +121,9 @@ def test_false_positive_is_learned_and_a_true_anomaly_stays_flagged(
     # Everything the update did not change is carried over from the parent (workflows, templater, ...).
     parent_files = {p.name for p in (Path(cfg.model.dir) / version).iterdir()}
     assert parent_files <= {p.name for p in (Path(cfg.model.dir) / new).iterdir()}
+    # Its anchor is the trained parent, byte for byte (the detector scores the new version against it).
+    anchor = (Path(cfg.model.dir) / new / ANCHOR).read_bytes()
+    assert anchor == (Path(cfg.model.dir) / version / KEYMODEL).read_bytes()
     rows = {r["version"]: r for r in describe_versions(ModelStore(cfg.model.dir))}
     assert rows[new]["parent"] == version and rows[new]["current"] and rows[version]["parent"] is None
     # The run is recorded (its document fits the strict runs mapping).
@@ -223,6 +226,30 @@ def test_finetune_accepts_the_pair_and_keeps_normal_windows():
     )
 
 
+def test_a_pattern_that_cannot_be_learned_is_set_aside_and_the_rest_applied():
+    """One marked pair no update can learn (UNK is never predicted) must not hold back the others: the update
+    is made again without it, and it is reported as set aside."""
+    from deeplog_siem.feedback import finetune_learnable, verdict
+    from deeplog_siem.vocab import UNK
+
+    cfg = ModelConfig(
+        window=4, top_g=2, epochs=30, hidden=16, embedding=8, learning_rate=0.01, batch_size=128, threads=1
+    )
+    train_sessions = syn.sessions(300)
+    model, _ = train_key_model(train_sessions, 10, cfg, progress=lambda m: None)
+    smp = build_normal_sample(train_sessions, cfg, 1000, 1000)
+    keys = torch.tensor([[0, 0, syn.A, syn.B], [0, syn.A, syn.B, syn.C]])
+    targets = torch.tensor([syn.G, UNK])
+    fb = FeedbackConfig()
+    _, first = finetune(model, keys, targets, smp.replay, cfg, fb)
+    assert first.unlearned == (1,) and verdict(first, 0.0, 0.0, fb.tolerance) is not None
+    tuned, rep, held = finetune_learnable(model, keys, targets, smp.replay, cfg, fb)
+    assert held.tolist() == [True, False]
+    assert rep.pairs == 1 and rep.unlearned == () and verdict(rep, 0.0, 0.0, fb.tolerance) is None
+    _, again = finetune(tuned, keys[:1], targets[:1], smp.replay, cfg, fb)
+    assert again.accepted_before == 1  # the update holds the learnable pair
+
+
 def test_normal_sample_round_trip_and_damage(tmp_path):
     cfg = ModelConfig(window=4)
     smp = build_normal_sample(syn.sessions(50), cfg, 5, 1000)
@@ -296,3 +323,22 @@ def test_a_run_with_no_feedback_and_no_model_is_a_quiet_success(clients, make_co
     # The daemon may start before the first training: the feedback job must not fail every interval.
     summary = apply_feedback(make_config(), clients)
     assert summary.status == "ok" and dict(summary.feedback) == {"found": 0}
+
+
+def test_an_anchor_of_another_lineage_is_refused(tmp_path):
+    """A version whose anchor.pt does not fit its key model (another vocabulary size) fails with the file
+    named, instead of scoring keys against the wrong model."""
+    from deeplog_siem.detector import load_anchor
+    from deeplog_siem.errors import ArtifactError
+    from deeplog_siem.model import KeyLSTM, KeyModelArgs, save_checkpoint
+    from deeplog_siem.vocab import Vocabulary
+
+    model = KeyLSTM(KeyModelArgs(vocab_size=8, window=4, embedding=4, layers=1, hidden=8))
+    assert load_anchor(tmp_path, model) is None  # a trained version has none
+    vocab = Vocabulary()
+    for i in range(6):
+        vocab.add(f"template {i}")
+    other = KeyLSTM(KeyModelArgs(vocab_size=len(vocab), window=4, embedding=4, layers=1, hidden=8))
+    save_checkpoint(tmp_path / ANCHOR, other, vocab, {})
+    with pytest.raises(ArtifactError, match="anchor.pt: the anchor model does not match"):
+        load_anchor(tmp_path, model)

@@ -78,6 +78,7 @@ def key_anomaly(
     index: str,
     min_probability: float = 0.0,
     workflow: dict[str, Any] | None = None,
+    anchor_probability: float | None = None,
 ) -> dict[str, Any]:
     name, description = RULES[anomaly_type]
     history = [k for k in window if k != PAD]
@@ -97,12 +98,14 @@ def key_anomaly(
     elif anomaly_type == "session_end":
         summary = f"session {session_id} ended after {position} events; expected next: {exp_summary}"
     else:
-        # A key inside the top g is flagged only by the probability floor (model.min_probability).
-        why = (
-            f"rank {rank + 1} > top-{top_g}"
-            if rank >= top_g
-            else f"below min_probability {min_probability:g}"
-        )
+        # A key inside the top g is flagged only by the probability floor (model.min_probability), or, under
+        # a feedback version, because the trained model rejects it and no feedback raised it (the anchor).
+        if rank >= top_g:
+            why = f"rank {rank + 1} > top-{top_g}"
+        elif anchor_probability is not None:
+            why = f"rejected by the trained model at p={anchor_probability:.4g}, not taught by feedback"
+        else:
+            why = f"below min_probability {min_probability:g}"
         summary = (
             f'unexpected {key_label(actual, vocab)} "{actual_text}" at event {position} of session '
             f"{session_id} (p={probability:.4g}, {why}); expected: {exp_summary}"

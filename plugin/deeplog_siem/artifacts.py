@@ -7,7 +7,8 @@ crash during training never leaves a half-written model in use; `current() -> (v
 `lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
 state (`templater/`), the key model checkpoint (`keymodel.pt`, whose meta carries the lineage of feedback
 versions), the workflow models (`workflows.json`), the normal-window sample (`normal_sample.pt`) and, when
-`params.enabled`, the parameter model (`parammodel.pt`), see models/README.md. Beside the versions, the
+`params.enabled`, the parameter model (`parammodel.pt`); a version made by feedback also holds the trained key
+model it descends from (`anchor.pt`, the detector's anchor), see models/README.md. Beside the versions, the
 detection job keeps its sample of recent windows (`recent_windows.pt`, `deeplog_siem.recent`).
 """
 
@@ -24,6 +25,8 @@ from pathlib import Path
 from .errors import ArtifactError
 
 KEYMODEL = "keymodel.pt"
+# In a feedback version: the trained key model it descends from (the detector's anchor, README "Feedback").
+ANCHOR = "anchor.pt"
 PARAMMODEL = "parammodel.pt"
 # Per-series widening of the parameter model's threshold learnt from false-positive feedback (README "Feedback").
 PARAM_FEEDBACK = "param_feedback.json"

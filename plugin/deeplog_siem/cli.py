@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from .bench import BENCHES
-from .config import Config, example_config_text, load_config
+from .config import Config, FeedbackConfig, example_config_text, load_config
 from .errors import DeeplogError
 
 log = logging.getLogger(__name__)
@@ -499,14 +499,19 @@ def cmd_model_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_feedback(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .evaluate_feedback import run
 
+    fcfg = replace(FeedbackConfig(), seed=args.seed, anchor_ratio=args.anchor_ratio)
+    fcfg.validate("feedback")
     r = run(
         args.seed,
         n_train=args.train_tasks,
         n_test=args.test_tasks,
         mark_share=args.mark,
         max_rounds=args.rounds,
+        feedback_cfg=fcfg,
         progress=progress,
     )
     print(
@@ -578,6 +583,13 @@ def _add_feedback_parsers(sub: Any) -> None:
         type=int,
         default=3,
         help="feedback rounds: detect, mark, apply; each round marks the share of the FPs then raised (3)",
+    )
+    p.add_argument(
+        "--anchor-ratio",
+        type=float,
+        default=FeedbackConfig.anchor_ratio,
+        help="feedback.anchor_ratio: a key the trained model rejects is accepted by an update only where its "
+        "probability rose this many times (0: off; default %(default)s)",
     )
     p.add_argument(
         "--json", action="store_true", help="also print all figures as one JSON object (last line)"

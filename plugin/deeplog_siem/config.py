@@ -319,6 +319,10 @@ class FeedbackConfig:
     # Weight of the penalty on keys the parent rejects after a normal window that the update raises toward
     # acceptance (the missing or repeated steps the parent caught there).
     guard_weight: float = 0.1
+    # A key the trained model rejects after a window is accepted by a feedback version only where feedback
+    # raised its probability at least this many times (the detector's anchor; 0: off). Fine-tuning
+    # reshuffles the far tail, and a missing or repeated step can slip into the top g without anyone marking it.
+    anchor_ratio: float = 2.0
     replay_windows: int = 20000  # distinct normal training windows stored with each model version
     heldout_windows: int = 20000  # distinct held-out normal windows stored for the safety check
     # Absolute increase of the held-out false-alarm rate (share of normal windows flagged) beyond which an
@@ -337,6 +341,11 @@ class FeedbackConfig:
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
         _check(f"{key}.weight", self.weight > 0, f"must be > 0, got {self.weight}")
         _check(f"{key}.guard_weight", self.guard_weight >= 0, f"must be >= 0, got {self.guard_weight}")
+        _check(
+            f"{key}.anchor_ratio",
+            self.anchor_ratio == 0 or self.anchor_ratio >= 1,
+            f"must be 0 (off) or >= 1, got {self.anchor_ratio}",
+        )
         _check(
             f"{key}.target_probability",
             0.0 <= self.target_probability < 1.0,

@@ -3,13 +3,20 @@
 Contract: `KeyDetector(model, top_g, device, cache_size, min_probability).score(windows)` -> `KeyScores` with,
 for every window (one event, or the end of a session), the 0-based rank and the probability of the actual key,
 the top-g candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and
-`anomalous` (rank >= g, or probability < min_probability, or unseen). The candidate set is DeepLog's top-g,
+`anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`). The candidate set is DeepLog's top-g,
 refined by an optional probability floor: keys the model gives almost no mass are not candidates even when
 they rank in the top g (with 30 keys and one near-certain successor, the tail of the top-g is noise). Scoring is batched: identical windows are scored once (`torch.unique`), the
 distribution of the next key is cached per window (LRU, bounded by `cache_size`), and the verdict is read
 from the distribution, so results do not depend on the cache, on batch sizes or on what else is scored in
 the same call. PAD and UNK are never predicted (their probability is 0); EOS is a valid prediction.
-`build_windows`/`Windows` (from `keyseq`) turn sessions into windows.
+`build_windows`/`Windows` (from `keyseq`) turn sessions into windows; `load_anchor(version_dir, model, vocab)`
+reads a feedback version's anchor.
+
+A model version made by responders' feedback is scored with an `anchor`: the trained model it descends from.
+A key that model rejects after a window is accepted by the update only where the update raised its
+probability at least `anchor_ratio` times (feedback taught it); otherwise the event stays flagged
+(`anchored`). Fine-tuning moves the whole next-key distribution, and a rejected key can enter the top g
+because others fell below it, not because anyone marked it: a repeated or missing step would go unseen.
 """
 
 from __future__ import annotations
@@ -18,14 +25,17 @@ import logging
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .artifacts import ANCHOR, KEYMODEL
+from .errors import ArtifactError
 from .keyseq import Windows, build_windows
-from .model import KeyLSTM
+from .model import KeyLSTM, load_checkpoint
 from .vocab import PAD, UNK
 
-__all__ = ["KeyDetector", "KeyScores", "Windows", "build_windows"]
+__all__ = ["KeyDetector", "KeyScores", "Windows", "build_windows", "load_anchor"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,10 @@ class KeyScores:
     topk_probs: torch.Tensor  # [N, g] float
     anomalous: torch.Tensor  # [N] bool
     unseen: torch.Tensor  # [N] bool: the actual key is UNK
+    # [N] bool: flagged only because the anchor (the trained model) rejects the key and feedback did not
+    # raise its probability anchor_ratio times; all False without an anchor.
+    anchored: torch.Tensor | None = None
+    anchor_prob: torch.Tensor | None = None  # [N] float: the anchor's probability of the actual key
 
     def __len__(self) -> int:
         return self.rank.numel()
@@ -52,6 +66,8 @@ class KeyDetector:
         cache_size: int = 100_000,
         chunk_rows: int = 2048,
         min_probability: float = 0.0,
+        anchor: KeyLSTM | None = None,
+        anchor_ratio: float = 2.0,
     ):
         if not 0.0 <= min_probability < 1.0:
             raise ValueError(f"min_probability must be in [0, 1), got {min_probability}")
@@ -59,6 +75,15 @@ class KeyDetector:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.h, self.vocab_size = model.args.window, model.args.vocab_size
+        if anchor is not None and (anchor.args.window, anchor.args.vocab_size) != (self.h, self.vocab_size):
+            raise ValueError(
+                f"the anchor model has window {anchor.args.window} and {anchor.args.vocab_size} keys, "
+                f"the model {self.h} and {self.vocab_size}: not the same lineage"
+            )
+        self.anchor = anchor.to(self.device).eval() if anchor is not None and anchor_ratio > 0 else None
+        self.anchor_ratio = anchor_ratio
+        # Cached rows hold the model's distribution, then the anchor's (when there is one).
+        self._width = self.vocab_size * (2 if self.anchor is not None else 1)
         self.top_g = min(top_g, self.vocab_size)
         # Every forward pass has exactly chunk_rows rows (the last one padded): BLAS picks kernels, and so
         # rounding, by matrix shape, so a fixed shape makes a window's scores independent of how many
@@ -66,7 +91,7 @@ class KeyDetector:
         self.chunk_rows = chunk_rows
         self.cache_size = cache_size
         self._slots: OrderedDict[Hashable, int] = OrderedDict()  # window -> row of _store, LRU order
-        self._store = torch.empty((cache_size, self.vocab_size))
+        self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
         # Windows are encoded as one int64 (base-V digits) when that fits: unique and hashing are then 1-D.
         self._radix = self.vocab_size ** torch.arange(self.h) if self.vocab_size**self.h < 2**62 else None
@@ -77,16 +102,21 @@ class KeyDetector:
 
     @torch.no_grad()
     def _forward(self, keys: torch.Tensor) -> torch.Tensor:
-        """keys [U, h] -> next-key distributions [U, V] (CPU), in fixed-size batches."""
+        """keys [U, h] -> next-key distributions [U, V] (CPU), in fixed-size batches; [U, 2V] with an anchor
+        (the model's, then the anchor's)."""
         out, n = [], keys.shape[0]
         padded = torch.full((-(-n // self.chunk_rows) * self.chunk_rows, self.h), PAD, dtype=torch.long)
         padded[:n] = keys
         padded = padded.to(self.device)
+        models = [self.model] if self.anchor is None else [self.model, self.anchor]
         for i in range(0, n, self.chunk_rows):
-            logits, _ = self.model(padded[i : i + self.chunk_rows])  # [chunk_rows, V]
-            logits[:, [PAD, UNK]] = float("-inf")
-            out.append(torch.softmax(logits.float(), dim=1).cpu())
-        return torch.cat(out)[:n] if out else torch.empty((0, self.vocab_size))
+            parts = []
+            for m in models:
+                logits, _ = m(padded[i : i + self.chunk_rows])  # [chunk_rows, V]
+                logits[:, [PAD, UNK]] = float("-inf")
+                parts.append(torch.softmax(logits.float(), dim=1).cpu())
+            out.append(torch.cat(parts, dim=1))
+        return torch.cat(out)[:n] if out else torch.empty((0, self._width))
 
     def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
         """keys [N, h] -> (unique windows [U, h], inverse [N], hashable id per unique window)."""
@@ -98,14 +128,14 @@ class KeyDetector:
         return uniq, inverse, [tuple(r) for r in uniq.tolist()]
 
     def distributions(self, uniq: torch.Tensor, ids: list[Hashable]) -> torch.Tensor:
-        """Distributions [U, V] for distinct windows, from the cache where possible."""
+        """Distributions [U, V] ([U, 2V] with an anchor) for distinct windows, from the cache where possible."""
         if self.cache_size == 0:
             self.misses += len(ids)
             return self._forward(uniq)
         slots = [self._slots.get(i) for i in ids]
         miss = [j for j, s in enumerate(slots) if s is None]
         hit = [j for j, s in enumerate(slots) if s is not None]
-        probs = torch.empty((len(ids), self.vocab_size))
+        probs = torch.empty((len(ids), self._width))
         if hit:
             hit_slots = [slots[j] for j in hit]
             probs[hit] = self._store[hit_slots]
@@ -138,9 +168,10 @@ class KeyDetector:
         if keys.shape[0] == 0:
             e = torch.empty(0, dtype=torch.long)
             ek = torch.empty((0, self.top_g), dtype=torch.long)
-            return KeyScores(e, e.float(), ek, ek.float(), e.bool(), e.bool())
+            return KeyScores(e, e.float(), ek, ek.float(), e.bool(), e.bool(), e.bool(), e.float())
         uniq, inverse, ids = self._unique(keys)
-        probs = self.distributions(uniq, ids)  # [U, V]
+        both = self.distributions(uniq, ids)  # [U, V] or [U, 2V]
+        probs = both[:, : self.vocab_size]  # [U, V]
         # A stable sort gives ties a fixed order, so rank < g exactly when the key is in topk_keys.
         sorted_probs, order = probs.sort(dim=1, descending=True, stable=True)  # [U, V]
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(self.vocab_size).expand_as(order))
@@ -148,11 +179,42 @@ class KeyDetector:
         prob = probs[inverse, targets]
         unseen = targets == UNK
         g = self.top_g
+        anomalous = (rank >= g) | (prob < self.min_probability) | unseen
+        anchored = torch.zeros_like(anomalous)
+        anchor_prob = prob
+        if self.anchor is not None:
+            aprobs = both[:, self.vocab_size :]  # [U, V]
+            anchor_prob = aprobs[inverse, targets]  # [N]
+            # The anchor's top g with the same tie order as above: rank < g exactly when in its top g.
+            a_order = aprobs.sort(dim=1, descending=True, stable=True)[1]  # [U, V]
+            a_rank = torch.empty_like(a_order).scatter_(
+                1, a_order, torch.arange(self.vocab_size).expand_as(a_order)
+            )[inverse, targets]  # [N]
+            a_rejects = (a_rank >= g) | (anchor_prob < self.min_probability)
+            anchored = ~anomalous & a_rejects & (prob < self.anchor_ratio * anchor_prob)
+            anomalous = anomalous | anchored
         return KeyScores(
             rank=rank,
             prob=prob,
             topk_keys=order[inverse, :g],
             topk_probs=sorted_probs[inverse, :g],
-            anomalous=(rank >= g) | (prob < self.min_probability) | unseen,
+            anomalous=anomalous,
             unseen=unseen,
+            anchored=anchored,
+            anchor_prob=anchor_prob,
         )
+
+
+def load_anchor(path: Path, model: KeyLSTM) -> KeyLSTM | None:
+    """The trained key model a feedback version descends from (`anchor.pt`), on `model`'s device; None for
+    a trained version. An anchor of another vocabulary size or window is an `ArtifactError` (key ids are
+    what both models share; template texts may be generalised since)."""
+    if not (path / ANCHOR).is_file():
+        return None
+    anchor, _, _ = load_checkpoint(path / ANCHOR)
+    if (anchor.args.vocab_size, anchor.args.window) != (model.args.vocab_size, model.args.window):
+        raise ArtifactError(
+            f"{path / ANCHOR}: the anchor model does not match {path / KEYMODEL} (another vocabulary or "
+            "window); restore an earlier version (`deeplog-siem model restore`) or retrain"
+        )
+    return anchor.to(next(model.parameters()).device)

@@ -11,10 +11,11 @@ Contract: `run(seed, ...) -> dict` (the figures behind `deeplog-siem evaluate-fe
 3. Before: every event of the first test set is scored (plus each session's end); an anomaly is a flagged
    event. A random `mark_share` of the anomalies that fall in tasks without an injected anomaly (the false
    positives) is "marked by responders"; their (window -> key) pairs go through the feedback job's own
-   `feedback.finetune` and safety check (`feedback.false_alarm_rate` on the held-out normal windows, and
+   `feedback.finetune_learnable` (pairs it cannot learn are set aside) and safety check (`feedback.false_alarm_rate` on the held-out normal windows, and
    `feedback.recent_check` on the job's sample of recent windows: `recent.RecentSample`, filled as the
    detection job fills it, from the scoring passes over the first test set before each round).
-4. After: both test sets are scored again with the updated model. Per test set: `fp_rate` = normal tasks
+4. After: both test sets are scored again with the updated model (anchored to the trained one, as the job
+   scores a feedback version: `feedback.anchor_ratio`). Per test set: `fp_rate` = normal tasks
    (no injected anomaly in their session) with at least one flagged event (a session-end flag counts for
    the session's last task) / normal tasks; `recall` = tasks with an injected anomaly flagged (an event of
    the task, the line after a missing step, or the session end after it) / such tasks. The first set holds
@@ -35,7 +36,7 @@ import torch
 from .config import FeedbackConfig, ModelConfig, TemplaterConfig
 from .detector import KeyDetector, build_windows
 from .evaluate_params import SIMILARITY, _events
-from .feedback import false_alarm_rate, finetune, recent_check, verdict
+from .feedback import false_alarm_rate, finetune_learnable, recent_check, verdict
 from .model import KeyLSTM, train_key_model
 from .recent import RecentSample
 from .samples import build_normal_sample
@@ -80,8 +81,18 @@ class _TestSet:
             out[k] = out.get(k, 0) + 1
         return dict(sorted(out.items()))
 
-    def score(self, model: KeyLSTM, cfg: ModelConfig) -> tuple[torch.Tensor, dict[str, Any]]:
-        det = KeyDetector(model, cfg.top_g, "cpu", 0, min_probability=cfg.floor(model.args.vocab_size))
+    def score(
+        self, model: KeyLSTM, cfg: ModelConfig, anchor: KeyLSTM | None = None, anchor_ratio: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        det = KeyDetector(
+            model,
+            cfg.top_g,
+            "cpu",
+            0,
+            min_probability=cfg.floor(model.args.vocab_size),
+            anchor=anchor,
+            anchor_ratio=anchor_ratio,
+        )
         flags = det.score(self.windows).anomalous
         flagged_tasks: set[str] = set()
         flagged_lines: set[int] = set()
@@ -166,8 +177,11 @@ def run(
     recent = RecentSample.empty(tpl.vocab, mcfg.window, fcfg.recent_windows)
     rounds: list[dict[str, Any]] = []
     first_fps = None
+    ratio = fcfg.anchor_ratio
     for r in range(1, max_rounds + 1):
-        flags, _ = test.score(current, mcfg)
+        # The job scores a feedback version against the trained model (the detector's anchor).
+        anchor = None if current is model else model
+        flags, _ = test.score(current, mcfg, anchor, ratio)
         recent.offer_scored(test.windows)
         # False positives: anomalies in normal tasks of sessions without an injected anomaly. (An unlabelled
         # task next to an injected one is often flagged because of it: "Powering on" right after a stop
@@ -187,10 +201,14 @@ def run(
         k, t = test.windows.keys[learnable], test.windows.targets[learnable]
         # The feedback job's own update: fine-tuning with replay and the earlier rounds' pairs, then the
         # held-out safety check against the parent.
-        tuned, rep = finetune(current, k, t, sample.replay, mcfg, fcfg, keep_k, keep_t)
-        fa_before = false_alarm_rate(current, sample.heldout, mcfg.top_g, floor)
-        fa_after = false_alarm_rate(tuned, sample.heldout, mcfg.top_g, floor)
-        live = recent_check(current, tuned, recent.rows(), mcfg.top_g, floor)
+        tuned, rep, held = finetune_learnable(
+            current, k, t, sample.replay, mcfg, fcfg, keep_k, keep_t, anchor=anchor
+        )
+        set_aside = int((~held).sum())
+        k, t = k[held], t[held]
+        fa_before = false_alarm_rate(current, sample.heldout, mcfg.top_g, floor, anchor, ratio)
+        fa_after = false_alarm_rate(tuned, sample.heldout, mcfg.top_g, floor, model, ratio)
+        live = recent_check(current, tuned, recent.rows(), mcfg.top_g, floor, anchor, ratio)
         why = verdict(rep, fa_before, fa_after, fcfg.tolerance, live)
         ok = why is None
         rounds.append(
@@ -201,6 +219,7 @@ def run(
                 "learnable": int(learnable.numel()),
                 "steps": rep.steps,
                 "marked_accepted_after": rep.accepted_after,
+                "set_aside": set_aside,
                 "heldout_false_alarm_before": fa_before,
                 "heldout_false_alarm_after": fa_after,
                 "recent_windows": int(live.windows),
@@ -229,6 +248,7 @@ def run(
         "templates": tpl.num_templates,
         "top_g": mcfg.top_g,
         "min_probability": floor,
+        "anchor_ratio": ratio,
         "mark_share": mark_share,
         "rounds": rounds,
         "fp_events_before": first_fps or 0,
@@ -239,7 +259,7 @@ def run(
         "anomalous_tasks": before["test"]["anomalous_tasks"],
     }
     for name, ts in sets.items():
-        _, after = ts.score(current, mcfg)
+        _, after = ts.score(current, mcfg, None if current is model else model, ratio)
         b = before[name]
         fb_, fa_ = b.pop("found_ids"), after.pop("found_ids")
         result[name] = {

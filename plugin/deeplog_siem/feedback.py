@@ -13,11 +13,12 @@ Contract:
   types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
   pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
   windows in every step, until every pair is within the top g and above the probability floor, at most
-  `feedback.max_steps` steps); (4) the update is rejected when it raises the false-alarm rate on the
+  `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the
+  lineage started from: `detector`); (4) the update is rejected when it raises the false-alarm rate on the
   held-out normal windows by more than `feedback.tolerance`, or the alarm rate on the detection job's
   sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model
   version is published whose checkpoint meta holds the lineage (parent version, feedback ids applied, time,
-  run id), and only then are the documents marked applied. One run document in the runs index (job `feedback`).
+  run id), with the trained model as its anchor (`anchor.pt`), and only then are the documents marked applied. One run document in the runs index (job `feedback`).
 - Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
   crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
   current model untouched, so the next run applies the feedback to the same parent again.
@@ -38,9 +39,9 @@ from typing import Any
 import torch
 
 from . import paramfeedback, sink
-from .artifacts import KEYMODEL, PARAMMODEL, ModelStore
+from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
-from .detector import KeyDetector
+from .detector import KeyDetector, load_anchor
 from .errors import DeeplogError
 from .es import Clients
 from .keyseq import Windows
@@ -233,6 +234,7 @@ class FinetuneReport:
     pairs: int
     replay_repaired: int = 0  # replay windows the update flagged at some point and was trained back on
     earlier_broken: int = 0  # pairs of earlier feedback the parent accepted and the update flags
+    unlearned: tuple[int, ...] = ()  # indices of the marked pairs the update still flags
 
 
 # Standard errors the rise on the recent traffic must exceed (besides the tolerance) to reject an update.
@@ -267,12 +269,22 @@ class RecentCheck:
         return self.rate_after - self.rate_before > tolerance + noise
 
 
-def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, top_g: int, floor: float) -> RecentCheck:
-    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts)."""
+def recent_check(
+    model: KeyLSTM,
+    tuned: KeyLSTM,
+    rows: Rows,
+    top_g: int,
+    floor: float,
+    anchor: KeyLSTM | None = None,
+    anchor_ratio: float = 0.0,
+) -> RecentCheck:
+    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts); `anchor`:
+    the trained model of the lineage (None: `model` is that model)."""
     if len(rows) == 0:
         return RecentCheck()
-    was = accepted(model, rows.keys, rows.targets, top_g, floor)
-    now = accepted(tuned, rows.keys, rows.targets, top_g, floor)
+    was = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
+    root = anchor if anchor is not None else model
+    now = accepted(tuned, rows.keys, rows.targets, top_g, floor, anchor=root, anchor_ratio=anchor_ratio)
     c = rows.counts
     return RecentCheck(
         float(c.sum()),
@@ -313,12 +325,25 @@ def verdict(
 
 
 def accepted(
-    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, top_g: int, floor: float, at_least: float = 0.0
+    model: KeyLSTM,
+    keys: torch.Tensor,
+    targets: torch.Tensor,
+    top_g: int,
+    floor: float,
+    at_least: float = 0.0,
+    anchor: KeyLSTM | None = None,
+    anchor_ratio: float = 0.0,
 ) -> torch.Tensor:
-    """[N] bool: the detector would accept target i after window i (the job's exact verdict), and gives it
-    at least `at_least` probability."""
+    """[N] bool: the detector would accept target i after window i (the job's exact verdict, anchored to
+    `anchor` when `model` is a feedback version), and gives it at least `at_least` probability."""
     det = KeyDetector(
-        model, top_g, device=next(model.parameters()).device, cache_size=0, min_probability=floor
+        model,
+        top_g,
+        device=next(model.parameters()).device,
+        cache_size=0,
+        min_probability=floor,
+        anchor=anchor if anchor is not model else None,
+        anchor_ratio=anchor_ratio,
     )
     n = targets.numel()
     z = torch.zeros(n, dtype=torch.long)
@@ -326,11 +351,18 @@ def accepted(
     return ~sc.anomalous & (sc.prob >= at_least)
 
 
-def false_alarm_rate(model: KeyLSTM, rows: Rows, top_g: int, floor: float) -> float:
+def false_alarm_rate(
+    model: KeyLSTM,
+    rows: Rows,
+    top_g: int,
+    floor: float,
+    anchor: KeyLSTM | None = None,
+    anchor_ratio: float = 0.0,
+) -> float:
     """Share of the (count-weighted) normal windows the detector would flag."""
     if len(rows) == 0:
         return 0.0
-    ok = accepted(model, rows.keys, rows.targets, top_g, floor)
+    ok = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
     return float((rows.counts * (~ok).float()).sum() / rows.counts.sum())
 
 
@@ -360,6 +392,7 @@ def finetune(
     keep_keys: torch.Tensor | None = None,
     keep_targets: torch.Tensor | None = None,
     check_every: int = 10,
+    anchor: KeyLSTM | None = None,
 ) -> tuple[KeyLSTM, FinetuneReport]:
     """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted with at least
     `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
@@ -375,12 +408,19 @@ def finetune(
     repeated step there, and a plain cross-entropy on the observed next keys lets them drift up unseen. A
     marked key may rise after normal windows that end with the same key as its marked window (it joins
     their successors there). Broken replay windows are repaired (an LSTM that learns "VM Stopped, then
-    destroyed" tends to forget "VM Stopped, then powering on" until reminded)."""
+    destroyed" tends to forget "VM Stopped, then powering on" until reminded). Every "accepted" is the
+    detector's verdict anchored to `anchor`, the trained model of the lineage (None: `model` is that model),
+    with `fb.anchor_ratio`."""
     floor = model_cfg.floor(model.args.vocab_size)
     g = model_cfg.top_g
     device = next(model.parameters()).device
     parent = model.eval()
     tuned = copy.deepcopy(model)
+    root = anchor if anchor is not None else parent
+
+    def ok(m: KeyLSTM, k: torch.Tensor, t: torch.Tensor, at_least: float = 0.0) -> torch.Tensor:
+        return accepted(m, k, t, g, floor, at_least, anchor=root, anchor_ratio=fb.anchor_ratio)
+
     fk, ft = keys, targets
     if keep_keys is None or keep_targets is None:
         keep_keys, keep_targets = keys[:0], targets[:0]
@@ -391,12 +431,12 @@ def finetune(
     rows = torch.unique(torch.cat([fk, ft[:, None]], 1), dim=0)  # [P', h + 1]
     fk, ft = rows[:, :-1].to(device), rows[:, -1].to(device)
     licence = _licence(fk, ft, model.args.vocab_size)  # [V, V]
-    before = int(accepted(tuned, keys, targets, g, floor).sum())
-    learned = int(accepted(tuned, keys, targets, g, floor, fb.target_probability).sum())
-    replay_ok = accepted(tuned, replay.keys, replay.targets, g, floor)  # [R] accepted by the parent
+    before = int(ok(tuned, keys, targets).sum())
+    learned = int(ok(tuned, keys, targets, fb.target_probability).sum())
+    replay_ok = ok(tuned, replay.keys, replay.targets)  # [R] accepted by the parent
     broken = torch.zeros_like(replay_ok)  # replay rows this update has flagged at some check
     # Earlier feedback the parent accepts must stay accepted.
-    keep_ok = accepted(tuned, keep_keys, keep_targets, g, floor)
+    keep_ok = ok(tuned, keep_keys, keep_targets)
     gen = torch.Generator().manual_seed(fb.seed)
     torch.manual_seed(fb.seed)
     opt = torch.optim.Adam(tuned.parameters(), lr=fb.learning_rate)
@@ -435,18 +475,54 @@ def finetune(
             loss.backward()
             opt.step()
             steps += 1
-        now_ok = accepted(tuned, replay.keys, replay.targets, g, floor)
+        now_ok = ok(tuned, replay.keys, replay.targets)
         lost = replay_ok & ~now_ok
         broken |= lost
-        kept = bool((~keep_ok | accepted(tuned, keep_keys, keep_targets, g, floor)).all())
-        done = bool(accepted(tuned, keys, targets, g, floor, fb.target_probability).all()) and kept
+        kept = bool((~keep_ok | ok(tuned, keep_keys, keep_targets)).all())
+        done = bool(ok(tuned, keys, targets, fb.target_probability).all()) and kept
         done = done and not bool(lost.any())
     tuned.eval()
-    after = int(accepted(tuned, keys, targets, g, floor).sum())
-    earlier_broken = int((keep_ok & ~accepted(tuned, keep_keys, keep_targets, g, floor)).sum())
+    learnt = ok(tuned, keys, targets)
+    earlier_broken = int((keep_ok & ~ok(tuned, keep_keys, keep_targets)).sum())
     return tuned, FinetuneReport(
-        steps, before, after, int(targets.numel()), int(broken.sum()), earlier_broken
+        steps,
+        before,
+        int(learnt.sum()),
+        int(targets.numel()),
+        int(broken.sum()),
+        earlier_broken,
+        tuple((~learnt).nonzero().flatten().tolist()),
     )
+
+
+def finetune_learnable(
+    model: KeyLSTM,
+    keys: torch.Tensor,
+    targets: torch.Tensor,
+    replay: Rows,
+    model_cfg: ModelConfig,
+    fb: FeedbackConfig,
+    keep_keys: torch.Tensor | None = None,
+    keep_targets: torch.Tensor | None = None,
+    anchor: KeyLSTM | None = None,
+) -> tuple[KeyLSTM, FinetuneReport, torch.Tensor]:
+    """`finetune`, and where some marked pairs were not learned within `fb.max_steps` while others were,
+    the update is made again from the parent without them -> (update, its report, [P] bool: the pairs it
+    holds). A pattern normal data contradicts must not hold back every other responder's feedback of the run;
+    the verdict still rejects the retry if it cannot learn what is left."""
+    tuned, rep = finetune(model, keys, targets, replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor)
+    held = torch.ones(targets.numel(), dtype=torch.bool)
+    if rep.unlearned and len(rep.unlearned) < targets.numel():
+        held[list(rep.unlearned)] = False
+        log.info(
+            "feedback: %s of %s marked patterns not learned within feedback.max_steps; updating without them",
+            len(rep.unlearned),
+            targets.numel(),
+        )
+        tuned, rep = finetune(
+            model, keys[held], targets[held], replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor
+        )
+    return tuned, rep, held
 
 
 # ---------------------------------------------------------------------------------------------------- job
@@ -704,18 +780,26 @@ def _learn(
     kept = (lineage_of(meta) or {}).get("pairs", [])
     keep_k = torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window)
     keep_t = torch.tensor([p[1] for p in kept], dtype=torch.long)
-    tuned, rep = finetune(model, keys, targets, sample.replay, config.model, config.feedback, keep_k, keep_t)
-    floor = config.model.floor(model.args.vocab_size)
-    before = false_alarm_rate(model, sample.heldout, config.model.top_g, floor)
-    after = false_alarm_rate(tuned, sample.heldout, config.model.top_g, floor)
-    live = recent_check(
-        model, tuned, recent_windows(config, store, vocab, model.args.window), config.model.top_g, floor
+    # The trained model this lineage started from (None: the parent is that model).
+    anchor = load_anchor(path, model)
+    ratio = config.feedback.anchor_ratio
+    tuned, rep, held = finetune_learnable(
+        model, keys, targets, sample.replay, config.model, config.feedback, keep_k, keep_t, anchor=anchor
     )
+    set_aside = [f for f, h in zip(fps, held.tolist(), strict=True) if not h]
+    fps = [f for f, h in zip(fps, held.tolist(), strict=True) if h]
+    root = anchor if anchor is not None else model
+    g, floor = config.model.top_g, config.model.floor(model.args.vocab_size)
+    before = false_alarm_rate(model, sample.heldout, g, floor, anchor, ratio)
+    after = false_alarm_rate(tuned, sample.heldout, g, floor, root, ratio)
+    rows = recent_windows(config, store, vocab, model.args.window)
+    live = recent_check(model, tuned, rows, g, floor, anchor, ratio)
     summary.feedback_detail = {
         "parent_version": version,
         "steps": rep.steps,
         "pairs_accepted_before": rep.accepted_before,
         "pairs_accepted_after": rep.accepted_after,
+        "pairs_set_aside": len(set_aside),
         "heldout_false_alarm_before": round(before, 6),
         "heldout_false_alarm_after": round(after, 6),
         "heldout_source": sample.heldout_source,
@@ -730,9 +814,10 @@ def _learn(
         err = f"update rejected: {reason}; model {version} kept"
         log.warning("%s", err)
         summary.status = REJECTED
-        fbc[REJECTED] += len(fps)
+        fbc[REJECTED] += len(fps) + len(set_aside)
         return [
-            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now) for f in fps
+            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
+            for f in fps + set_aside
         ]
     ids = [f.hit["_id"] for f in fps]
     new_pairs = [[f.window, f.target] for f in fps]
@@ -749,7 +834,9 @@ def _learn(
         "pairs": (kept + new_pairs)[-MAX_KEPT_PAIRS:],
     }
     new_version, new_path = store.create()
-    copy_version(path, new_path)
+    copy_version(path, new_path)  # with the parent's anchor, when the parent is a feedback version
+    if anchor is None:
+        shutil.copy2(path / KEYMODEL, new_path / ANCHOR)
     save_checkpoint(new_path / KEYMODEL, tuned.cpu(), vocab, {**meta, "lineage": lineage})
     store.publish(new_version)
     log.info(
@@ -761,7 +848,21 @@ def _learn(
         100 * before,
         100 * after,
     )
-    return _published(new_version, [f.hit for f in fps], summary, now, after_publish)
+    updates = _published(new_version, [f.hit for f in fps], summary, now, after_publish)
+    if set_aside:
+        err = (
+            f"not learned within feedback.max_steps ({config.feedback.max_steps}): normal data contradicts "
+            f"this pattern; the run's other {len(fps)} false positive(s) went into model {new_version}"
+        )
+        log.warning(
+            "feedback run %s: %s marked pattern(s) set aside: %s", summary.run_id, len(set_aside), err
+        )
+        fbc[REJECTED] += len(set_aside)
+        updates += [
+            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
+            for f in set_aside
+        ]
+    return updates
 
 
 # ------------------------------------------------------------------------------------------ model versions

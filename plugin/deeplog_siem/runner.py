@@ -32,7 +32,7 @@ from . import gcpause, paramfeedback, sink
 from .anomaly import EventRef, key_anomaly, parameter_anomaly, session_query
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
-from .detector import KeyDetector, KeyScores, Windows, build_windows
+from .detector import KeyDetector, KeyScores, Windows, build_windows, load_anchor
 from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
@@ -491,12 +491,16 @@ class Detection:
         device = resolve_device(config.model.device)
         model, vocab, _meta = load_checkpoint(path / KEYMODEL)
         templater = Templater.load(path / TEMPLATER, config.templater)
+        # A feedback version is scored against the trained model it descends from (`detector`: the anchor).
+        anchor = load_anchor(path, model) if config.feedback.anchor_ratio > 0 else None
         detector = KeyDetector(
             model,
             top_g=config.model.top_g,
             device=device,
             cache_size=config.model.cache_size,
             min_probability=config.model.floor(model.args.vocab_size),
+            anchor=anchor,
+            anchor_ratio=config.feedback.anchor_ratio,
         )
         workflows = None
         if (path / WORKFLOWS_FILE).is_file():
@@ -978,4 +982,9 @@ def _anomaly(
         index=config.output.anomalies_index,
         min_probability=det.detector.min_probability,
         workflow=where,
+        anchor_probability=(
+            float(scores.anchor_prob[i])
+            if scores.anchored is not None and scores.anchor_prob is not None and bool(scores.anchored[i])
+            else None
+        ),
     )
