@@ -623,7 +623,9 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
             **{**common, "event": EventRef("logs-hdfs", "doc-3", "2008-11-09T20:36:17Z", "?", None)},
         ),
     ]
-    assert "rejected by the trained model at p=0.0004, not taught by feedback" in docs[-1]["deeplog"]["summary"]
+    assert (
+        "rejected by the trained model at p=0.0004, not taught by feedback" in docs[-1]["deeplog"]["summary"]
+    )
     run = RunSummary(
         run_id="r1", job="detect", docs_read=10, skipped=Counter(empty=1), anomalies=Counter(log_key=1)
     )
