@@ -9,8 +9,8 @@ they rank in the top g (with 30 keys and one near-certain successor, the tail of
 distribution of the next key is cached per window (LRU, bounded by `cache_size`), and the verdict is read
 from the distribution, so results do not depend on the cache, on batch sizes or on what else is scored in
 the same call. PAD and UNK are never predicted (their probability is 0); EOS is a valid prediction.
-`build_windows`/`Windows` (from `keyseq`) turn sessions into windows; `load_anchor(version_dir, model, vocab)`
-reads a feedback version's anchor.
+`build_windows`/`Windows` (from `keyseq`) turn sessions into windows; `load_anchor(version_dir, model)` reads
+a feedback version's anchor.
 
 A model version made by responders' feedback is scored with an `anchor`: the trained model it descends from.
 A key that model rejects after a window is accepted by the update only where the update raised its
@@ -50,8 +50,8 @@ class KeyScores:
     unseen: torch.Tensor  # [N] bool: the actual key is UNK
     # [N] bool: flagged only because the anchor (the trained model) rejects the key and feedback did not
     # raise its probability anchor_ratio times; all False without an anchor.
-    anchored: torch.Tensor | None = None
-    anchor_prob: torch.Tensor | None = None  # [N] float: the anchor's probability of the actual key
+    anchored: torch.Tensor
+    anchor_prob: torch.Tensor  # [N] float: the anchor's probability of the actual key (`prob` without one)
 
     def __len__(self) -> int:
         return self.rank.numel()
@@ -172,9 +172,7 @@ class KeyDetector:
         uniq, inverse, ids = self._unique(keys)
         both = self.distributions(uniq, ids)  # [U, V] or [U, 2V]
         probs = both[:, : self.vocab_size]  # [U, V]
-        # A stable sort gives ties a fixed order, so rank < g exactly when the key is in topk_keys.
-        sorted_probs, order = probs.sort(dim=1, descending=True, stable=True)  # [U, V]
-        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(self.vocab_size).expand_as(order))
+        sorted_probs, order, ranks = _ranked(probs)
         rank = ranks[inverse, targets]
         prob = probs[inverse, targets]
         unseen = targets == UNK
@@ -185,11 +183,7 @@ class KeyDetector:
         if self.anchor is not None:
             aprobs = both[:, self.vocab_size :]  # [U, V]
             anchor_prob = aprobs[inverse, targets]  # [N]
-            # The anchor's top g with the same tie order as above: rank < g exactly when in its top g.
-            a_order = aprobs.sort(dim=1, descending=True, stable=True)[1]  # [U, V]
-            a_rank = torch.empty_like(a_order).scatter_(
-                1, a_order, torch.arange(self.vocab_size).expand_as(a_order)
-            )[inverse, targets]  # [N]
+            a_rank = _ranked(aprobs)[2][inverse, targets]  # [N]
             a_rejects = (a_rank >= g) | (anchor_prob < self.min_probability)
             anchored = ~anomalous & a_rejects & (prob < self.anchor_ratio * anchor_prob)
             anomalous = anomalous | anchored
@@ -203,6 +197,14 @@ class KeyDetector:
             anchored=anchored,
             anchor_prob=anchor_prob,
         )
+
+
+def _ranked(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """probs [U, V] -> (sorted probs [U, V], keys in that order [U, V], 0-based rank of every key [U, V]).
+    A stable sort gives ties a fixed order, so rank < g exactly when the key is among the first g."""
+    sorted_probs, order = probs.sort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(probs.shape[1]).expand_as(order))
+    return sorted_probs, order, ranks
 
 
 def load_anchor(path: Path, model: KeyLSTM) -> KeyLSTM | None:

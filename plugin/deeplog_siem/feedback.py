@@ -18,7 +18,8 @@ Contract:
   held-out normal windows by more than `feedback.tolerance`, or the alarm rate on the detection job's
   sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model
   version is published whose checkpoint meta holds the lineage (parent version, feedback ids applied, time,
-  run id), with the trained model as its anchor (`anchor.pt`), and only then are the documents marked applied. One run document in the runs index (job `feedback`).
+  run id), with the trained model as its anchor (`anchor.pt`), and only then are the documents marked
+  applied. One run document in the runs index (job `feedback`).
 - Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
   crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
   current model untouched, so the next run applies the feedback to the same parent again.

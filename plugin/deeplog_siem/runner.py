@@ -982,9 +982,5 @@ def _anomaly(
         index=config.output.anomalies_index,
         min_probability=det.detector.min_probability,
         workflow=where,
-        anchor_probability=(
-            float(scores.anchor_prob[i])
-            if scores.anchored is not None and scores.anchor_prob is not None and bool(scores.anchored[i])
-            else None
-        ),
+        anchor_probability=float(scores.anchor_prob[i]) if bool(scores.anchored[i]) else None,
     )

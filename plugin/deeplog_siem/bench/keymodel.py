@@ -11,6 +11,7 @@ sample. Training time is `train_key_model` on hdfs_train with the default model 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
@@ -78,8 +79,6 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     progress(f"(b) {uniq.shape[0]} distinct windows in {dt:.3f}s without cache")
     # (b') the same under a feedback version: the trained model runs beside it as the anchor (a copy of the
     # model stands in for it here; the work is the same second forward pass).
-    import copy
-
     det = KeyDetector(model, g, device, cache_size=0, anchor=copy.deepcopy(model))
     det.score(u)
     t0 = time.perf_counter()
