@@ -22,13 +22,18 @@ def test_bench_pipeline_reports_every_figure_at_a_small_size():
     )  # fmt: skip
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["docs_read"] == 2000
-    for k in ("job_docs_per_s", "read_docs_per_s", "peak_rss_mb_1k", "peak_rss_mb_2k", "read_docs_per_s_2k"):
+    for k in ("job_docs_per_s", "read_docs_per_s", "own_read_docs_per_s", "peak_rss_mb_1k", "peak_rss_mb_2k",
+              "read_docs_per_s_2k", "own_read_docs_per_s_2k"):  # fmt: skip
         assert r[k] > 0, k
     assert r["ratio"] == pytest.approx(r["job_docs_per_s"] / r["read_docs_per_s"], rel=0.01)
+    assert r["ratio_own_read"] == pytest.approx(r["job_docs_per_s"] / r["own_read_docs_per_s"], rel=0.01)
     assert r["ratio_2k"] == pytest.approx(r["job_docs_per_s_2k"] / r["read_docs_per_s_2k"], rel=0.01)
-    assert len(r["read_seconds"]) == len(r["job_seconds"]) == 2
-    assert min(r["ratio_median"], r["ratio"]) > 0
-    assert set(r["cpu_seconds"]) == {"read", "job"}
+    assert r["ratio_own_read_2k"] == pytest.approx(
+        r["job_docs_per_s_2k"] / r["own_read_docs_per_s_2k"], rel=0.01
+    )
+    assert len(r["read_seconds"]) == len(r["own_read_seconds"]) == len(r["job_seconds"]) == 2
+    assert min(r["ratio_median"], r["ratio"], r["ratio_own_read_median"]) > 0
+    assert set(r["cpu_seconds"]) == {"read", "own_read", "job"}
     assert {"read", "template", "detect", "write"} <= set(r["job_stage_ms"])
 
 

@@ -1,10 +1,16 @@
-"""Incremental reads against the real server: pages, resume from a checkpoint, ties, filters."""
+"""Incremental reads against the real server: pages, resume from a checkpoint, ties, filters, slices."""
 
 from __future__ import annotations
+
+import logging
+
+import pytest
 
 from deeplog_siem.replay import index_lines, render
 from deeplog_siem.source import Checkpoint, Source, get_field
 from deeplog_siem.state import JobState, load_state, save_state
+
+from .conftest import real_cluster
 
 
 def _index(clients, prefix, n_sessions=40, seed=3):
@@ -114,3 +120,63 @@ def test_newest_document_gives_the_lag_behind_the_checkpoint(clients, prefix, ma
     assert _lag(src, cp) == 90.0
     assert _lag(src, cp.advance_many(d for p in src.pages(cp) for d in p)) == 0.0
     assert _lag(src, None) is None  # nothing processed yet: no checkpoint to measure from
+
+
+def _plain_search_after(src: Source) -> list[str]:
+    """Reference order: one point in time, plain search_after, the same query throughout (no slices, no
+    narrowing of the range), page after page."""
+    pit = src._open_pit()
+    body = {
+        "size": 13,
+        "query": src._query(None, None, None),
+        "sort": [*src._sort(), {"_shard_doc": "asc"}],
+        "pit": {"id": pit, "keep_alive": "1m"},
+        "_source": False,
+    }
+    ids: list[str] = []
+    try:
+        while hits := src.clients.es.search(**body)["hits"]["hits"]:
+            ids += [h["_id"] for h in hits]
+            body["search_after"] = hits[-1]["sort"]
+    finally:
+        src._close_pit(pit)
+    return ids
+
+
+def test_sliced_and_narrowed_reads_give_the_plain_search_after_order(clients, prefix, make_config):
+    """Slices merged back, and the range started at each page's last value, read exactly what one plain
+    search_after stream reads, in its order: ties in event.ingested (one value per 150 lines) cross pages."""
+    lines = _index(clients, prefix)
+    ref = _plain_search_after(Source(clients, make_config().source))
+    assert len(ref) == len(set(ref)) == len(lines)
+    for slices in (1, 2, 3):
+        src = Source(clients, make_config(source={"page_size": 37, "slices": slices}).source)
+        pages = list(src.pages())
+        assert [d.id for p in pages for d in p] == ref, slices
+        assert all(len(p) == 37 for p in pages[:-1])
+        assert src.slices == slices  # the embedded server (and any current cluster) reads slices of a PIT
+
+
+def test_sliced_read_stops_at_its_limit_and_resumes_without_gap(clients, prefix, make_config):
+    _index(clients, prefix)
+    src = Source(clients, make_config(source={"page_size": 37, "slices": 3}).source)
+    ref = [d.id for p in src.pages() for d in p]
+    first = [d for p in src.pages(limit=100) for d in p]
+    assert [d.id for d in first] == ref[:100]
+    cp = None
+    for d in first:
+        cp = Checkpoint(d.sort, (d.id,)) if cp is None else cp.advance(d)
+    assert [d.id for p in src.pages(cp) for d in p] == ref[100:]
+
+
+def test_a_server_refusing_slices_is_read_in_one_stream(clients, prefix, make_config, caplog):
+    lines = _index(clients, prefix, n_sessions=5)
+    clients.es.indices.put_settings(index=f"{prefix}-logs", settings={"index.max_slices_per_scroll": 1})
+    src = Source(clients, make_config(source={"page_size": 7, "slices": 2}).source)
+    with caplog.at_level(logging.WARNING, logger="deeplog_siem.source"):
+        docs = [d for p in src.pages() for d in p]
+    if src.slices == 2 and real_cluster():
+        pytest.skip("this cluster does not apply index.max_slices_per_scroll to slices of a point in time")
+    assert src.slices == 1
+    assert "refused a sliced read" in caplog.text and "source.slices: 1" in caplog.text
+    assert [d.get("message") for d in docs] == [ln.message for ln in lines]

@@ -83,6 +83,9 @@ class SourceConfig:
     # event.sequence); optional: without it, ties are resolved exactly by document id at checkpoints.
     tiebreaker_field: str | None = None
     page_size: int = 1000
+    # Point-in-time slices read at once and merged back into checkpoint order: a backlog is read as fast as
+    # the cluster serves parallel requests, not one request after another. 1 = one search_after stream.
+    slices: int = 2
     # Only documents whose checkpoint field (event.ingested, or the timestamp field when the index has no
     # event.ingested) is older than now minus this are read: a document indexed but not yet searchable
     # (refresh interval, a slow shard) must not be jumped over by the checkpoint.
@@ -97,6 +100,7 @@ class SourceConfig:
             v = getattr(self, name)
             _check(f"{key}.{name}", 0 <= v <= 86400, f"must be in 0..86400, got {v}")
         _check(f"{key}.page_size", 1 <= self.page_size <= 10000, f"must be in 1..10000, got {self.page_size}")
+        _check(f"{key}.slices", 1 <= self.slices <= 16, f"must be in 1..16, got {self.slices}")
         _check(
             f"{key}.session_field",
             (self.session_field is None) != (self.session_regex is None),

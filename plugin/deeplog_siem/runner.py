@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 import traceback
@@ -37,6 +36,7 @@ from .errors import DeeplogError
 from .es import Clients
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .parammodel import ParameterModel
+from .prefetch import Prefetch
 from .recent import RecentSample
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import SessionKeyer, SessionTracker, series_key
@@ -362,64 +362,6 @@ def publish_current_workflows(clients: Clients, config: Config) -> str:
 # ----------------------------------------------------------------------------------------------- detect
 
 
-class _Prefetch:
-    """Pages read by a background thread, at most `depth` ahead, so the next page is on its way while this
-    one is templated and scored (the job then runs at the speed of its slower half, not of the sum).
-    `close()` stops the reader, which closes the source iterator (and its point in time) in its own thread."""
-
-    _END = object()
-
-    def __init__(self, pages: Iterator[list[SourceDoc]], depth: int = 2) -> None:
-        self._pages = pages
-        self._q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="deeplog-source-prefetch", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            for page in self._pages:
-                if not self._put(page):
-                    break
-            self._put(self._END)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(e)
-        finally:
-            close = getattr(self._pages, "close", None)
-            if close is not None:
-                close()
-
-    def ready(self) -> bool:
-        """Whether `next()` would return without waiting."""
-        return not self._q.empty()
-
-    def next(self) -> list[SourceDoc] | None:
-        item = self._q.get()
-        if item is self._END:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-
 def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
     kw = {
         "window": window,
@@ -567,7 +509,9 @@ def run_once(
         seen_sessions: set[str] = set()
         # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
-        pages = _Prefetch(source.pages(state.checkpoint, start=start, end=end), depth=depth)
+        pages = Prefetch(
+            source.pages(state.checkpoint, start=start, end=end), depth=depth, name="deeplog-source"
+        )
         writer = sink.BackgroundWriter(clients)
         # The collector's full passes over a chunk's live documents cost a third of the job's CPU (gcpause).
         collect_due = False

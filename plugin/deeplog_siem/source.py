@@ -4,6 +4,8 @@ Contract: `Source(clients, cfg).pages(after: Checkpoint | None, end=..., limit=.
 yields pages of documents sorted by (checkpoint field, timestamp field), each strictly after `after`.
 Reads use a point in time (Elasticsearch `_pit` or OpenSearch `_search/point_in_time`, closed in `finally`)
 and `search_after`, so a page boundary never skips or repeats a document even while indexing goes on.
+`source.slices` slices of the point in time are read at once (a thread each, `prefetch`) and merged back
+into the one sort order; each request starts the order-field range at the last value it has seen.
 
 A `Checkpoint` is the sort values of the last processed document plus the ids of the processed documents
 that share exactly those values: resuming with a range query from those values and dropping the listed
@@ -19,16 +21,22 @@ Documents without the order field are never read (they cannot be placed in order
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import logging
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
+
+from elasticsearch import ApiError
 
 from .config import SourceConfig
 from .es import Clients
+from .prefetch import Prefetch
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,8 @@ class Source:
     def __init__(self, clients: Clients, cfg: SourceConfig) -> None:
         self.clients = clients
         self.cfg = cfg
+        # Lowered to 1 for this reader when the server refuses sliced reads.
+        self.slices = cfg.slices
         self.order_field = self._order_field()
 
     def _order_field(self) -> str:
@@ -260,7 +270,8 @@ class Source:
             "size": self.cfg.page_size,
             "query": self._query(after, start, end),
             # `_shard_doc` breaks ties inside the point in time: without it, search_after skips documents
-            # whose sort values equal the last hit of a page (not every server adds it implicitly).
+            # whose sort values equal the last hit of a page (not every server adds it implicitly). It is
+            # also what makes the slices' orders one order (`_hits`).
             "sort": [*self._sort(), {"_shard_doc": "asc"}],
             "_source": self.fields,
             "pit": {"id": pit, "keep_alive": KEEP_ALIVE},
@@ -269,16 +280,12 @@ class Source:
         skip_ids = set(after.ids) if after else set()
         seen = after.recent if after else {}
         floor = tuple(after.sort) if after else None
+        n = len(body["sort"]) - 1
         left = limit
-        while left is None or left > 0:
-            resp = self.clients.es.search(**body)
-            hits = resp["hits"]["hits"]
-            if not hits:
-                return
-            body["pit"]["id"] = resp.get("pit_id", pit)
-            body["search_after"] = hits[-1]["sort"]
-            page = []
-            n = len(body["sort"]) - 1
+        if left is not None and left <= 0:
+            return
+        page: list[SourceDoc] = []
+        with closing(self._hits(body)) as hits:
             for h in hits:
                 doc = SourceDoc(h["_index"], h["_id"], tuple(h["sort"][:n]), h.get("_source") or {})
                 if floor is not None:
@@ -288,10 +295,95 @@ class Source:
                     if doc.sort < floor and (not self.overlap_ms or doc.id in seen or doc.id in skip_ids):
                         continue
                 page.append(doc)
-            if left is not None:
-                page = page[:left]
-                left -= len(page)
-            if page:
-                yield page
+                if left is not None:
+                    left -= 1
+                    if left <= 0:
+                        break
+                if len(page) >= self.cfg.page_size:
+                    yield page
+                    page = []
+        if page:
+            yield page
+
+    def _hits(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every hit of the query in sort order: one search_after stream, or `slices` of them read at once
+        and merged back into that order (each slice is sorted alike, and `_shard_doc` makes the order
+        total within the point in time, so the merge is the single stream's order exactly)."""
+        if self.slices <= 1:
+            for hits in self._server_pages(body):
+                yield from hits
+            return
+        streams = [
+            Prefetch(
+                self._server_pages(
+                    {**body, "pit": dict(body["pit"]), "slice": {"id": i, "max": self.slices}}
+                ),
+                depth=2,
+                name=f"deeplog-slice-{i}",
+            )
+            for i in range(self.slices)
+        ]
+        try:
+            merged = heapq.merge(*(chain.from_iterable(s) for s in streams), key=_order_key)
+            try:
+                # The merge asks every slice for its first page before it yields: a server that refuses
+                # sliced reads of a point in time says so here, before anything was handed on.
+                first = next(merged)
+            except StopIteration:
+                return
+            except ApiError as e:
+                if getattr(e, "status_code", None) != 400:
+                    raise
+                log.warning(
+                    "%s refused a sliced read (%s); reading one stream from now on (set source.slices: 1)",
+                    self.cfg.index,
+                    e,
+                )
+                self.slices = 1
+                first = None
+            if first is None:
+                for s in streams:
+                    s.close()
+                yield from self._hits(body)
+                return
+            yield first
+            yield from merged
+        finally:
+            for s in streams:
+                s.close()
+
+    def _server_pages(self, body: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """The raw hits of each search_after request (`body` is advanced in place). Each request after the
+        first also starts the order-field range at the last hit's value: search_after alone returns the
+        same hits, but a server that evaluates the query over every matching document before it skips to
+        the search_after position (the embedded one does) then matches a shrinking remainder instead of
+        the whole backlog on every page (a plain read of 20k documents: 1.6 s -> 1.0 s there)."""
+        query = body["query"]
+        while True:
+            resp = self.clients.es.search(**body)
+            hits = resp["hits"]["hits"]
+            if not hits:
+                return
+            body["pit"]["id"] = resp.get("pit_id", body["pit"]["id"])
+            body["search_after"] = hits[-1]["sort"]
+            body["query"] = self._narrowed(query, hits[-1]["sort"][0])
+            yield hits
             if len(hits) < self.cfg.page_size:
                 return
+
+    def _narrowed(self, query: dict[str, Any], value: Any) -> dict[str, Any]:
+        """`query` (from `_query`) with its order-field range starting at `value` (a sort value of that
+        field: epoch milliseconds for dates); unchanged for a value of any other kind."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return query
+        filters = list(query["bool"]["filter"])
+        # Hits come in ascending order from the first range's floor on, so `value` is never below it.
+        rng = {**filters[0]["range"][self.order_field], "gte": value}
+        filters[0] = {"range": {self.order_field: rng}}
+        return {"bool": {**query["bool"], "filter": filters}}
+
+
+def _order_key(hit: Mapping[str, Any]) -> tuple[tuple[bool, Any], ...]:
+    # Missing values (a keyword tiebreaker absent from a document) come back as null and sort last; the
+    # pairs keep None from ever being compared with a value.
+    return tuple((v is None, v) for v in hit["sort"])
