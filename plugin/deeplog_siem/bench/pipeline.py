@@ -70,6 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--page-size", type=int, default=1000, help="source.page_size")
     p.add_argument("--chunk-size", type=int, default=20000, help="schedule.chunk_size")
     p.add_argument(
+        "--slices",
+        type=int,
+        default=None,
+        help="source.slices for the job and its read path (default: the setting's)",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         default=5,
@@ -96,7 +102,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def bench_config(url: str, prefix: str, model_dir: str, page_size: int, chunk_size: int) -> Config:
+def bench_config(
+    url: str, prefix: str, model_dir: str, page_size: int, chunk_size: int, slices: int | None = None
+) -> Config:
+    """The job's configuration against the bench's server; `slices` None: `source.slices`' default."""
     return parse_config(
         {
             "elasticsearch": {"hosts": [url], "request_timeout": 120},
@@ -105,6 +114,7 @@ def bench_config(url: str, prefix: str, model_dir: str, page_size: int, chunk_si
                 "session_regex": r"(blk_-?\d+)",
                 "page_size": page_size,
                 "query_delay_seconds": 0,  # the replay is refreshed before any read
+                **({} if slices is None else {"slices": slices}),
             },
             "templater": {"format": "hdfs"},
             "model": {"dir": model_dir, "device": "cpu", "epochs": 3, "patience": 1},
@@ -219,7 +229,9 @@ def own_read(clients: Clients, cfg: Config) -> tuple[int, float]:
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: the job over one index; its own peak RSS."""
-    cfg = bench_config(spec["url"], spec["prefix"], spec["model_dir"], spec["page_size"], spec["chunk_size"])
+    cfg = bench_config(
+        spec["url"], spec["prefix"], spec["model_dir"], spec["page_size"], spec["chunk_size"], spec["slices"]
+    )
     clients = connect(cfg.elasticsearch)
     try:
         run_setup(clients, cfg)
@@ -258,10 +270,11 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="deeplog-bench-") as tmp:
             model_dir = str(Path(tmp) / "models")
-            cfg = bench_config(server.url, "bench", model_dir, args.page_size, args.chunk_size)
+            cfg = bench_config(server.url, "bench", model_dir, args.page_size, args.chunk_size, args.slices)
             cfg = cfg.replace(
                 model=type(cfg.model)(**{**vars(cfg.model), "epochs": args.epochs, "threads": args.threads})
             )
+            result["slices"] = cfg.source.slices
             clients = connect(cfg.elasticsearch)
             sample = load_sample()
             train_lines = render(sample.train[: args.train_sessions], seed=5)
@@ -337,7 +350,9 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 # The first read of a freshly indexed index is the slowest of all (up to a third slower here),
                 # and the child's job reads it after that: the timed read is the second one, so both sides
                 # read an index that has been read before.
-                rcfg = bench_config(server.url, prefix, model_dir, args.page_size, args.chunk_size)
+                rcfg = bench_config(
+                    server.url, prefix, model_dir, args.page_size, args.chunk_size, args.slices
+                )
                 plain_read(c, rcfg)
                 nr, rs = plain_read(c, rcfg)
                 no, os_ = own_read(c, rcfg)
@@ -351,6 +366,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                     "model_dir": model_dir,
                     "page_size": args.page_size,
                     "chunk_size": args.chunk_size,
+                    "slices": args.slices,
                 }
                 out = subprocess.run(
                     [sys.executable, "-m", "deeplog_siem.bench.pipeline", json.dumps(spec)],
