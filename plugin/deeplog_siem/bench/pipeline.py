@@ -251,6 +251,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(secs, 2),
         "load_seconds": round(load_s, 2),
         "peak_rss_mb": round(peak_kb / 1024, 1),
+        "stage_ms": dict(s.durations_ms),
     }
 
 
