@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=int, default=20_000, help="windows per score() call in (a)")
     parser.add_argument("--naive-sample", type=int, default=2_000, help="windows in the naive loop (c)")
     parser.add_argument("--model", metavar="PATH", help="score with this checkpoint instead of training one")
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="rows per LSTM forward pass in (a) and (b) (default: the detector's, 256)",
+    )
 
 
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
@@ -58,7 +64,11 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     result["windows"] = n
 
     # (a) every window, chunked, cache on and cold at the start.
-    det = KeyDetector(model, g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size))
+    rows = {} if args.chunk_rows is None else {"chunk_rows": args.chunk_rows}
+    det = KeyDetector(
+        model, g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size), **rows
+    )
+    result["chunk_rows"] = det.chunk_rows
     t0 = time.perf_counter()
     for i in range(0, n, args.chunk):
         part = slice(i, i + args.chunk)
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
 
     # (b) the distinct windows only, no cache: what the model itself sustains.
     uniq = torch.unique(w.keys, dim=0)
-    det = KeyDetector(model, g, device, cache_size=0)
+    det = KeyDetector(model, g, device, cache_size=0, **rows)
     u = Windows(uniq, torch.full((uniq.shape[0],), 3), torch.zeros(uniq.shape[0]), torch.zeros(uniq.shape[0]))
     det.score(u)  # warm-up: first-call allocations
     t0 = time.perf_counter()
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     progress(f"(b) {uniq.shape[0]} distinct windows in {dt:.3f}s without cache")
     # (b') the same under a feedback version: the trained model runs beside it as the anchor (a copy of the
     # model stands in for it here; the work is the same second forward pass).
-    det = KeyDetector(model, g, device, cache_size=0, anchor=copy.deepcopy(model))
+    det = KeyDetector(model, g, device, cache_size=0, anchor=copy.deepcopy(model), **rows)
     det.score(u)
     t0 = time.perf_counter()
     det.score(u)
