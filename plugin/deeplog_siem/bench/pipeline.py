@@ -194,24 +194,10 @@ def plain_read(clients: Clients, cfg: Config) -> tuple[int, float]:
     src = Source(clients, replace(cfg.source, slices=1))
     t0 = time.perf_counter()
     pit = src._open_pit()
-    body: dict[str, Any] = {
-        "size": cfg.source.page_size,
-        "query": src._query(None, None, None),
-        "sort": [*src._sort(), {"_shard_doc": "asc"}],
-        "_source": src.fields,
-        "pit": {"id": pit, "keep_alive": "2m"},
-        "track_total_hits": False,
-    }
     n = 0
     try:
-        while True:
-            resp = clients.es.search(**body)
-            hits = resp["hits"]["hits"]
+        for hits in src._server_pages(src._body(pit, src._query(None, None, None)), narrow=False):
             n += len(hits)
-            if len(hits) < cfg.source.page_size:
-                break
-            body["search_after"] = hits[-1]["sort"]
-            body["pit"]["id"] = resp.get("pit_id", pit)
     finally:
         src._close_pit(pit)
     return n, time.perf_counter() - t0
