@@ -108,6 +108,31 @@ def test_scores_identical_with_and_without_cache_and_across_batches(model: KeyLS
                 assert det.hits > 0 and len(det._slots) == min(cache_size, len(w.keys.unique(dim=0)))
 
 
+def test_prefix_states_give_the_one_pass_distribution(model: KeyLSTM) -> None:
+    """Windows run as a shared prefix state then the rest: the model's own one-pass distribution, the stored
+    prefix states are the distinct prefixes, and a store emptied when full recomputes them the same."""
+    rng = random.Random(1)
+    seqs = [[rng.choice([3, 4, 5, 6, 7, 8]) for _ in range(rng.randint(1, 25))] for _ in range(200)]
+    w = build_windows(seqs, 5)
+    det = KeyDetector(model, 4, chunk_rows=64)
+    assert det.prefix_depth == 2
+    s = det.score(w)
+    with torch.no_grad():
+        logits, _ = model(w.keys)
+    logits[:, [PAD, UNK]] = float("-inf")
+    one_pass = torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
+    assert torch.allclose(s.prob, one_pass, rtol=1e-5, atol=1e-7)
+    prefixes = {tuple(r) for r in w.keys[:, :2].tolist()}
+    assert len(det._prefixes[0].slots) == len(prefixes) > 1
+    # Fewer slots than prefixes: the store is emptied and refilled, the scores do not move.
+    small = KeyDetector(model, 4, cache_size=len(prefixes) - 1, chunk_rows=64)
+    for i in range(0, len(w), 50):
+        _assert_same(small.score(_part(w, i, 50)), KeyDetector(model, 4, cache_size=0).score(_part(w, i, 50)))
+    assert 0 < len(small._prefixes[0].slots) < len(prefixes)
+    # Short windows run in one pass.
+    assert KeyDetector(KeyLSTM(KeyModelArgs(vocab_size=12, window=3)), 4).prefix_depth == 0
+
+
 def test_score_semantics(model: KeyLSTM) -> None:
     w = build_windows([[3, 4, UNK, 5], [6, 7, 8]], 5)
     s = KeyDetector(model, 4).score(w)

@@ -2,7 +2,8 @@
 
 Contract:
 - `KeyLSTM(args)(keys [B, h], targets [B] | None)` -> (logits [B, V], mean cross-entropy | None): the
-  distribution of the key that follows a window of h keys.
+  distribution of the key that follows a window of h keys. `encode(keys, state)` is the LSTM part alone,
+  resumable from a state: (output after the last key [B, H], (h, c) [layers, B, H]).
 - `train_key_model(sessions, vocab_size, cfg)` -> (model, TrainReport): learns from normal sessions only
   (vocabulary ids, duplicates kept). Every event is a target (windows are left-padded) and so is the end of
   the session (EOS). Minibatches are drawn from the distinct (window, target) pairs with their counts, and
@@ -75,6 +76,16 @@ class KeyLSTM(nn.Module):
         )
         self.head = nn.Linear(args.hidden, args.vocab_size)
 
+    def encode(
+        self, keys: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """keys [B, t] (continuing from `state`, the LSTM's (h, c) [layers, B, H] after earlier keys, or from
+        the start) -> (top layer's output after the last key [B, H], (h, c) after it). Running a window as
+        a prefix and then the rest from the prefix's state is the same computation as one pass: the detector
+        computes the state of a prefix shared by many windows once."""
+        out, state = self.lstm(self.embed(keys), state)  # [B, t, H]
+        return out[:, -1], state
+
     def forward(
         self,
         keys: torch.Tensor,
@@ -82,9 +93,7 @@ class KeyLSTM(nn.Module):
         weights: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.embed(keys)  # [B, h, E]
-        out, _ = self.lstm(x)  # [B, h, H]
-        logits = self.head(out[:, -1])  # [B, V]
+        logits = self.head(self.encode(keys)[0])  # [B, V]
         if targets is None:
             return logits, None
         if weights is None:
