@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,31 @@ def test_evaluate_cli_errors(tmp_path: Path, capsys) -> None:
     assert "broken.pt: not a readable model checkpoint" in capsys.readouterr().err
     assert main(["evaluate", "--window", "0", "--normal", str(bad), "--abnormal", str(bad)]) == 2
     assert "model.window: must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_keymodel_reports_every_figure(tmp_path: Path) -> None:
+    """bench keymodel on the real dev files with a small saved model (the default run trains on all of
+    hdfs_train): every figure is there, (a) computed each distinct window once, the medians are the runs'."""
+    need("hdfs_test_normal_dev")
+    model = tmp_path / "m.pt"
+    assert main(["evaluate", "--train", str(need("hdfs_train")), "--normal", str(need("hdfs_test_normal_dev")),
+                 "--abnormal", str(need("hdfs_test_abnormal_dev")), "--limit", "200", "--epochs", "1",
+                 "--hidden", "16", "--device", "cpu", "--save", str(model)]) == 0  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "keymodel", "--json", "--model", str(model),
+         "--device", "cpu", "--repeat", "3", "--naive-sample", "100"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["cache_hits"] + r["cache_misses"] <= r["windows"] and r["cache_misses"] == r["unique_windows"]
+    for k in (
+        "cached_windows_per_s",
+        "unique_windows_per_s",
+        "anchored_unique_windows_per_s",
+        "naive_windows_per_s",
+    ):
+        assert len(r[k + "_runs"]) == 3 and r[k] == sorted(r[k + "_runs"])[1], k
+    assert r["speedup_unique_vs_naive"] == pytest.approx(
+        r["unique_windows_per_s"] / r["naive_windows_per_s"], abs=0.1
+    )
+    assert r["train_seconds"] is None and r["naive_windows"] == 100 and r["chunk_rows"] == 256
