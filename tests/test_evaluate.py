@@ -130,3 +130,20 @@ def test_bench_keymodel_reports_every_figure(tmp_path: Path) -> None:
         r["unique_windows_per_s"] / r["naive_windows_per_s"], abs=0.1
     )
     assert r["train_seconds"] is None and r["naive_windows"] == 100 and r["chunk_rows"] == 256
+
+
+def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) -> None:
+    """The false-positive analysis flags, per model, the sessions `evaluate` counts as FP."""
+    from deeplog_siem.bench import keyacc_fps
+
+    need("hdfs_test_normal_dev")
+    model = tmp_path / "m.pt"
+    assert main(["evaluate", "--train", str(need("hdfs_train")), "--normal", str(need("hdfs_test_normal_dev")),
+                 "--abnormal", str(need("hdfs_test_abnormal_dev")), "--epochs", "1", "--hidden", "16",
+                 "--device", "cpu", "--save", str(model), "--json"]) == 0  # fmt: skip
+    fp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fp"]
+    keyacc_fps.main([str(model), f"{model}:0.9999"])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["fp"] == {str(model): fp, f"{model}:0.9999": 3500}  # that floor rejects every session
+    assert {s["models"] for s in r["sessions"]} <= {1, 2} and len(r["sessions"]) == 3500
+    assert sum(s["models"] == 2 for s in r["sessions"]) == fp
