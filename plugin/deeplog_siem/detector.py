@@ -10,7 +10,8 @@ distribution of the next key is cached per window (LRU, bounded by `cache_size`)
 from the distribution, so results do not depend on the cache, on batch sizes or on what else is scored in
 the same call. A window's LSTM pass starts from the state after its first h // 2 keys, computed once per
 distinct prefix and kept beside the cache (distinct windows share few prefixes: on the HDFS dev files it
-runs the LSTM over 39% fewer keys, the same distributions). PAD and UNK are never predicted (their probability is 0); EOS is a valid prediction.
+runs the LSTM over 39% fewer keys, the same distributions). PAD and UNK are never predicted (their
+probability is 0); EOS is a valid prediction.
 `build_windows`/`Windows` (from `keyseq`) turn sessions into windows; `load_anchor(version_dir, model)` reads
 a feedback version's anchor.
 
