@@ -147,3 +147,17 @@ def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) ->
     assert r["fp"] == {str(model): fp, f"{model}:0.9999": 3500}  # that floor rejects every session
     assert {s["models"] for s in r["sessions"]} <= {1, 2} and len(r["sessions"]) == 3500
     assert sum(s["models"] == 2 for s in r["sessions"]) == fp
+
+
+def test_keyacc_session_scores_every_dev_session(capsys) -> None:
+    """The whole-session alternative trains and reports FP/FN for each floor, non-decreasing FP with it."""
+    from deeplog_siem.bench import keyacc_session
+
+    need("hdfs_test_abnormal_dev")
+    keyacc_session.main(["--epochs", "1", "--batch", "64"])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [r[f"floor_{f}"] for f in keyacc_session.FLOORS]
+    assert all(0 <= x["fp"] <= 3500 and 0 <= x["fn"] <= 8419 for x in rows)
+    assert [x["fp"] for x in rows] == sorted(x["fp"] for x in rows)  # a higher floor flags more
+    assert [x["fn"] for x in rows] == sorted((x["fn"] for x in rows), reverse=True)
+    assert r["epochs_run"] == 1 and r["distinct_train_sessions"] > 500
