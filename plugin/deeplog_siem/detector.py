@@ -117,11 +117,10 @@ class KeyDetector:
         n, r, d = keys.shape[0], self.chunk_rows, self.prefix_depth
         if n == 0:
             return torch.empty((0, self._width))
-        keys = keys.to(self.device)
         parts = []
         for i, m in enumerate([self.model] if self.anchor is None else [self.model, self.anchor]):
             state = self._prefix_states(i, m, keys[:, :d]) if d else None
-            out, _ = self._run(m, keys[:, d:], state)  # [n rounded up to chunk_rows, H]
+            out, _ = self._run(m, keys[:, d:].to(self.device), state)  # [n rounded up to chunk_rows, H]
             probs = []
             for j in range(0, out.shape[0], r):
                 logits = m.head(out[j : j + r])  # [chunk_rows, V]
@@ -161,10 +160,12 @@ class KeyDetector:
         return torch.cat(outs), (torch.cat(hs, 1)[:, :n], torch.cat(cs, 1)[:, :n])
 
     def _prefix_states(self, i: int, m: KeyLSTM, prefixes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """prefixes [U, d] (the first d keys of distinct windows) -> m's LSTM state after them, (h, c)
-        [layers, U, H]. Distinct windows share few distinct prefixes (HDFS dev files: 13,378 windows, 2,938
-        prefixes of 5 keys), so each is run once, and kept (bounded) while the cache is on."""
+        """prefixes [U, d] on the CPU (the first d keys of distinct windows) -> m's LSTM state after them,
+        (h, c) [layers, U, H] on the device. Distinct windows share few distinct prefixes (HDFS dev files:
+        13,378 windows, 2,938 prefixes of 5 keys), so each is run once, and kept (bounded) while the cache is
+        on. Prefix ids are computed on the CPU: CUDA has no int64 matrix product."""
         uniq, inverse, ids = self._unique(prefixes)
+        uniq, inverse = uniq.to(self.device), inverse.to(self.device)
         store = self._prefixes[i]
         known = [store.slots.get(c, -1) for c in ids] if store.capacity else [-1] * len(ids)
         slots = torch.tensor(known, device=self.device)  # [P]: slot of the stored state, -1 when not stored
@@ -183,7 +184,7 @@ class KeyDetector:
     def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
         """keys [N, t] -> (unique rows [U, t], inverse [N], hashable id per unique row)."""
         if self._radix is not None:
-            radix = self._radix[: keys.shape[1]].to(keys.device)
+            radix = self._radix[: keys.shape[1]]
             codes, inverse = torch.unique(keys @ radix, return_inverse=True)
             uniq = codes[:, None] // radix % self.vocab_size
             return uniq, inverse, codes.tolist()
