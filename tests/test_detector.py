@@ -213,3 +213,23 @@ def test_anchor_flags_what_the_trained_model_rejects_unless_its_probability_rose
     other = KeyLSTM(KeyModelArgs(vocab_size=11, window=5, embedding=8, layers=1, hidden=8))
     with pytest.raises(ValueError, match="not the same lineage"):
         KeyDetector(child, 4, anchor=other)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: the GPU path runs where one is"
+)
+def test_cuda_scores_match_cpu(model: KeyLSTM) -> None:
+    rng = random.Random(2)
+    seqs = [[rng.choice([3, 4, 5, 6, 7, 8, UNK]) for _ in range(rng.randint(1, 25))] for _ in range(200)]
+    w = build_windows(seqs, 5)
+    cpu = KeyDetector(copy.deepcopy(model), 4, chunk_rows=64).score(w)
+    det = KeyDetector(
+        copy.deepcopy(model).cuda(), 4, device="cuda", chunk_rows=64, anchor=copy.deepcopy(model)
+    )
+    for _ in range(2):  # the second pass from the caches
+        gpu = det.score(w)
+        assert torch.equal(gpu.topk_keys, cpu.topk_keys) or torch.allclose(
+            gpu.topk_probs, cpu.topk_probs, atol=1e-5
+        )
+        assert torch.allclose(gpu.prob, cpu.prob, atol=1e-5)
+        assert torch.equal(gpu.unseen, cpu.unseen)
