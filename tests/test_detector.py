@@ -133,6 +133,28 @@ def test_prefix_states_give_the_one_pass_distribution(model: KeyLSTM) -> None:
     assert KeyDetector(KeyLSTM(KeyModelArgs(vocab_size=12, window=3)), 4).prefix_depth == 0
 
 
+def test_a_vocabulary_too_large_for_one_int64_per_window() -> None:
+    """100 keys, windows of 10: a window's id no longer fits in an int64 (100**10 > 2**62), its prefix's
+    does; scores are still the model's, with and without the caches."""
+    torch.manual_seed(3)
+    big = KeyLSTM(KeyModelArgs(vocab_size=100, window=10, embedding=8, layers=1, hidden=8)).eval()
+    rng = random.Random(3)
+    seqs = [[rng.randrange(3, 100) for _ in range(rng.randint(1, 30))] for _ in range(100)]
+    w = build_windows(seqs, 10)
+    det = KeyDetector(big, 5, chunk_rows=64)
+    s = det.score(w)
+    with torch.no_grad():
+        logits, _ = big(w.keys)
+    logits[:, [PAD, UNK]] = float("-inf")
+    one_pass = torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
+    assert torch.allclose(s.prob, one_pass, rtol=1e-5, atol=1e-7)
+    assert all(isinstance(k, tuple) for k in det._slots)
+    assert all(isinstance(k, int) for k in det._prefixes[0].slots)
+    _assert_same(s, det.score(w))  # from the cache
+    assert det.hits == len(det._slots) > 0
+    _assert_same(s, KeyDetector(big, 5, cache_size=0, chunk_rows=64).score(w))
+
+
 def test_score_semantics(model: KeyLSTM) -> None:
     w = build_windows([[3, 4, UNK, 5], [6, 7, 8]], 5)
     s = KeyDetector(model, 4).score(w)

@@ -101,8 +101,6 @@ class KeyDetector:
         self._slots: OrderedDict[Hashable, int] = OrderedDict()  # window -> row of _store, LRU order
         self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
-        # Windows are encoded as one int64 (base-V digits) when that fits: unique and hashing are then 1-D.
-        self._radix = self.vocab_size ** torch.arange(self.h) if self.vocab_size**self.h < 2**62 else None
 
     def clear_cache(self) -> None:
         self._slots.clear()
@@ -183,8 +181,10 @@ class KeyDetector:
 
     def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
         """keys [N, t] -> (unique rows [U, t], inverse [N], hashable id per unique row)."""
-        if self._radix is not None:
-            radix = self._radix[: keys.shape[1]]
+        # Rows are encoded as one int64 (base-V digits) when that fits: unique and hashing are then 1-D.
+        # Prefixes often fit where whole windows do not (300 templates: 300**5 does, 300**10 does not).
+        if self.vocab_size ** keys.shape[1] < 2**62:
+            radix = self.vocab_size ** torch.arange(keys.shape[1])
             codes, inverse = torch.unique(keys @ radix, return_inverse=True)
             uniq = codes[:, None] // radix % self.vocab_size
             return uniq, inverse, codes.tolist()
