@@ -135,7 +135,7 @@ def test_prefix_states_give_the_one_pass_distribution(model: KeyLSTM) -> None:
 
 def test_a_vocabulary_too_large_for_one_int64_per_window() -> None:
     """100 keys, windows of 10: a window's id no longer fits in an int64 (100**10 > 2**62), its prefix's
-    does; scores are still the model's, with and without the caches."""
+    does; ids stay exact, and scores are still the model's, with and without the caches."""
     torch.manual_seed(3)
     big = KeyLSTM(KeyModelArgs(vocab_size=100, window=10, embedding=8, layers=1, hidden=8)).eval()
     rng = random.Random(3)
@@ -148,8 +148,12 @@ def test_a_vocabulary_too_large_for_one_int64_per_window() -> None:
     logits[:, [PAD, UNK]] = float("-inf")
     one_pass = torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
     assert torch.allclose(s.prob, one_pass, rtol=1e-5, atol=1e-7)
-    assert all(isinstance(k, tuple) for k in det._slots)
-    assert all(isinstance(k, int) for k in det._prefixes[0].slots)
+    # Window ids are exact Python ints beyond int64, prefix ids int64; ids and rows agree with a plain unique.
+    assert any(k >= 2**63 for k in det._slots) and all(0 <= k < 2**62 for k in det._prefixes[0].slots)
+    uniq, inverse, ids = det._unique(w.keys)
+    assert torch.equal(uniq[inverse], w.keys) and len(set(ids)) == len(ids) == len(w.keys.unique(dim=0))
+    digits = [[k // 100**i % 100 for i in range(10)] for k in ids]
+    assert digits == uniq.tolist()
     _assert_same(s, det.score(w))  # from the cache
     assert det.hits == len(det._slots) > 0
     _assert_same(s, KeyDetector(big, 5, cache_size=0, chunk_rows=64).score(w))

@@ -130,6 +130,16 @@ def test_bench_keymodel_reports_every_figure(tmp_path: Path) -> None:
         r["unique_windows_per_s"] / r["naive_windows_per_s"], abs=0.1
     )
     assert r["train_seconds"] is None and r["naive_windows"] == 100 and r["chunk_rows"] == 256
+    # At a production vocabulary size (window ids beyond one int64), with an untrained model.
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "keymodel", "--json", "--vocab-size", "100",
+         "--device", "cpu", "--repeat", "1", "--naive-sample", "10"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (
+        r["vocab_size"] == 100 and r["cache_misses"] == r["unique_windows"] and r["cached_windows_per_s"] > 0
+    )
 
 
 def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) -> None:

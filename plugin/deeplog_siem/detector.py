@@ -98,6 +98,8 @@ class KeyDetector:
         self.prefix_depth = self.h // 2 if self.h >= 4 else 0
         self._prefixes = [_PrefixStore(min(cache_size, PREFIX_CAPACITY)) for _ in range(2)]
         self.cache_size = cache_size
+        # Most keys of a row that one int64 holds as base-V digits (see _unique).
+        self._part_width = next(w for w in range(64, 0, -1) if self.vocab_size**w < 2**62)
         self._slots: OrderedDict[Hashable, int] = OrderedDict()  # window -> row of _store, LRU order
         self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
@@ -180,16 +182,35 @@ class KeyDetector:
         return h[:, inverse], c[:, inverse]
 
     def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
-        """keys [N, t] -> (unique rows [U, t], inverse [N], hashable id per unique row)."""
-        # Rows are encoded as one int64 (base-V digits) when that fits: unique and hashing are then 1-D.
-        # Prefixes often fit where whole windows do not (300 templates: 300**5 does, 300**10 does not).
-        if self.vocab_size ** keys.shape[1] < 2**62:
-            radix = self.vocab_size ** torch.arange(keys.shape[1])
+        """keys [N, t] -> (unique rows [U, t], inverse [N], hashable id per unique row).
+
+        A row's id is its keys as base-V digits: one int64 when V**t fits, which makes unique 1-D. Wider
+        rows (a vocabulary of more than 79 keys and windows of 10) are cut into parts that fit, each part
+        ranked with a 1-D unique and the ranks combined part by part (every rank is below N, so a pair of
+        them fits): torch's unique over rows is several times slower. The id is then the exact Python int."""
+        n, t = keys.shape
+        width = self._part_width
+        if t <= width:
+            radix = self.vocab_size ** torch.arange(t)
             codes, inverse = torch.unique(keys @ radix, return_inverse=True)
             uniq = codes[:, None] // radix % self.vocab_size
             return uniq, inverse, codes.tolist()
-        uniq, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        return uniq, inverse, [tuple(r) for r in uniq.tolist()]
+        radix = self.vocab_size ** torch.arange(width)
+        parts = [keys[:, i : i + width] @ radix[: min(width, t - i)] for i in range(0, t, width)]  # [N] each
+        inverse = torch.zeros(n, dtype=torch.long)
+        for part in parts:
+            rank = torch.unique(part, return_inverse=True)[1]
+            inverse = torch.unique(inverse * n + rank, return_inverse=True)[1]
+        first = torch.empty(int(inverse.max()) + 1 if n else 0, dtype=torch.long)
+        first[inverse] = torch.arange(n)  # a row of each distinct window
+        base = self.vocab_size**width
+        ids = []
+        for digits in torch.stack([p[first] for p in parts], 1).tolist():
+            code = 0
+            for d in reversed(digits):
+                code = code * base + d
+            ids.append(code)
+        return keys[first], inverse, ids
 
     def distributions(self, uniq: torch.Tensor, ids: list[Hashable]) -> torch.Tensor:
         """Distributions [U, V] ([U, 2V] with an anchor) for distinct windows, from the cache where possible."""

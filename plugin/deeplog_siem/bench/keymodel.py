@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--naive-sample", type=int, default=2_000, help="windows in the naive loop (c)")
     parser.add_argument("--model", metavar="PATH", help="score with this checkpoint instead of training one")
     parser.add_argument(
+        "--vocab-size",
+        type=int,
+        metavar="N",
+        help="score with an untrained model over N keys instead (N >= 33): the detector's speed at a production "
+        "vocabulary size (more than 79 keys: window ids no longer fit one int64); no training, no accuracy",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=5,
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     from ..errors import DataError
     from ..evaluate import default_file
     from ..keyseq import build_windows, hdfs_vocabulary, read_key_sessions, to_ids
-    from ..model import load_checkpoint, resolve_device, train_key_model
+    from ..model import KeyLSTM, KeyModelArgs, load_checkpoint, resolve_device, train_key_model
 
     files = {n: default_file(n) for n in ("hdfs_train", "hdfs_test_normal_dev", "hdfs_test_abnormal_dev")}
     if None in files.values():
@@ -59,7 +66,16 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     cfg = ModelConfig(device=args.device)
     device = resolve_device(cfg.device)
     result: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads()}
-    if args.model:
+    if args.vocab_size is not None and args.vocab_size < len(vocab):
+        raise DataError(
+            f"--vocab-size must be at least {len(vocab)}, the HDFS key vocabulary, got {args.vocab_size}"
+        )
+    if args.vocab_size:
+        # Speed only: an untrained model over that many keys, as in production, scoring the HDFS windows.
+        torch.manual_seed(0)
+        model = KeyLSTM(KeyModelArgs.from_config(args.vocab_size, cfg)).eval()
+        result.update(train_seconds=None, vocab_size=args.vocab_size)
+    elif args.model:
         model, _, _ = load_checkpoint(args.model)
         result["train_seconds"] = None
     else:
