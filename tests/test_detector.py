@@ -108,6 +108,14 @@ def test_scores_identical_with_and_without_cache_and_across_batches(model: KeyLS
                 assert det.hits > 0 and len(det._slots) == min(cache_size, len(w.keys.unique(dim=0)))
 
 
+def _one_pass_prob(model: KeyLSTM, w: Windows) -> torch.Tensor:
+    """[N]: the actual key's probability from the model's own forward pass over whole windows."""
+    with torch.no_grad():
+        logits, _ = model(w.keys)
+    logits[:, [PAD, UNK]] = float("-inf")
+    return torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
+
+
 def test_prefix_states_give_the_one_pass_distribution(model: KeyLSTM) -> None:
     """Windows run as a shared prefix state then the rest: the model's own one-pass distribution, the stored
     prefix states are the distinct prefixes, and a store emptied when full recomputes them the same."""
@@ -117,11 +125,7 @@ def test_prefix_states_give_the_one_pass_distribution(model: KeyLSTM) -> None:
     det = KeyDetector(model, 4, chunk_rows=64)
     assert det.prefix_depth == 2
     s = det.score(w)
-    with torch.no_grad():
-        logits, _ = model(w.keys)
-    logits[:, [PAD, UNK]] = float("-inf")
-    one_pass = torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
-    assert torch.allclose(s.prob, one_pass, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(s.prob, _one_pass_prob(model, w), rtol=1e-5, atol=1e-7)
     prefixes = {tuple(r) for r in w.keys[:, :2].tolist()}
     assert len(det._prefixes[0].slots) == len(prefixes) > 1
     # Fewer slots than prefixes: the store is emptied and refilled, the scores do not move.
@@ -143,11 +147,7 @@ def test_a_vocabulary_too_large_for_one_int64_per_window() -> None:
     w = build_windows(seqs, 10)
     det = KeyDetector(big, 5, chunk_rows=64)
     s = det.score(w)
-    with torch.no_grad():
-        logits, _ = big(w.keys)
-    logits[:, [PAD, UNK]] = float("-inf")
-    one_pass = torch.softmax(logits, dim=1)[torch.arange(len(w)), w.targets]
-    assert torch.allclose(s.prob, one_pass, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(s.prob, _one_pass_prob(big, w), rtol=1e-5, atol=1e-7)
     # Window ids are exact Python ints beyond int64, prefix ids int64; ids and rows agree with a plain unique.
     assert any(k >= 2**63 for k in det._slots) and all(0 <= k < 2**62 for k in det._prefixes[0].slots)
     uniq, inverse, ids = det._unique(w.keys)

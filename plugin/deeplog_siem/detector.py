@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,7 +99,7 @@ class KeyDetector:
         self.cache_size = cache_size
         # Most keys of a row that one int64 holds as base-V digits (see _unique).
         self._part_width = next(w for w in range(64, 0, -1) if self.vocab_size**w < 2**62)
-        self._slots: OrderedDict[Hashable, int] = OrderedDict()  # window -> row of _store, LRU order
+        self._slots: OrderedDict[int, int] = OrderedDict()  # window -> row of _store, LRU order
         self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
 
@@ -167,8 +166,9 @@ class KeyDetector:
         uniq, inverse, ids = self._unique(prefixes)
         uniq, inverse = uniq.to(self.device), inverse.to(self.device)
         store = self._prefixes[i]
-        known = [store.slots.get(c, -1) for c in ids] if store.capacity else [-1] * len(ids)
-        slots = torch.tensor(known, device=self.device)  # [P]: slot of the stored state, -1 when not stored
+        slots = torch.tensor(
+            [store.slots.get(c, -1) for c in ids], device=self.device
+        )  # [P]: slot of the stored state, -1 when not stored
         cached = slots >= 0
         h = torch.empty((m.args.layers, len(ids), m.args.hidden), device=self.device)
         c = torch.empty_like(h)
@@ -181,8 +181,8 @@ class KeyDetector:
             store.add([ids[j] for j in miss.tolist()], mh, mc)
         return h[:, inverse], c[:, inverse]
 
-    def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Hashable]]:
-        """keys [N, t] -> (unique rows [U, t], inverse [N], hashable id per unique row).
+    def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """keys [N, t] -> (unique rows [U, t], inverse [N], id per unique row: its keys as base-V digits).
 
         A row's id is its keys as base-V digits: one int64 when V**t fits, which makes unique 1-D. Wider
         rows (a vocabulary of more than 79 keys and windows of 10) are cut into parts that fit, each part
@@ -212,7 +212,7 @@ class KeyDetector:
             ids.append(code)
         return keys[first], inverse, ids
 
-    def distributions(self, uniq: torch.Tensor, ids: list[Hashable]) -> torch.Tensor:
+    def distributions(self, uniq: torch.Tensor, ids: list[int]) -> torch.Tensor:
         """Distributions [U, V] ([U, 2V] with an anchor) for distinct windows, from the cache where possible."""
         if self.cache_size == 0:
             self.misses += len(ids)
@@ -294,10 +294,10 @@ class _PrefixStore:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.slots: dict[Hashable, int] = {}
+        self.slots: dict[int, int] = {}
         self.h = self.c = torch.empty(0)
 
-    def add(self, ids: list[Hashable], h: torch.Tensor, c: torch.Tensor) -> None:
+    def add(self, ids: list[int], h: torch.Tensor, c: torch.Tensor) -> None:
         """ids [k], h and c [layers, k, H]; more than capacity states are not kept."""
         if not 0 < len(ids) <= self.capacity:
             return

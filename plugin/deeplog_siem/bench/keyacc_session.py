@@ -148,9 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     model, result = train(train_s, len(vocab), cfg, args.batch)
 
-    @torch.no_grad()
     def predict(histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        return torch.stack([session_probs(model, [list(h)])[0][-1] for h in histories])
+        return torch.stack([p[-1] for p in session_probs(model, histories)])  # [B, V]
 
     partners = concurrent_partners(
         mine_workflows(train_s, vocab.templates, predict=predict, window=cfg.window)
