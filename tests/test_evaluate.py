@@ -143,20 +143,33 @@ def test_bench_keymodel_reports_every_figure(tmp_path: Path) -> None:
 
 
 def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) -> None:
-    """The false-positive analysis flags, per model, the sessions `evaluate` counts as FP."""
+    """The false-positive analysis flags, per model, the sessions `evaluate` counts as FP; `--misses`
+    groups the sessions it counts as FN."""
     from deeplog_siem.bench import keyacc_fps
 
     need("hdfs_test_normal_dev")
     model = tmp_path / "m.pt"
     assert main(["evaluate", "--train", str(need("hdfs_train")), "--normal", str(need("hdfs_test_normal_dev")),
-                 "--abnormal", str(need("hdfs_test_abnormal_dev")), "--epochs", "1", "--hidden", "16",
+                 "--abnormal", str(need("hdfs_test_abnormal_dev")), "--epochs", "3", "--hidden", "16",
                  "--device", "cpu", "--save", str(model), "--json"]) == 0  # fmt: skip
-    fp = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fp"]
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fp = figures["fp"]
     keyacc_fps.main([str(model), f"{model}:0.9999"])
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["fp"] == {str(model): fp, f"{model}:0.9999": 3500}  # that floor rejects every session
     assert {s["models"] for s in r["sessions"]} <= {1, 2} and len(r["sessions"]) == 3500
     assert sum(s["models"] == 2 for s in r["sessions"]) == fp
+    # --misses: the same FN as evaluate, every missed session in exactly one group; a floor of 0.9999
+    # misses nothing. Plain top-9 (floor 0) lets this three-epoch model miss some.
+    assert main(["evaluate", "--model", str(model), "--train", str(need("hdfs_train")), "--min-probability", "0",
+                 "--device", "cpu", "--json"]) == 0  # fmt: skip
+    fn = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fn"]
+    keyacc_fps.main(["--misses", f"{model}:0", f"{model}:0.9999"])
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fn"]
+    assert m[f"{model}:0"]["fn"] == fn > 0
+    assert sum(g["sessions"] for g in m[f"{model}:0"]["groups"]) == fn
+    assert all(" -> " in g["transition"] for g in m[f"{model}:0"]["groups"])
+    assert m[f"{model}:0.9999"] == {"fn": 0, "groups": []}
 
 
 def test_keyacc_session_scores_every_dev_session(capsys) -> None:
