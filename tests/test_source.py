@@ -180,3 +180,11 @@ def test_a_server_refusing_slices_is_read_in_one_stream(clients, prefix, make_co
     assert src.slices == 1
     assert "refused a sliced read" in caplog.text and "source.slices: 1" in caplog.text
     assert [d.get("message") for d in docs] == [ln.message for ln in lines]
+    # The next run (a new Source, the daemon's same Clients) reads one stream at once: no second warning
+    # every scheduled run.
+    caplog.clear()
+    again = Source(clients, make_config(source={"page_size": 7, "slices": 2}).source)
+    assert again.slices == 1
+    with caplog.at_level(logging.WARNING, logger="deeplog_siem.source"):
+        assert [d.get("message") for p in again.pages() for d in p] == [ln.message for ln in lines]
+    assert "refused a sliced read" not in caplog.text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import elastic_transport
@@ -47,6 +47,9 @@ class Clients:
     es: Elasticsearch
     flavour: Flavour
     version: str
+    # Indices whose server refused a sliced read: the later runs of this process (the daemon keeps one
+    # Clients) read them in one stream without asking, and warning, again.
+    unsliced: set[str] = field(default_factory=set, compare=False)
 
     @property
     def has_ingest(self) -> bool:

@@ -127,8 +127,8 @@ class Source:
     def __init__(self, clients: Clients, cfg: SourceConfig) -> None:
         self.clients = clients
         self.cfg = cfg
-        # Lowered to 1 for this reader when the server refuses sliced reads.
-        self.slices = cfg.slices
+        # 1 where the server refused sliced reads (this run or an earlier one of this process).
+        self.slices = 1 if cfg.index in clients.unsliced else cfg.slices
         self.order_field = self._order_field()
 
     def _order_field(self) -> str:
@@ -340,7 +340,8 @@ class Source:
                 if e.status_code != 400:
                     raise
                 log.warning(
-                    "%s refused a sliced read (%s); reading one stream from now on (set source.slices: 1)",
+                    "%s refused a sliced read (%s); reading one stream from now on, in this and later runs of this "
+                    "process (set source.slices: 1)",
                     self.cfg.index,
                     e,
                 )
@@ -350,6 +351,7 @@ class Source:
                 for s in streams:
                     s.close()
                 self.slices = 1
+                self.clients.unsliced.add(self.cfg.index)
                 yield from self._hits(body)
                 return
             yield first
