@@ -22,6 +22,8 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
+import torch
+
 from ..config import ModelConfig
 from ..detector import KeyDetector
 from ..evaluate import default_file, flag_sessions
@@ -86,12 +88,17 @@ def _misses(
     accepted as concurrent steps left out: their probability did not decide)."""
     w = build_windows([sessions[s] for s in missed], det.h)
     prob = det.score(w).prob.masked_fill(concurrency_mask(w.keys, w.targets, partners), 1.0)  # [N]
+    # Each session's least probable event: events ordered by session, then probability; the first of each.
+    order = prob.argsort(stable=True)
+    order = order[w.session[order].argsort(stable=True)]
+    first = torch.ones(order.numel(), dtype=torch.bool)
+    first[1:] = w.session[order][1:] != w.session[order][:-1]
+    weakest = order[first]  # [len(missed)]
     groups: dict[str, list[float]] = defaultdict(list)
-    for i in range(len(missed)):
-        at = (w.session == i).nonzero().flatten()
-        j = int(at[prob[at].argmin()])
-        keys = " ".join(_name(k) for k in w.keys[j, -3:].tolist())
-        groups[f"{keys} -> {_name(int(w.targets[j]))}"].append(float(prob[j]))
+    for keys, target, p in zip(
+        w.keys[weakest, -3:].tolist(), w.targets[weakest].tolist(), prob[weakest].tolist(), strict=True
+    ):
+        groups[f"{' '.join(map(_name, keys))} -> {_name(target)}"].append(p)
     top = sorted(groups.items(), key=lambda g: -len(g[1]))
     print(f"FN {len(missed)}, {len(groups)} deciding transitions; largest:")
     for t, ps in top[:5]:
