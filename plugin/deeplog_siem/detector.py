@@ -184,7 +184,7 @@ class KeyDetector:
     def _unique(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """keys [N, t] -> (unique rows [U, t], inverse [N], id per unique row: its keys as base-V digits).
 
-        A row's id is its keys as base-V digits: one int64 when V**t fits, which makes unique 1-D. Wider
+        The id is one int64 when V**t fits, which makes unique 1-D. Wider
         rows (a vocabulary of more than 79 keys and windows of 10) are cut into parts that fit, each part
         ranked with a 1-D unique and the ranks combined part by part (every rank is below N, so a pair of
         them fits): torch's unique over rows is several times slower. The id is then the exact Python int."""
