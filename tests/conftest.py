@@ -1,7 +1,7 @@
 """Shared fixtures: one real server for the whole run.
 
 By default the embedded osmem-server is started through the product's own code path
-(`deeplog_siem.server.start_embedded`). Setting DEEPLOG_TEST_ES_URL (plus optionally DEEPLOG_TEST_ES_USERNAME,
+(`deeplog_lab.server.start_embedded`). Setting DEEPLOG_TEST_ES_URL (plus optionally DEEPLOG_TEST_ES_USERNAME,
 DEEPLOG_TEST_ES_PASSWORD, DEEPLOG_TEST_ES_API_KEY, DEEPLOG_TEST_ES_CA_CERTS, DEEPLOG_TEST_ES_VERIFY=false) runs
 the same suite against a real Elasticsearch or OpenSearch cluster; every test works in indices named with a
 per-test prefix and deletes them afterwards.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import Config, ElasticsearchConfig, parse_config
 from deeplog_siem.es import Clients, connect
-from deeplog_siem.shared_data import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = shared_data_dir()
@@ -42,7 +42,7 @@ def es_url() -> Iterator[str]:
     if url:
         yield url
         return
-    from deeplog_siem.server import start_embedded
+    from deeplog_lab.server import start_embedded
 
     server = start_embedded()
     try:

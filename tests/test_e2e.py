@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from deeplog_siem.demo import session_scores
-from deeplog_siem.replay import EPOCH, index_lines, load_sample, render
+from deeplog_lab.demo import session_scores
+from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem.runner import run_once, train
 from deeplog_siem.setup_assets import create_indices
 from deeplog_siem.state import load_state

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem.artifacts import ANCHOR, KEYMODEL, ModelStore
 from deeplog_siem.cli import main
 from deeplog_siem.config import FeedbackConfig, ModelConfig
@@ -31,7 +32,6 @@ from deeplog_siem.feedback import (
     pair_of,
 )
 from deeplog_siem.model import load_checkpoint, train_key_model
-from deeplog_siem.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem.runner import run_once, train
 from deeplog_siem.samples import NORMAL_SAMPLE, NormalSample, build_normal_sample
 from deeplog_siem.setup_assets import create_indices
@@ -278,35 +278,6 @@ def test_pair_of_maps_templates_and_explains_what_it_cannot_learn():
     assert pair_of(moved, vocab, 4) == ([0, 0, syn.A, syn.B], syn.C)
     assert "not in the current model" in pair_of({**doc, "key": {"id": 99, "template": "x"}}, vocab, 4)
     assert "cannot be learned" in pair_of({**doc, "anomaly_type": "unseen_key"}, vocab, 4)
-
-
-def test_workload_drift_adds_a_known_line_and_leaves_other_seeds_alone():
-    from deeplog_siem.workload import DRIFT_STEP, generate_workload
-
-    plain = generate_workload(300, seed=5)
-    assert generate_workload(300, seed=5, drift_rate=0.0).lines == plain.lines
-    drifted = generate_workload(300, seed=5, drift_rate=1.0, path_rate=0.05)
-    tasks = [t for t in drifted.tasks if t.get("drifted")]
-    assert tasks and all(t["task_type"] == "delete" for t in tasks)
-    assert {lab["task_id"] for lab in drifted.labels if lab["kind"] != "slowdown"}.isdisjoint(
-        t["task_id"] for t in tasks
-    )
-    line = DRIFT_STEP.lines[0][1]
-    assert all(any(drifted.lines[i].endswith(line) for i in t["lines"]) for t in tasks)
-    assert any(ln.endswith(line) for ln in plain.lines)  # a known line (the stop task's), not a new one
-
-
-def test_evaluate_feedback_runs_the_scenario_end_to_end():
-    from deeplog_siem.evaluate_feedback import run
-
-    cfg = ModelConfig(top_g=3, hidden=16, epochs=8, seed=0, device="cpu", threads=1)
-    r = run(0, n_train=600, n_test=600, max_rounds=2, model_cfg=cfg)
-    assert r["fp_events_before"] > 0 and r["rounds"] and r["marked"] >= 1
-    for part in ("test", "fresh"):
-        assert r[part]["before"]["fp_rate"] > 0
-        assert r[part]["before"]["normal_tasks"] > 0 and r[part]["before"]["anomalous_tasks"] > 0
-    if r["updates_accepted"]:
-        assert r["fp_rate_after"] < r["fp_rate_before"]
 
 
 def test_the_daemon_schedules_the_feedback_job(clients, make_config):

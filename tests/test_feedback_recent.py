@@ -22,12 +22,12 @@ from deeplog_siem.feedback import (
     false_alarm_rate,
     verdict,
 )
-from deeplog_siem.keyseq import Windows
 from deeplog_siem.model import load_checkpoint
 from deeplog_siem.recent import HORIZON, RECENT_FILE, RecentSample
 from deeplog_siem.runner import Detection
 from deeplog_siem.samples import NORMAL_SAMPLE, NormalSample, Rows
 from deeplog_siem.vocab import UNK
+from deeplog_siem.windows import Windows
 
 from . import _synthetic as syn
 from .test_feedback import ALL_TIME, MODEL, _doc, _scenario, sample  # noqa: F401 - `sample` is a fixture

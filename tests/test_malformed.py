@@ -14,9 +14,9 @@ from elasticsearch import helpers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deeplog_lab.replay import EPOCH, documents, load_sample, render
 from deeplog_siem.config import parse_config
 from deeplog_siem.es import Clients
-from deeplog_siem.replay import EPOCH, documents, load_sample, render
 from deeplog_siem.runner import Detection, run_once, train
 from deeplog_siem.state import load_state
 

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from deeplog_lab.workload import generate_workload
 from deeplog_siem.artifacts import PARAMMODEL, ModelStore
 from deeplog_siem.formats import OPENSTACK_SESSION_REGEX
 from deeplog_siem.parammodel import ParameterModel
 from deeplog_siem.runner import run_once, train
 from deeplog_siem.setup_assets import create_indices
 from deeplog_siem.state import load_state
-from deeplog_siem.workload import generate_workload
 
 
 def _index(clients, index: str, lines: list[str], run: str) -> None:

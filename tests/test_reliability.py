@@ -21,9 +21,9 @@ import pytest
 import yaml
 from elasticsearch import helpers
 
+from deeplog_lab.replay import EPOCH, documents, load_sample, render
 from deeplog_siem.config import Config, ElasticsearchConfig, parse_config
 from deeplog_siem.es import Clients, connect
-from deeplog_siem.replay import EPOCH, documents, load_sample, render
 from deeplog_siem.runner import Detection, run_once, train
 from deeplog_siem.scheduler import run_daemon
 from deeplog_siem.state import load_state
@@ -247,7 +247,7 @@ def wait_for(what: str, cond, timeout: float) -> Any:
 def test_frozen_server_fails_the_run_daemon_goes_on_and_catches_up(es_section, model_dir, sample):
     if real_cluster():
         pytest.skip("freezes a dedicated embedded server")
-    from deeplog_siem.server import start_embedded
+    from deeplog_lab.server import start_embedded
 
     server = start_embedded()
     timeout = 2.0

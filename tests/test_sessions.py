@@ -10,13 +10,13 @@ from collections import defaultdict
 
 import pytest
 
+from deeplog_lab.keyseq import read_key_sessions
+from deeplog_lab.replay import render
+from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import SourceConfig, TemplaterConfig
 from deeplog_siem.errors import ArtifactError, ConfigError
 from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
-from deeplog_siem.keyseq import read_key_sessions
-from deeplog_siem.replay import render
 from deeplog_siem.sessions import EOS, PAD, SessionKeyer, SessionTracker, series_key
-from deeplog_siem.shared_data import shared_data_dir
 from deeplog_siem.templater import Templater
 
 DATA = shared_data_dir()

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from deeplog_siem.replay import index_lines, render
+from deeplog_lab.replay import index_lines, render
 from deeplog_siem.source import Checkpoint, Source, get_field
 from deeplog_siem.state import JobState, load_state, save_state
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from deeplog_siem.bench.templater import one_to_one_rate, read_ground_truth, recovery_rate
+from deeplog_lab.bench.templater import one_to_one_rate, read_ground_truth, recovery_rate
+from deeplog_lab.keyseq import read_key_sessions
+from deeplog_lab.replay import render
+from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import MaskConfig, TemplaterConfig, example_config_text, parse_config
 from deeplog_siem.errors import ArtifactError, ConfigError
-from deeplog_siem.keyseq import read_key_sessions
-from deeplog_siem.replay import render
-from deeplog_siem.shared_data import shared_data_dir
 from deeplog_siem.templater import STATE_FILE, ParsedEvent, Templater, _shape_table
 from deeplog_siem.vocab import NUM_RESERVED, UNK, Vocabulary
 

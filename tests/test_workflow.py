@@ -12,7 +12,6 @@ import zlib
 import pytest
 
 from deeplog_siem import cli
-from deeplog_siem.evaluate_workflows import run as evaluate
 from deeplog_siem.vocab import EOS, UNK
 from deeplog_siem.workflow import END, START, WorkflowModel, diagnose, render_dot, render_svg, render_text
 from deeplog_siem.workflow_mining import mine_workflows
@@ -72,25 +71,6 @@ def test_two_interleaved_tasks_are_separated():
     names = {tuple(sorted(w.core)): w.name for w in wm.workflows}
     t1, t2 = names[(A, B, C, D)], names[(X, Y, Z)]
     assert wm.transitions[f"START>{t1}"] > 0 and wm.transitions[f"{t2}>{t1}"] > 0
-
-
-def test_generated_openstack_tasks_match_the_true_graphs():
-    """The generator's true task graphs: at least 95% of true edges found, at most 5% spurious."""
-    r = evaluate(seed=0, n_tasks=600, key_model=True)
-    assert r["true_edges"] >= 25
-    assert r["edge_recall"] >= 0.95, r
-    assert r["spurious_rate"] <= 0.05, r
-    assert set(r["tasks"]) == {"create", "stop", "start", "migrate", "delete"}
-    assert len({t["workflow"] for t in r["tasks"].values()}) == 5  # one workflow per task type
-    assert r["task_order_recall"] >= 0.8
-
-
-def test_split_gap_matters_for_sequential_tasks():
-    """Without the idle-gap split, tasks of one instance run together: the measurement can fail."""
-    from deeplog_siem.workflow_mining import MiningParams
-
-    r = evaluate(seed=0, n_tasks=600, key_model=False, params=MiningParams(split_gap_s=0))
-    assert r["spurious_rate"] > 0.05
 
 
 def timed_sessions(n: int, seed: int) -> tuple[list[list[int]], list[list[float]]]:
@@ -238,8 +218,8 @@ def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, 
     every anomaly the detection job writes says where its session left its workflow, or why none applies."""
     from datetime import timedelta
 
+    from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
     from deeplog_siem.artifacts import ModelStore
-    from deeplog_siem.replay import EPOCH, index_lines, load_sample, render
     from deeplog_siem.runner import publish_current_workflows, run_once, train
     from deeplog_siem.setup_assets import create_indices
 
@@ -299,24 +279,6 @@ def test_job_writes_workflows_and_every_anomaly_has_a_path_or_a_reason(clients, 
     )
     n = clients.es.count(index=cfg.output.anomalies_index, query={"term": {"deeplog.workflow.name": name}})
     assert n["count"] >= 1
-
-
-def test_cli_workflow_hdfs_on_real_sessions(tmp_path, capsys):
-    """Real HDFS key sessions: the block workflow is found and abnormal sessions are diagnosed."""
-    from .conftest import need_data
-
-    need_data("hdfs_keys", "hdfs_train")
-    args = ["workflow", "hdfs", "--no-key-model", "--anomalies", "3", "--out", str(tmp_path), "--json"]
-    assert cli.main(args) == 0
-    out = capsys.readouterr().out
-    last = json.loads(out.strip().splitlines()[-1])
-    assert last["sessions"] == 4855 and last["workflows"]
-    assert "allocateBlock" in out and "Receiving block" in out  # the block-write workflow, E5 and E22
-    assert len(last["anomalies"]) == 3
-    for a in last["anomalies"]:
-        d = a["diagnosis"]
-        assert d["summary"] and ("name" in d or d["reason"])
-    assert WorkflowModel.load(tmp_path).sessions == 4855
 
 
 def test_concurrency_mask_accepts_only_the_first_occurrence_next_to_its_partner():

@@ -15,8 +15,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from deeplog_lab.bench import BENCHES
+
 from . import __version__
-from .bench import BENCHES
 from .config import Config, FeedbackConfig, example_config_text, load_config
 from .errors import DeeplogError
 
@@ -57,9 +58,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Train (or load) the log-key model on DeepLog key files and report detection under the HDFS protocol."""
     import dataclasses
 
+    from deeplog_lab.evaluate import run_evaluation
+
     from .config import ModelConfig
     from .errors import ConfigError
-    from .evaluate import run_evaluation
 
     overrides = {k: v for k in ModelConfig.__dataclass_fields__ if (v := getattr(args, k, None)) is not None}
     cfg = dataclasses.replace(ModelConfig(), **overrides)
@@ -103,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate_parser(sub: Any) -> None:
-    from .shared_data import shared_data_dir
+    from deeplog_lab.shared_data import shared_data_dir
 
     def default(name: str) -> str | None:
         p = shared_data_dir() / "hdfs_keys" / name
@@ -161,7 +163,7 @@ def _add_evaluate_parser(sub: Any) -> None:
 
 def cmd_evaluate_params(args: argparse.Namespace) -> int:
     """Generated OpenStack-like logs: recall per slowdown (parameter model), FP rate, path recall (key model)."""
-    from .evaluate_params import run
+    from deeplog_lab.evaluate_params import run
 
     r = run(args.seed, n_train=args.train_tasks, n_test=args.test_tasks, progress=progress)
     print(
@@ -192,7 +194,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """Write generated OpenStack-like logs, the label file (JSON lines) and optionally the task graphs."""
     from pathlib import Path
 
-    from .workload import generate_workload
+    from deeplog_lab.workload import generate_workload
 
     w = generate_workload(args.tasks, args.seed, args.anomaly_rate, tuple(args.slowdowns), args.path_rate)
     w.write(args.out, args.labels)
@@ -241,7 +243,7 @@ def _add_params_parsers(sub: Any) -> None:
 
 def cmd_evaluate_workflows(args: argparse.Namespace) -> int:
     """Generated OpenStack-like tasks: mined workflows against the generator's true task graphs."""
-    from .evaluate_workflows import main_figures
+    from deeplog_lab.evaluate_workflows import main_figures
 
     seeds = args.seed or [0]
     from .workflow_mining import MiningParams
@@ -311,8 +313,8 @@ def cmd_workflow_show(args: argparse.Namespace) -> int:
 
 def cmd_workflow_hdfs(args: argparse.Namespace) -> int:
     """HDFS key files: the workflow model, its picture, and real abnormal sessions diagnosed end to end."""
-    from .evaluate_workflows import hdfs_names, hdfs_report
-    from .keyseq import HDFS_DIR
+    from deeplog_lab.evaluate_workflows import hdfs_names, hdfs_report
+    from deeplog_lab.keyseq import HDFS_DIR
 
     r = hdfs_report(
         args.train or str(HDFS_DIR / "hdfs_train"),
@@ -501,7 +503,7 @@ def cmd_model_restore(args: argparse.Namespace) -> int:
 def cmd_evaluate_feedback(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .evaluate_feedback import run
+    from deeplog_lab.evaluate_feedback import run
 
     fcfg = replace(FeedbackConfig(), seed=args.seed, anchor_ratio=args.anchor_ratio)
     fcfg.validate("feedback")
@@ -614,7 +616,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from .server import serve_forever, start_embedded, stop_signals
+    from deeplog_lab.server import serve_forever, start_embedded, stop_signals
 
     with stop_signals() as done:  # a Ctrl-C right after the URL is printed still stops the server cleanly
         server = start_embedded(port=args.port)
@@ -646,8 +648,8 @@ def _connect(cfg: Config):
 def cmd_replay(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from .keyseq import read_key_sessions
-    from .replay import EPOCH, index_lines, load_sample, render
+    from deeplog_lab.keyseq import read_key_sessions
+    from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 
     cfg = _load(args)
     if args.keys:
@@ -736,12 +738,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .demo import run_demo, write_summary
+    from deeplog_lab.demo import run_demo, write_summary
 
     def keep(server, result) -> None:
         if args.keep_running:
             _print_demo(result)
-            from .server import serve_forever
+            from deeplog_lab.server import serve_forever
 
             print(f"\nthe embedded server stays up at {server.url} until Ctrl-C", flush=True)
             serve_forever(server)
@@ -841,7 +843,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run one benchmark module (deeplog_siem.bench.NAME); with --json its result is the last stdout line."""
+    """Run one benchmark module (deeplog_lab.bench.NAME); with --json its result is the last stdout line."""
     result = args.bench_module.run(args, progress)
     if args.json:
         print_json(result)
@@ -855,7 +857,7 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
     """Every benchmark with its default options, one after the other (what `make bench` runs)."""
     results: dict[str, Any] = {}
     for name in BENCHES:
-        mod = importlib.import_module(f"deeplog_siem.bench.{name}")
+        mod = importlib.import_module(f"deeplog_lab.bench.{name}")
         sub = argparse.ArgumentParser(prog=f"bench {name}")
         mod.add_arguments(sub)
         progress(f"== bench {name}")
@@ -990,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = p.add_subparsers(dest="bench_name", metavar="NAME", required=True)
     for name in BENCHES:
         try:
-            mod = importlib.import_module(f"deeplog_siem.bench.{name}")
+            mod = importlib.import_module(f"deeplog_lab.bench.{name}")
         except ImportError:  # a benchmark whose module is not there (yet) is not offered
             continue
         pb = bsub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])

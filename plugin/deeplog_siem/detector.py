@@ -33,9 +33,9 @@ import torch
 
 from .artifacts import ANCHOR, KEYMODEL
 from .errors import ArtifactError
-from .keyseq import Windows, build_windows
 from .model import KeyLSTM, load_checkpoint
 from .vocab import PAD, UNK
+from .windows import Windows, build_windows
 
 __all__ = ["KeyDetector", "KeyScores", "Windows", "build_windows", "load_anchor"]
 

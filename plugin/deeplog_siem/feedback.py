@@ -45,13 +45,13 @@ from .config import Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
 from .errors import DeeplogError
 from .es import Clients
-from .keyseq import Windows
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
 from .recent import RecentSample
 from .runner import RunSummary, _recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
 from .vocab import EOS, NUM_RESERVED, PAD, Vocabulary
+from .windows import Windows
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from torch import nn
 from . import __version__
 from .config import ModelConfig
 from .errors import ArtifactError, ConfigError
-from .keyseq import build_windows
 from .vocab import PAD, UNK, Vocabulary
+from .windows import build_windows
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from .keyseq import Windows
 from .samples import Rows
 from .vocab import UNK, Vocabulary
+from .windows import Windows
 
 log = logging.getLogger(__name__)
 

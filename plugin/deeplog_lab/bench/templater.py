@@ -30,12 +30,13 @@ from drain3.masking import MaskingInstruction
 from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
 
-from ..config import SourceConfig, TemplaterConfig
-from ..formats import HDFS_SESSION_REGEX, resolve
+from deeplog_siem.config import SourceConfig, TemplaterConfig
+from deeplog_siem.formats import HDFS_SESSION_REGEX, resolve
+from deeplog_siem.sessions import SessionKeyer, SessionTracker
+from deeplog_siem.templater import Templater
+
 from ..replay import LogLine, render
-from ..sessions import SessionKeyer, SessionTracker
 from ..shared_data import shared_data_dir
-from ..templater import Templater
 
 
 def one_to_one_rate(pairs_by_session: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, int, int]:

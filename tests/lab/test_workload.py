@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from deeplog_lab.workload import TASKS, generate, generate_workload
 from deeplog_siem.config import TemplaterConfig
 from deeplog_siem.formats import OPENSTACK_SESSION_REGEX
 from deeplog_siem.templater import Templater
-from deeplog_siem.workload import TASKS, generate, generate_workload
 
 REQ = re.compile(r"\[(req-[0-9a-f-]{36}) ")
 

@@ -419,7 +419,7 @@ def templated_events(tpl: Any, lines: Sequence[str], learn: bool) -> list[tuple[
     instance id goes to session "-"."""
     import re
 
-    from .formats import OPENSTACK_SESSION_REGEX
+    from deeplog_siem.formats import OPENSTACK_SESSION_REGEX
 
     rx = re.compile(OPENSTACK_SESSION_REGEX)
     out = []

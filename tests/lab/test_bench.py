@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import real_cluster
+from ..conftest import real_cluster
 
 
 def test_bench_pipeline_reports_every_figure_at_a_small_size():
@@ -52,8 +52,8 @@ def test_bench_anomalydocs_reports_each_mapping():
 
 
 def test_the_replayed_mix_keeps_the_asked_share_of_abnormal_sessions():
-    from deeplog_siem.bench.pipeline import mix
-    from deeplog_siem.replay import load_sample
+    from deeplog_lab.bench.pipeline import mix
+    from deeplog_lab.replay import load_sample
 
     s = load_sample()
     assert mix(s.test, s.test_labels, None) == s.test

@@ -42,14 +42,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .. import gcpause
-from ..config import Config, parse_config
-from ..es import Clients, connect
+from deeplog_siem import gcpause
+from deeplog_siem.config import Config, parse_config
+from deeplog_siem.es import Clients, connect
+from deeplog_siem.runner import Detection, run_once, train
+from deeplog_siem.setup_assets import run_setup
+from deeplog_siem.source import Source
+
 from ..replay import EPOCH, index_lines, load_sample, render
-from ..runner import Detection, run_once, train
 from ..server import start_embedded
-from ..setup_assets import run_setup
-from ..source import Source
 
 Progress = Callable[[str], None]
 
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                     "slices": args.slices,
                 }
                 out = subprocess.run(
-                    [sys.executable, "-m", "deeplog_siem.bench.pipeline", json.dumps(spec)],
+                    [sys.executable, "-m", "deeplog_lab.bench.pipeline", json.dumps(spec)],
                     capture_output=True,
                     text=True,
                     check=True,

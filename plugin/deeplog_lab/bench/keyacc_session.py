@@ -1,6 +1,6 @@
 """keyacc_session: issue 4's optional alternative measured, one LSTM pass per session instead of windows.
 
-Contract: `python -m deeplog_siem.bench.keyacc_session [--seed S] [--label-smoothing E]` trains an LSTM of
+Contract: `python -m deeplog_lab.bench.keyacc_session [--seed S] [--label-smoothing E]` trains an LSTM of
 the key model's sizes (embedding 32, 2 layers of 64) that reads a whole session from its start (PAD is the
 start symbol) and predicts every next key and the end (EOS) in one pass, on `hdfs_train` with the key
 model's optimiser, learning rate, validation split and early stopping (distinct sessions weighted by their
@@ -24,13 +24,15 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from deeplog_siem.config import ModelConfig
+from deeplog_siem.model import KeyLSTM, KeyModelArgs, validation_split
+from deeplog_siem.vocab import EOS, PAD, UNK
+from deeplog_siem.windows import build_windows
+from deeplog_siem.workflow import concurrency_mask, concurrent_partners
+from deeplog_siem.workflow_mining import mine_workflows
+
 from ..evaluate import default_file, paper_scale
-from ..keyseq import build_windows, hdfs_vocabulary, read_key_sessions, to_ids
-from ..model import KeyLSTM, KeyModelArgs, validation_split
-from ..vocab import EOS, PAD, UNK
-from ..workflow import concurrency_mask, concurrent_partners
-from ..workflow_mining import mine_workflows
+from ..keyseq import hdfs_vocabulary, read_key_sessions, to_ids
 
 FLOORS = (0.0, 1e-4, 2e-4, 3e-4)
 
@@ -132,7 +134,7 @@ def session_probs(model: KeyLSTM, sessions: Sequence[Sequence[int]]) -> list[tor
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deeplog_siem.bench.keyacc_session", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deeplog_lab.bench.keyacc_session", description=__doc__)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--label-smoothing", type=float, default=ModelConfig.label_smoothing)
     parser.add_argument("--epochs", type=int, default=ModelConfig.epochs)

@@ -23,12 +23,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from ..anomaly import EventRef, key_anomaly
-from ..es import connect
+from deeplog_siem.anomaly import EventRef, key_anomaly
+from deeplog_siem.es import connect
+from deeplog_siem.setup_assets import index_templates
+from deeplog_siem.sink import write
+
 from ..keyseq import hdfs_vocabulary
 from ..server import start_embedded
-from ..setup_assets import index_templates
-from ..sink import write
 from .pipeline import _Cpu, bench_config
 
 Progress = Callable[[str], None]

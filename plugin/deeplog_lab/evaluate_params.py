@@ -33,13 +33,14 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, ParamsConfig, TemplaterConfig
-from .detector import KeyDetector, build_windows
-from .model import train_key_model
-from .parammodel import ParameterModel
-from .sessions import SessionTracker
-from .templater import Templater
-from .vocab import PAD, UNK
+from deeplog_siem.config import ModelConfig, ParamsConfig, TemplaterConfig
+from deeplog_siem.detector import KeyDetector, build_windows
+from deeplog_siem.model import train_key_model
+from deeplog_siem.parammodel import ParameterModel
+from deeplog_siem.sessions import SessionTracker
+from deeplog_siem.templater import Templater
+from deeplog_siem.vocab import PAD, UNK
+
 from .workload import Workload, generate_workload, templated_events
 
 log = logging.getLogger(__name__)

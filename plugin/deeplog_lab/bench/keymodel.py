@@ -51,12 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
-    from ..config import ModelConfig
-    from ..detector import KeyDetector, Windows
-    from ..errors import DataError
+    from deeplog_siem.config import ModelConfig
+    from deeplog_siem.detector import KeyDetector, Windows
+    from deeplog_siem.errors import DataError
+    from deeplog_siem.model import KeyLSTM, KeyModelArgs, load_checkpoint, resolve_device, train_key_model
+    from deeplog_siem.windows import build_windows
+
     from ..evaluate import default_file
-    from ..keyseq import build_windows, hdfs_vocabulary, read_key_sessions, to_ids
-    from ..model import KeyLSTM, KeyModelArgs, load_checkpoint, resolve_device, train_key_model
+    from ..keyseq import hdfs_vocabulary, read_key_sessions, to_ids
 
     files = {n: default_file(n) for n in ("hdfs_train", "hdfs_test_normal_dev", "hdfs_test_abnormal_dev")}
     if None in files.values():

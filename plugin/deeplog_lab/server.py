@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ServerError
+from deeplog_siem.errors import ServerError
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any
 
 from elasticsearch import helpers
 
-from .errors import DataError, SinkError
-from .es import Clients
+from deeplog_siem.errors import DataError, SinkError
+from deeplog_siem.es import Clients
 
 # (level, component, format) per HDFS event number; the formats are those of the real HDFS.log lines.
 # Fields: b block id, ip/ip2 datanode IPs, port, size, path, n responder number, exc exception text.
@@ -115,7 +115,7 @@ class LogLine:
 
 def hdfs_templates() -> dict[int, str]:
     """HDFS event number -> loghub template text (`<*>` marks parameters)."""
-    text = resources.files("deeplog_siem").joinpath("data/HDFS_templates.csv").read_text(encoding="utf-8")
+    text = resources.files("deeplog_lab").joinpath("data/HDFS_templates.csv").read_text(encoding="utf-8")
     return {int(r["EventId"][1:]): r["EventTemplate"] for r in csv.DictReader(io.StringIO(text))}
 
 
@@ -203,7 +203,7 @@ class Sample:
 
 def load_sample(limit_train: int | None = None, limit_test: int | None = None) -> Sample:
     """The packaged labelled sample (real HDFS key sequences from the DeepLog data)."""
-    raw = resources.files("deeplog_siem").joinpath("data/hdfs_sample.csv.gz").read_bytes()
+    raw = resources.files("deeplog_lab").joinpath("data/hdfs_sample.csv.gz").read_bytes()
     train: list[list[int]] = []
     test: list[list[int]] = []
     labels: list[bool] = []

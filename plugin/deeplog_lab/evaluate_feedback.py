@@ -33,15 +33,16 @@ from typing import Any
 
 import torch
 
-from .config import FeedbackConfig, ModelConfig, TemplaterConfig
-from .detector import KeyDetector, build_windows
+from deeplog_siem.config import FeedbackConfig, ModelConfig, TemplaterConfig
+from deeplog_siem.detector import KeyDetector, build_windows
+from deeplog_siem.feedback import false_alarm_rate, finetune_learnable, recent_check, verdict
+from deeplog_siem.model import KeyLSTM, train_key_model
+from deeplog_siem.recent import RecentSample
+from deeplog_siem.samples import build_normal_sample
+from deeplog_siem.templater import Templater
+from deeplog_siem.vocab import UNK
+
 from .evaluate_params import SIMILARITY, _events
-from .feedback import false_alarm_rate, finetune_learnable, recent_check, verdict
-from .model import KeyLSTM, train_key_model
-from .recent import RecentSample
-from .samples import build_normal_sample
-from .templater import Templater
-from .vocab import UNK
 from .workload import DRIFT_STEP, Workload, generate_workload
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, TemplaterConfig
+from deeplog_siem.config import ModelConfig, TemplaterConfig
+from deeplog_siem.model import train_key_model
+from deeplog_siem.templater import Templater
+from deeplog_siem.workflow import END, START, WorkflowModel
+from deeplog_siem.workflow_mining import MiningParams, mine_workflows, model_predictor
+
 from .evaluate_params import SIMILARITY
-from .model import train_key_model
-from .templater import Templater
-from .workflow import END, START, WorkflowModel
-from .workflow_mining import MiningParams, mine_workflows, model_predictor
 from .workload import generate_workload, templated_events
 
 log = logging.getLogger(__name__)
@@ -203,10 +204,11 @@ def hdfs_report(
     """The workflow model of HDFS training key sessions, and the first `n_anomalies` abnormal test sessions
     diagnosed end to end: the key model (a small one, trained on the same sessions) flags the session's
     first unexpected event, or its end, and `workflow.diagnose` says where it left its workflow."""
-    from .detector import KeyDetector, build_windows
+    from deeplog_siem.detector import KeyDetector, build_windows
+    from deeplog_siem.vocab import EOS
+    from deeplog_siem.workflow import diagnose, render_text
+
     from .keyseq import hdfs_vocabulary, read_key_sessions, to_ids
-    from .vocab import EOS
-    from .workflow import diagnose, render_text
 
     vocab = hdfs_vocabulary(templates_path)
     train, _ = to_ids(read_key_sessions(train_path), len(vocab))

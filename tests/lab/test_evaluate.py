@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from deeplog_lab.evaluate import PAPER_ABNORMAL, PAPER_NORMAL, paper_scale
+from deeplog_lab.keyseq import HDFS_DIR, hdfs_key_to_id, hdfs_vocabulary, read_key_sessions, to_ids
 from deeplog_siem.cli import main
 from deeplog_siem.errors import DataError
-from deeplog_siem.evaluate import PAPER_ABNORMAL, PAPER_NORMAL, paper_scale
-from deeplog_siem.keyseq import HDFS_DIR, hdfs_key_to_id, hdfs_vocabulary, read_key_sessions, to_ids
 from deeplog_siem.vocab import NUM_RESERVED, UNK
 
 
@@ -145,7 +145,7 @@ def test_bench_keymodel_reports_every_figure(tmp_path: Path) -> None:
 def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) -> None:
     """The false-positive analysis flags, per model, the sessions `evaluate` counts as FP; `--misses`
     groups the sessions it counts as FN."""
-    from deeplog_siem.bench import keyacc_fps
+    from deeplog_lab.bench import keyacc_fps
 
     need("hdfs_test_normal_dev")
     model = tmp_path / "m.pt"
@@ -174,7 +174,7 @@ def test_keyacc_fps_lists_each_models_false_positives(tmp_path: Path, capsys) ->
 
 def test_keyacc_session_scores_every_dev_session(capsys) -> None:
     """The whole-session alternative trains and reports FP/FN for each floor, non-decreasing FP with it."""
-    from deeplog_siem.bench import keyacc_session
+    from deeplog_lab.bench import keyacc_session
 
     need("hdfs_test_abnormal_dev")
     keyacc_session.main(["--epochs", "1", "--batch", "64"])

@@ -1,6 +1,6 @@
 """keyacc_fps: which normal HDFS dev sessions are false positives, under each of several saved key models.
 
-Contract: `python -m deeplog_siem.bench.keyacc_fps M.pt[:FLOOR] ...` scores `hdfs_test_normal_dev` with
+Contract: `python -m deeplog_lab.bench.keyacc_fps M.pt[:FLOOR] ...` scores `hdfs_test_normal_dev` with
 each checkpoint (saved by `deeplog-siem evaluate --save M.pt`) the way `deeplog-siem evaluate` does (top-9,
 the probability floor given after the colon or the default one, concurrency from the workflows mined from
 `hdfs_train` with that model), prints each model's FP count, then every flagged session with the number of
@@ -24,18 +24,20 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
-from ..detector import KeyDetector
+from deeplog_siem.config import ModelConfig
+from deeplog_siem.detector import KeyDetector
+from deeplog_siem.model import load_checkpoint
+from deeplog_siem.vocab import EOS, PAD
+from deeplog_siem.windows import build_windows
+from deeplog_siem.workflow import concurrency_mask, concurrent_partners
+from deeplog_siem.workflow_mining import mine_workflows, model_predictor
+
 from ..evaluate import default_file, flag_sessions
-from ..keyseq import build_windows, hdfs_vocabulary, id_to_hdfs_key, read_key_sessions, to_ids
-from ..model import load_checkpoint
-from ..vocab import EOS, PAD
-from ..workflow import concurrency_mask, concurrent_partners
-from ..workflow_mining import mine_workflows, model_predictor
+from ..keyseq import hdfs_vocabulary, id_to_hdfs_key, read_key_sessions, to_ids
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deeplog_siem.bench.keyacc_fps", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deeplog_lab.bench.keyacc_fps", description=__doc__)
     parser.add_argument("models", nargs="+", metavar="M.pt[:FLOOR]")
     parser.add_argument("--misses", action="store_true", help="group the missed abnormal sessions instead")
     args = parser.parse_args(argv)

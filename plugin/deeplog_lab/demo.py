@@ -15,10 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from .config import Config, parse_config
-from .es import Clients, connect
+from deeplog_siem.config import Config, parse_config
+from deeplog_siem.es import Clients, connect
+from deeplog_siem.runner import RunSummary, run_once, train
+
 from .replay import EPOCH, index_lines, load_sample, render
-from .runner import RunSummary, run_once, train
 from .server import EmbeddedServer, start_embedded
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def run_demo(
 
 def _setup(clients: Clients, cfg: Config, progress: Callable[[str], None]) -> None:
     try:
-        from .setup_assets import create_indices
+        from deeplog_siem.setup_assets import create_indices
     except ImportError:  # assets not shipped in this build: indices are created on first write
         return
     progress("      installing index templates and creating the output indices ...")

@@ -44,13 +44,15 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig
-from .detector import KeyDetector
-from .errors import ArtifactError
-from .keyseq import HDFS_DIR, build_windows, hdfs_vocabulary, read_key_sessions, to_ids
-from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
-from .workflow import concurrency_mask, concurrent_partners
-from .workflow_mining import mine_workflows, model_predictor
+from deeplog_siem.config import ModelConfig
+from deeplog_siem.detector import KeyDetector
+from deeplog_siem.errors import ArtifactError
+from deeplog_siem.model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from deeplog_siem.windows import build_windows
+from deeplog_siem.workflow import concurrency_mask, concurrent_partners
+from deeplog_siem.workflow_mining import mine_workflows, model_predictor
+
+from .keyseq import HDFS_DIR, hdfs_vocabulary, read_key_sessions, to_ids
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """keyacc_sweep: decision rules of the log-key model swept offline on the HDFS dev files (BENCHMARKS.md).
 
-Contract: `python -m deeplog_siem.bench.keyacc_sweep TAG '{"seed": 42, "label_smoothing": 0.01}'` trains one
+Contract: `python -m deeplog_lab.bench.keyacc_sweep TAG '{"seed": 42, "label_smoothing": 0.01}'` trains one
 model with those ModelConfig overrides (dev protocol of ../shared/data/README.md, CPU) and prints, as JSON
 lines, FP/FN/F1_paper for DeepLog's top-g with a probability floor (`min_probability`), the nucleus-style
 candidate set (smallest set covering 1-delta of the mass, capped at g) and a whitelist of (last k keys ->
@@ -19,12 +19,14 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig
-from ..detector import KeyDetector
+from deeplog_siem.config import ModelConfig
+from deeplog_siem.detector import KeyDetector
+from deeplog_siem.model import train_key_model
+from deeplog_siem.vocab import UNK
+from deeplog_siem.windows import build_windows
+
 from ..evaluate import paper_scale
-from ..keyseq import HDFS_DIR, build_windows, hdfs_vocabulary, read_key_sessions, to_ids
-from ..model import train_key_model
-from ..vocab import UNK
+from ..keyseq import HDFS_DIR, hdfs_vocabulary, read_key_sessions, to_ids
 
 FLOORS = (0.0, 3e-5, 1e-4, 2e-4, 3e-4, 6e-4, 1e-3)
 
