@@ -14,16 +14,18 @@ Contract:
   ...) and every token Drain3 turned into <*>. `numbers`: the values of the parameters whose mask is in
   `numeric_masks`, as floats; their count is fixed per template (`numeric_labels(key)` names them).
 - `save(dir)` / `Templater.load(dir, cfg)`: one JSON file, written atomically; a missing, corrupted or
-  incompatible file raises ArtifactError and nothing is half-loaded.
+  incompatible file raises ArtifactError and nothing is half-loaded. Drain3's parse tree and clusters go
+  into it as plain data (drain_state), not as drain3's own jsonpickle snapshot, so loading runs no code
+  named in the file and the format does not follow drain3's class layout.
 
 Speed. Two bounded caches sit in front of Drain3:
 - L2, masked content -> (key, template): saves Drain3's tree search.
 - L1, line *shape* -> event layout (key, template, slices of the parameters in the line). The shape is the
   line with every ASCII digit replaced by a representative digit, computed for a whole page with one
   `str.translate`. It is exact, not a heuristic: the header regex and masks are checked (on their parsed
-  form) to treat the digits of a class alike, so two lines of one shape get the same header split and the
-  same mask spans; a layout is cached only when no digit is left outside the masks, so both lines give
-  Drain3 the same masked content. A hit costs a dict lookup and C-level slicing.
+  form, through regex_syntax) to treat the digits of a class alike, so two lines of one shape get the same
+  header split and the same mask spans; a layout is cached only when no digit is left outside the masks, so
+  both lines give Drain3 the same masked content. A hit costs a dict lookup and C-level slicing.
 Both caches are cleared whenever the template tree changes (a template created or generalised), so a cached
 answer is always the one the current tree gives. Known difference from calling Drain3 directly with
 `learn=True`: a message whose masked content is cached does not reach Drain3 again, so it neither bumps the
@@ -37,31 +39,24 @@ import json
 import logging
 import math
 import operator
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import drain3
-from drain3.drain import LogCluster, Node
+from drain3.drain import LogCluster
 from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
 
+from .atomic import atomic_write
 from .config import TemplaterConfig
+from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain, restore_drain
 from .errors import ArtifactError, ConfigError
 from .formats import ResolvedTemplating, resolve
+from .regex_syntax import digit_tests
 from .vocab import NUM_RESERVED, UNK, Vocabulary
-
-try:  # Python >= 3.11
-    import re._constants as _sc
-    import re._parser as _sp
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sc  # type: ignore[no-redef]
-    import sre_parse as _sp  # type: ignore[no-redef]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +81,7 @@ class ParsedEvent:
 
 
 # The generated __init__ of a frozen dataclass goes through object.__setattr__ per field; the slot
-# descriptors are twice as fast and this runs once per parsed line.
+# descriptors are cheaper and this runs once per parsed line.
 _new = object.__new__
 _set_key = ParsedEvent.key.__set__  # type: ignore[attr-defined]
 _set_template = ParsedEvent.template.__set__  # type: ignore[attr-defined]
@@ -142,80 +137,12 @@ def _number_getter(slices: Sequence[slice], safe: bool) -> Callable[[str], tuple
 # ------------------------------------------------------------------------------ digit-shape analysis
 
 
-def _digit_tests(pattern: str) -> list[frozenset[str]] | None:
-    """The sets of ASCII digits each character test in `pattern` accepts; None if the pattern can tell
-    digits apart in a way we cannot model (back-references compare text)."""
-    tests: list[frozenset[str]] = []
-    all_digits = frozenset(_DIGITS)
-    word_like = {
-        _sc.CATEGORY_DIGIT,
-        _sc.CATEGORY_UNI_DIGIT,
-        _sc.CATEGORY_WORD,
-        _sc.CATEGORY_UNI_WORD,
-        _sc.CATEGORY_NOT_SPACE,
-        _sc.CATEGORY_UNI_NOT_SPACE,
-        _sc.CATEGORY_NOT_LINEBREAK,
-        _sc.CATEGORY_UNI_NOT_LINEBREAK,
-    }
-
-    def in_set(items: list[tuple[Any, Any]]) -> frozenset[str]:
-        acc: set[str] = set()
-        negate = False
-        for op, av in items:
-            if op is _sc.NEGATE:
-                negate = True
-            elif op is _sc.LITERAL:
-                if chr(av) in all_digits:
-                    acc.add(chr(av))
-            elif op is _sc.RANGE:
-                acc.update(d for d in _DIGITS if av[0] <= ord(d) <= av[1])
-            elif op is _sc.CATEGORY:
-                if av in word_like:
-                    acc.update(_DIGITS)
-            else:
-                raise _Unsupported(op)
-        return all_digits - acc if negate else frozenset(acc)
-
-    def walk(sub: Any) -> None:
-        for op, av in sub:
-            if op in (_sc.LITERAL, _sc.NOT_LITERAL):
-                if chr(av) in all_digits:
-                    tests.append(frozenset(chr(av)))
-            elif op is _sc.IN:
-                tests.append(in_set(av))
-            elif op in (_sc.ANY, _sc.AT):
-                pass  # ANY and anchors (\b uses \w, which holds every digit) treat all digits alike
-            elif op is _sc.BRANCH:
-                for b in av[1]:
-                    walk(b)
-            elif op is _sc.SUBPATTERN:
-                walk(av[-1])
-            elif op in (_sc.MAX_REPEAT, _sc.MIN_REPEAT, getattr(_sc, "POSSESSIVE_REPEAT", None)):
-                walk(av[2])
-            elif op in (_sc.ASSERT, _sc.ASSERT_NOT):
-                walk(av[1])
-            elif op is getattr(_sc, "ATOMIC_GROUP", None):
-                walk(av)
-            else:
-                raise _Unsupported(op)
-
-    try:
-        walk(_sp.parse(pattern))
-    except _Unsupported:
-        return None
-    return tests
-
-
-class _Unsupported(Exception):
-    pass
-
-
 def _shape_table(patterns: Sequence[str], literals: Sequence[str]) -> dict[int, int] | None:
     """A translate table mapping each ASCII digit to the representative of its class (digits no pattern
     tells apart), or None when the shape cache cannot be exact for these patterns."""
     tests: list[frozenset[str]] = []
     for p in patterns:
-        t = _digit_tests(p)
+        t = digit_tests(p)
         if t is None:
             return None
         tests.extend(t)
@@ -609,21 +536,17 @@ class Templater:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def state_dict(self) -> dict[str, Any]:
-        drain = self.miner.drain
-
-        def node(n: Node) -> list[Any]:
-            return [[[tok, node(ch)] for tok, ch in n.key_to_child_node.items()], list(n.cluster_ids)]
-
+        exported = export_drain(self.miner.drain)
         return {
             "settings": self.settings.to_dict(),
             "fingerprint": self.fingerprint(),
-            "drain3_version": getattr(drain3, "__version__", "0.9.11"),
-            "clusters_counter": drain.clusters_counter,
+            "drain3_version": DRAIN3_VERSION,
+            "clusters_counter": exported.clusters_counter,
             "clusters": [
-                [c.cluster_id, self._cluster_key[c.cluster_id], c.size, list(c.log_template_tokens)]
-                for c in drain.id_to_cluster.values()
+                [c.cluster_id, self._cluster_key[c.cluster_id], c.size, list(c.tokens)]
+                for c in exported.clusters
             ],
-            "tree": node(drain.root_node),
+            "tree": exported.tree,
             "vocab": self.vocab.to_dict(),
         }
 
@@ -640,16 +563,10 @@ class Templater:
             "state": state,
         }
         path = directory / STATE_FILE
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            f.write(
+                json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            )
         log.info("templater: saved %d templates to %s", len(self._cluster_key), path)
         return path
 
@@ -695,43 +612,25 @@ class Templater:
                     f"{source}: built with different templater settings ({', '.join(diff) or 'unknown'}); "
                     "restore those settings or retrain"
                 )
-            clusters: dict[int, LogCluster] = {}
+            clusters: list[ClusterState] = []
             cluster_key: dict[int, int] = {}
             for cid, key, size, tokens in state["clusters"]:
                 cid, key = int(cid), int(key)
                 if not NUM_RESERVED <= key < len(vocab):
                     raise ValueError(f"cluster {cid} maps to key {key}, outside the vocabulary")
-                c = LogCluster([str(x) for x in tokens], cid)
-                c.size = int(size)
-                if c.get_template() != vocab.templates[key]:
+                c = ClusterState(cid, int(size), tuple(str(x) for x in tokens))
+                if c.template != vocab.templates[key]:
                     raise ValueError(f"cluster {cid} template differs from vocabulary key {key}")
-                clusters[cid] = c
+                clusters.append(c)
                 cluster_key[cid] = key
             if len(set(cluster_key.values())) != len(cluster_key):
                 raise ValueError("two clusters share one key")
-
-            def node(data: Any) -> Node:
-                children, ids = data
-                n = Node()
-                n.key_to_child_node = {str(tok): node(ch) for tok, ch in children}
-                n.cluster_ids = [int(i) for i in ids]
-                for i in n.cluster_ids:
-                    if i not in clusters:
-                        raise ValueError(f"tree refers to unknown cluster {i}")
-                return n
-
-            root = node(state["tree"])
-            counter = int(state["clusters_counter"])
-            if clusters and counter < max(clusters):
-                raise ValueError("clusters_counter below the highest cluster id")
+            saved = DrainState(int(state["clusters_counter"]), tuple(clusters), state["tree"])
+            restore_drain(t.miner.drain, saved)  # checks the tree and counter before changing anything
         except ArtifactError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(f"{source}: malformed ({type(e).__name__}: {e})") from None
-        drain = t.miner.drain
-        drain.id_to_cluster = clusters
-        drain.root_node = root
-        drain.clusters_counter = counter
         t._cluster_key = cluster_key
         owned = set(cluster_key.values())
         t._unowned = {tp: i for i, tp in enumerate(vocab.templates) if i >= NUM_RESERVED and i not in owned}
