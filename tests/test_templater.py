@@ -206,6 +206,40 @@ def test_restart_round_trip_gives_the_same_keys(hdfs_2k: list[str], tmp_path: Pa
     assert cont_a == cont_b
 
 
+# A state file written by the templater before its Drain3 state went through drain_state, from the messages
+# beside it: the on-disk format must not move, byte for byte, and such files must keep loading.
+GOLDEN = Path(__file__).parent / "fixtures" / "templater"
+
+
+def _golden_cfg() -> TemplaterConfig:
+    return TemplaterConfig(format="hdfs", similarity_threshold=0.6, depth=4, max_children=3)
+
+
+def test_saved_state_is_byte_identical_to_the_established_format(tmp_path: Path) -> None:
+    messages = (GOLDEN / "messages.log").read_text(encoding="utf-8").splitlines()
+    t = Templater(_golden_cfg())
+    t.parse_many(messages, learn=True)
+    assert t.stats["templates_changed"] > 0  # generalisations are in the file too
+    saved = t.save(tmp_path).read_bytes()
+    assert saved == (GOLDEN / STATE_FILE).read_bytes()
+
+
+def test_a_state_saved_by_the_earlier_templater_loads_and_goes_on_learning() -> None:
+    messages = (GOLDEN / "messages.log").read_text(encoding="utf-8").splitlines()
+    fresh = Templater(_golden_cfg())
+    fresh.parse_many(messages, learn=True)
+    loaded = Templater.load(GOLDEN, _golden_cfg())
+    assert loaded.state_dict() == fresh.state_dict()
+    assert loaded.parse_many(messages, learn=False) == fresh.parse_many(messages, learn=False)
+    more = [
+        m.replace("terminating", "finished").replace("Broken pipe", "Timed out waiting")
+        for m in messages
+        if "terminating" in m or "Broken pipe" in m
+    ]
+    assert loaded.parse_many(more, learn=True) == fresh.parse_many(more, learn=True)
+    assert loaded.state_dict() == fresh.state_dict()
+
+
 def test_load_errors_are_clear_and_nothing_is_half_loaded(tmp_path: Path) -> None:
     cfg = _none_cfg()
     with pytest.raises(ArtifactError, match="templater state not found"):
