@@ -2,7 +2,11 @@
 
 Contract: `preset(name) -> FormatPreset`; `resolve(cfg) -> ResolvedTemplating`, the effective settings the
 templater uses once the YAML's overrides (header_regex, masks, similarity_threshold) are applied on top of
-the preset of `cfg.format`. Every preset is covered by tests on real-looking lines of its format.
+the preset of `cfg.format`. An unknown format name raises KeyError (the configuration admits only the names
+of PRESETS). Nothing here compiles a pattern: the templater does, and reports a bad one as ConfigError.
+Every preset is covered by tests on real-looking lines of its format; every header, mask and session regex
+here must stay analysable by regex_syntax (tests/test_adapters.py), or the templater's line-shape cache is
+off for that format.
 
 Masks are applied in one left-to-right pass of a single combined regex (the first mask that matches at a
 position wins), so order matters: specific masks (block ids, UUIDs, addresses, paths) come before NUM.

@@ -25,7 +25,9 @@ Speed. Two bounded caches sit in front of Drain3:
   `str.translate`. It is exact, not a heuristic: the header regex and masks are checked (on their parsed
   form, through regex_syntax) to treat the digits of a class alike, so two lines of one shape get the same
   header split and the same mask spans; a layout is cached only when no digit is left outside the masks, so
-  both lines give Drain3 the same masked content. A hit costs a dict lookup and C-level slicing.
+  both lines give Drain3 the same masked content. A hit costs a dict lookup and C-level slicing. When a
+  pattern cannot be analysed (a back-reference, or an interpreter whose regex parser regex_syntax cannot
+  read) the L1 cache is off and every line takes the slower path, with the same results.
 Both caches are cleared whenever the template tree changes (a template created or generalised), so a cached
 answer is always the one the current tree gives. Known difference from calling Drain3 directly with
 `learn=True`: a message whose masked content is cached does not reach Drain3 again, so it neither bumps the
