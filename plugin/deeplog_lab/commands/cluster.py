@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deeplog_siem.cli import print_json, progress
 from deeplog_siem.commands import Subparsers, add_parser
 from deeplog_siem.commands._common import add_config_arg, connect, load
+
+if TYPE_CHECKING:
+    from ..demo import DemoResult
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -86,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_demo(r) -> None:
+def _print_demo(r: DemoResult) -> None:
     d = r.detect
     out = r.config.output
     print()

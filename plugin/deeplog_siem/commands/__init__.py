@@ -17,6 +17,7 @@ import argparse
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import DeeplogError
 
@@ -116,12 +117,13 @@ class Wanted:
         return self if self.words is None else Wanted(self.words[1:] if self.wants(name) else ())
 
 
-def add_parser(sub: Subparsers, path: str, **kwargs) -> argparse.ArgumentParser:
+def add_parser(sub: Subparsers, path: str, **kwargs: Any) -> argparse.ArgumentParser:
     """The parser of command `path` ("config", "workflow hdfs") with its help line from the table."""
     return sub.add_parser(path.split()[-1], help=_HELP[path], **kwargs)
 
 
 def add_commands(sub: Subparsers, commands: Sequence[Command], wanted: Wanted) -> None:
+    """The wanted commands in full (their modules imported now), the others as placeholders."""
     for c in commands:
         if wanted.wants(c.name) and c.name not in sub.choices:
             register = _registrar(c)
@@ -130,7 +132,7 @@ def add_commands(sub: Subparsers, commands: Sequence[Command], wanted: Wanted) -
             else:
                 register(sub, wanted)
     for c in commands:
-        if c.name not in sub.choices:
+        if c.name not in sub.choices:  # listed by --help; never parsed, as argv did not name it
             sub.add_parser(c.name, help=c.help).set_defaults(placeholder=True)
 
 

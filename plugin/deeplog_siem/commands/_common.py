@@ -8,10 +8,13 @@ its status to the exit code.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli import print_json, setup_logging
 from ..config import Config, load_config
+
+if TYPE_CHECKING:
+    from ..es import Clients
 
 
 def add_config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -30,8 +33,8 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def connect(cfg: Config):
-    from ..es import connect
+def connect(cfg: Config) -> Clients:
+    from ..es import connect  # the Elasticsearch client: only for the commands that talk to the cluster
 
     return connect(cfg.elasticsearch)
 
