@@ -15,7 +15,7 @@ help:
 	@echo "make demo     end-to-end demo on real HDFS logs with the embedded server"
 	@echo "make test     run the test suite (embedded server; DEEPLOG_TEST_ES_URL=... for a real cluster)"
 	@echo "make bench    run the benchmarks and print their JSON results"
-	@echo "make lint     ruff check"
+	@echo "make lint     ruff check and the import contract (the runtime never imports the lab)"
 	@echo "make clean    remove .venv, build outputs and demo models"
 
 install: $(STAMP)
@@ -39,6 +39,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check plugin tests
 	$(BIN)/ruff format --check plugin tests
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist plugin/*.egg-info demo-output

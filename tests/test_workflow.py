@@ -187,17 +187,18 @@ def test_cli_workflow_show_and_evaluate(tmp_path, capsys):
         == 0
     )
     ET.parse(out)
-    png = tmp_path / "w1.png"
-    assert (
-        cli.main(["workflow", "show", "w1", "--model-dir", str(tmp_path), "--format", "png"]) == 2
-    )  # no file
+    dot = tmp_path / "w1.dot"
     assert (
         cli.main(
-            ["workflow", "show", "w1", "--model-dir", str(tmp_path), "--format", "png", "--output", str(png)]
+            ["workflow", "show", "w1", "--model-dir", str(tmp_path), "--format", "dot", "--output", str(dot)]
         )
         == 0
     )
-    assert _read_png(png.read_bytes())[0] > 0
+    assert dot.read_text().startswith("digraph")
+    with pytest.raises(SystemExit) as gone:  # PNG is no longer offered: an argparse usage error
+        cli.main(["workflow", "show", "w1", "--model-dir", str(tmp_path), "--format", "png"])
+    assert gone.value.code == 2
+    assert "invalid choice: 'png'" in capsys.readouterr().err
     assert cli.main(["workflow", "show", "w9", "--model-dir", str(tmp_path)]) == 2  # unknown name: an error
     capsys.readouterr()
     assert cli.main(["evaluate-workflows", "--seed", "3", "--tasks", "300", "--no-key-model", "--json"]) == 0

@@ -35,7 +35,7 @@ def test_split_gap_matters_for_sequential_tasks():
 
 def test_cli_workflow_hdfs_on_real_sessions(tmp_path, capsys):
     """Real HDFS key sessions: the block workflow is found and abnormal sessions are diagnosed."""
-    from .conftest import need_data
+    from ..conftest import need_data
 
     need_data("hdfs_keys", "hdfs_train")
     args = ["workflow", "hdfs", "--no-key-model", "--anomalies", "3", "--out", str(tmp_path), "--json"]

@@ -1,0 +1,111 @@
+"""`deeplog-siem train|detect|run`: the jobs against the cluster.
+
+Contract: config -> `train` publishes a new model version; `detect` runs detection once (--once: new
+documents since the checkpoint; --start/--end: a backfill with its own checkpoint) and exits 1 unless the
+run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C. The clients are closed on every path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ..cli import progress
+from ..errors import DeeplogError
+from . import Subparsers, Wanted, add_parser
+from ._common import add_config_arg, connect, load, report_run
+
+log = logging.getLogger(__name__)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..runner import train
+
+    cfg = load(args)
+    clients = connect(cfg)
+    try:
+        t = train(cfg, clients, start=args.start, end=args.end, index=args.index, progress=progress)
+    finally:
+        clients.close()
+    print(
+        f"model version {t.version} published in {cfg.model.dir}: {t.sessions} sessions, {t.docs} documents, "
+        f"{t.templates} templates, skipped {t.skipped or 0}"
+    )
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from ..runner import run_once
+
+    cfg = load(args)
+    if not args.once and not (args.start or args.end):
+        raise DeeplogError(
+            "detect needs --once (new documents since the checkpoint) or --start/--end (backfill)"
+        )
+    clients = connect(cfg)
+    try:
+        summary = run_once(
+            cfg,
+            clients,
+            start=args.start,
+            end=args.end,
+            close_sessions=args.close_sessions,
+            progress=progress,
+        )
+    finally:
+        clients.close()
+    return report_run(summary, cfg, args.json)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ..scheduler import run_daemon
+
+    cfg = load(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received signal %s", signum)
+        stop.set()
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, on_signal)
+    clients = connect(cfg)
+    try:
+        run_daemon(cfg, clients, stop)
+    finally:
+        clients.close()
+    return 0
+
+
+def register(sub: Subparsers, wanted: Wanted) -> None:
+    p = add_parser(sub, "train")
+    add_config_arg(p)
+    p.add_argument("--start", metavar="ISO8601", help="only logs with timestamp >= this")
+    p.add_argument("--end", metavar="ISO8601", help="only logs with timestamp < this")
+    p.add_argument("--index", help="read training logs from this index pattern instead of source.index")
+    p.set_defaults(func=cmd_train)
+
+    p = add_parser(sub, "detect")
+    add_config_arg(p)
+    p.add_argument(
+        "--once", action="store_true", help="process everything new since the checkpoint, then exit"
+    )
+    p.add_argument(
+        "--start", metavar="ISO8601", help="backfill: logs with timestamp >= this (own checkpoint)"
+    )
+    p.add_argument("--end", metavar="ISO8601", help="backfill: logs with timestamp < this")
+    p.add_argument(
+        "--close-sessions",
+        action="store_true",
+        help="treat every open session as finished at the end (scores end-of-session; for backfills)",
+    )
+    p.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    p.set_defaults(func=cmd_detect)
+
+    p = add_parser(sub, "run")
+    add_config_arg(p)
+    p.set_defaults(func=cmd_run)
