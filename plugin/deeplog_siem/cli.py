@@ -9,40 +9,15 @@ configures logging. The commands themselves live in `deeplog_siem.commands` (run
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 from . import __version__
 from .commands import COMMANDS, Wanted, add_commands
+from .commands.console import setup_logging
 from .errors import DeeplogError
-
-
-def setup_logging(level: str, file: str | None = None, as_json: bool = False) -> None:
-    fmt = (
-        '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":"%(message)s"}'
-        if as_json
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if file:
-        handlers.append(logging.FileHandler(file))
-    logging.basicConfig(level=getattr(logging, level), format=fmt, handlers=handlers, force=True)
-    # The transport logs every request at INFO; that drowns the one summary line per run.
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
-
-
-def progress(message: str) -> None:
-    """Progress for long steps goes to stderr so `--json` stdout stays machine-readable."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def print_json(obj: Any) -> None:
-    """One JSON object on one line: the machine-readable last line of `--json` output."""
-    print(json.dumps(obj, sort_keys=True, default=str))
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

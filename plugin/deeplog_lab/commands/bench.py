@@ -11,8 +11,8 @@ import argparse
 import importlib
 from typing import Any
 
-from deeplog_siem.cli import print_json, progress
 from deeplog_siem.commands import Subparsers, add_parser
+from deeplog_siem.commands.console import print_json, progress
 
 from ..bench import BENCHES
 

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deeplog_siem.cli import print_json, progress
 from deeplog_siem.commands import Subparsers, add_parser
 from deeplog_siem.commands._common import add_config_arg, connect, load
+from deeplog_siem.commands.console import print_json, progress
 
 if TYPE_CHECKING:
     from ..demo import DemoResult

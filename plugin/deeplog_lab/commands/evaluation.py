@@ -12,8 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from deeplog_siem.cli import print_json, progress
 from deeplog_siem.commands import Subparsers, add_parser
+from deeplog_siem.commands.console import print_json, progress
 from deeplog_siem.config import FeedbackConfig, ModelConfig
 from deeplog_siem.errors import ConfigError
 

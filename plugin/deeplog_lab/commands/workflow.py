@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deeplog_siem.cli import print_json, progress
 from deeplog_siem.commands import Subparsers, add_parser
+from deeplog_siem.commands.console import print_json, progress
 
 
 def cmd_workflow_hdfs(args: argparse.Namespace) -> int:

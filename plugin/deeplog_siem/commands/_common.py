@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..cli import print_json, setup_logging
 from ..config import Config, load_config
+from .console import print_json, setup_logging
 
 if TYPE_CHECKING:
     from ..es import Clients

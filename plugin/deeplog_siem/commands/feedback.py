@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..cli import print_json
 from ..config import load_config
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
 from ._common import add_config_arg, connect, load, report_run
+from .console import print_json
 
 
 def cmd_feedback_mark(args: argparse.Namespace) -> int:

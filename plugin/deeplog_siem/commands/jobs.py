@@ -11,10 +11,10 @@ import argparse
 import logging
 from typing import Any
 
-from ..cli import progress
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
 from ._common import add_config_arg, connect, load, report_run
+from .console import progress
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import print_json
 from . import Subparsers, Wanted, add_parser
 from ._common import add_config_arg, connect, load
+from .console import print_json
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
