@@ -42,13 +42,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import zlib
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -57,9 +55,11 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_write
 from .config import ParamsConfig
 from .errors import ArtifactError
 from .sessions import SharedLevel
+from .timefmt import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ class ParameterModel:
             "format_version": FORMAT_VERSION,
             "package_version": __version__,
             "torch_version": str(torch.__version__),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now(),
             "config": dataclasses.asdict(self.cfg),
             "keys": {
                 key_text(k): {
@@ -603,15 +603,8 @@ class ParameterModel:
             for k, km in self.models.items()
             for name, t in km.model.state_dict().items()
         }
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"header": json.dumps(header), "state": state}, f)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(p) as f:
+            torch.save({"header": json.dumps(header), "state": state}, f)
         return p
 
     @classmethod

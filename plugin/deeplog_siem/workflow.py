@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text
 from .errors import ArtifactError
 from .vocab import EOS, UNK
 
@@ -181,9 +182,7 @@ class WorkflowModel:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         path = Path(directory) / WORKFLOWS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return path
 
     @classmethod
