@@ -103,12 +103,6 @@ class KeyDetector:
         self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
 
-    def clear_cache(self) -> None:
-        self._slots.clear()
-        for store in self._prefixes:
-            store.slots.clear()
-        self.hits = self.misses = 0
-
     @torch.no_grad()
     def _forward(self, keys: torch.Tensor) -> torch.Tensor:
         """keys [U, h] -> next-key distributions [U, V] (CPU); [U, 2V] with an anchor (the model's, then the

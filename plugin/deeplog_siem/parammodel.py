@@ -661,9 +661,3 @@ def _level_before(state: SharedLevel, t: float) -> float:
 def _level_add(state: SharedLevel, deviation: float) -> None:
     state.num += max(-LEVEL_CLAMP, min(LEVEL_CLAMP, deviation))
     state.den += 1.0
-
-
-def describe(label: str, observed: float, predicted: float, low: float, high: float, unit: str = "") -> str:
-    """ "time gap 4.8 s, expected 0.9 (0.7 .. 1.2 s)": one deviated dimension for the anomaly document."""
-    u = f" {unit}" if unit else ""
-    return f"{label} {observed:.4g}{u}, expected {predicted:.4g} ({low:.4g} .. {high:.4g}{u})"
