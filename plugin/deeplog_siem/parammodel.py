@@ -79,9 +79,9 @@ def key_from_text(text: str) -> SeriesKey:
 FORMAT = "deeplog-siem/param-lstm"
 LSTM_CLAMP = 4.0  # normalised units
 # A dimension is judged while at most this many of its held-out errors (or EXCESS_FACTOR times the expected
-# number, if more) fall outside the interval. Not 1: with ~350 held-out errors and a bound of 3.5 sd, two
-# outside happen by chance to one series in ~70, and a timed step then went unjudged (generated seed 6:
-# no slowdown of "Creating image" was found, even 5x); 4 or more by chance is ~1 in 2,000 per series.
+# number, if more) fall outside the interval. Not 1: with a few hundred held-out errors per series, two
+# outside happen by chance to enough series that a timed step would go unjudged and its slowdowns unseen;
+# four or more by chance are rare.
 MAX_HELDOUT_OUTSIDE = 3
 EXCESS_FACTOR = 10.0
 FORMAT_VERSION = 2  # 2: prediction = history median + LSTM correction
@@ -151,10 +151,10 @@ class Normaliser:
                 offsets.append(0.0)
                 continue
             # A plain log keeps a lognormal duration Gaussian and makes a k-times slowdown a shift of log k;
-            # log1p(x / median) everywhere widened the errors on a busier host than in training (its slope
-            # grows with x), 2x the nominal false positives. Where zeros occur, the values sit at the
-            # clock's resolution (bookkeeping lines 0-4 ms apart): there log(x + median) keeps a 0 near a
-            # 2 ms gap instead of orders of magnitude below it. Else the offset only keeps a 0 finite.
+            # log1p(x / median) everywhere would widen the errors on a busier host than in training (its
+            # slope grows with x). Where zeros occur, the values sit at the clock's resolution (bookkeeping
+            # lines a few ms apart): there log(x + median) keeps a 0 near the smallest gaps instead of orders
+            # of magnitude below them. Else the offset only keeps a 0 finite.
             if bool((col == 0).any()):
                 offsets.append(float(pos.median()))
             else:
@@ -266,8 +266,8 @@ def effective_dims(resid: torch.Tensor, constant: Sequence[bool]) -> float:
     their held-out errors [N, D] (Nyholt 2004: M_eff = 1 + (M - 1)(1 - var(eigenvalues) / M)): two
     dimensions that move together ("Took 1.02 seconds to deallocate network" logged 1.02 s after the previous
     line, correlation 0.99) count about once and keep the one-dimensional bound; two independent ones count
-    twice, as in the plain Bonferroni split. (Li and Ji's count, tried first, gives 1.99 at correlation 0.99:
-    only an exact copy counts once.)"""
+    twice, as in the plain Bonferroni split. (Li and Ji's count is not used: it counts two strongly
+    correlated dimensions almost twice; only an exact copy counts once.)"""
     cols = [d for d, c in enumerate(constant) if not c]
     if len(cols) < 2 or resid.shape[0] < 3:
         return float(split_dims(constant))

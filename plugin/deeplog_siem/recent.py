@@ -128,7 +128,8 @@ class RecentSample:
             "keys": self.keys,
             "targets": self.targets,
         }
-        # Two detection processes (the daemon and a backfill) may save at once: each gets its own temporary file.
+        # Two detection processes (the daemon and a backfill) may save at once: atomic_write gives each its
+        # own temporary file.
         with atomic_write(p) as f:
             torch.save(body, f)
         self.changed = False
