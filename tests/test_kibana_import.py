@@ -8,6 +8,8 @@ import base64
 import email.parser
 import email.policy
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -291,3 +293,11 @@ def test_setup_reports_saved_object_errors_and_exits_nonzero(
             es.perform_request(
                 "DELETE", f"/_index_template/{prefix}-{kind}", headers={"accept": "application/json"}
             )
+
+
+def test_kibana_installer_does_not_depend_on_the_cluster_installer():
+    """setup_assets runs the Kibana step; kibana must not import setup_assets back (an import cycle)."""
+    probe = "import json, sys, deeplog_siem.kibana; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out)
+    assert "deeplog_siem.kibana" in loaded and "deeplog_siem.setup_assets" not in loaded

@@ -22,6 +22,7 @@ from deeplog_siem.model import (
     save_checkpoint,
     train_key_model,
 )
+from deeplog_siem.timefmt import epoch_seconds
 from deeplog_siem.vocab import EOS, UNK, Vocabulary
 
 from ._synthetic import A, B, C, D, E, F, sessions, vocabulary
@@ -118,7 +119,8 @@ def test_checkpoint_round_trip(trained, tmp_path: Path) -> None:
     assert (
         header["package_version"]
         and header["format_version"] == model_mod.FORMAT_VERSION
-        and header["created"]
+        and header["created"].endswith("Z")  # the one timestamp form documents carry
+        and epoch_seconds(header["created"]) is not None
     )
     keys = build_windows(sessions(20, seed=3), model.args.window).keys
     assert torch.equal(model(keys)[0], loaded(keys)[0])

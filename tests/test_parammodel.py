@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from deeplog_siem import atomic
 from deeplog_siem.config import ParamsConfig
 from deeplog_siem.errors import ArtifactError
 from deeplog_siem.parammodel import ParameterModel
@@ -87,6 +88,25 @@ def test_batched_scoring_equals_one_by_one_and_save_load_roundtrip(tmp_path) -> 
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ArtifactError):
         ParameterModel.load(path)
+
+
+def test_save_is_durable_and_a_failed_save_keeps_the_old_model(tmp_path, monkeypatch) -> None:
+    pm, _ = ParameterModel.fit({3: _series(120, 1)}, CFG)
+    synced: list[int] = []
+    real_fsync = atomic.os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = pm.save(tmp_path / "params.pt")
+    assert synced  # the data reaches the disk before the rename makes it the model
+    before = path.read_bytes()
+
+    def broken_save(obj, f) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        pm.save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["params.pt"]
 
 
 def test_transition_keys_roundtrip_and_a_level_beyond_training_is_followed(tmp_path) -> None:

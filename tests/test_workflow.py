@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-import struct
 import xml.etree.ElementTree as ET
-import zlib
 
 import pytest
 
@@ -131,47 +129,6 @@ def test_model_round_trips_and_renders(tmp_path):
         svg.tag.endswith("svg")
         and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) == len(w.nodes) + 2
     )
-
-
-def _read_png(data: bytes) -> tuple[int, int, bytes]:
-    """(width, height, RGB rows without filter bytes) of the PNGs `png.Canvas` writes (filter 0, one IDAT)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks, i = {}, 8
-    while i < len(data):
-        (n,) = struct.unpack(">I", data[i : i + 4])
-        kind, body, crc = data[i + 4 : i + 8], data[i + 8 : i + 8 + n], data[i + 8 + n : i + 12 + n]
-        assert struct.unpack(">I", crc)[0] == zlib.crc32(kind + body)
-        chunks[kind] = body
-        i += 12 + n
-    w, h, depth, ctype = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, ctype) == (8, 2) and b"IEND" in chunks
-    raw = zlib.decompress(chunks[b"IDAT"])
-    assert len(raw) == h * (1 + 3 * w) and all(raw[y * (1 + 3 * w)] == 0 for y in range(h))
-    return w, h, b"".join(raw[y * (1 + 3 * w) + 1 : (y + 1) * (1 + 3 * w)] for y in range(h))
-
-
-def test_png_rendering_draws_every_state(tmp_path):
-    from deeplog_siem.workflow import _layout, render_png
-
-    seqs, times = timed_sessions(40, 5)
-    w = mine_workflows(seqs, NAMES, times=times).workflows[0]
-    width, height, px = _read_png(render_png(w))
-    lay = _layout(w)
-    assert (width, height) == (int(lay.width), int(lay.height))
-
-    def at(x, y):
-        i = 3 * (int(y) * width + int(x))
-        return tuple(px[i : i + 3])
-
-    assert len(lay.pos) == len(w.nodes) + 2
-    for x, y in lay.pos.values():
-        assert at(x, y + 5) == (51, 51, 102)  # the box outline
-        assert at(x + lay.bw - 3, y + 3) == (238, 238, 255)  # its fill, right of the label
-        # the label: some dark text pixels inside the box
-        inside = [
-            at(xx, yy) for xx in range(int(x) + 6, int(x) + 40) for yy in range(int(y) + 10, int(y) + 20)
-        ]
-        assert (0, 0, 0) in inside
 
 
 def test_cli_workflow_show_and_evaluate(tmp_path, capsys):

@@ -27,6 +27,7 @@ from elasticsearch import helpers
 
 from deeplog_siem.errors import DataError, SinkError
 from deeplog_siem.es import Clients
+from deeplog_siem.timefmt import iso, utc_now
 
 # (level, component, format) per HDFS event number; the formats are those of the real HDFS.log lines.
 # Fields: b block id, ip/ip2 datanode IPs, port, size, path, n responder number, exc exception text.
@@ -113,12 +114,6 @@ class LogLine:
     session_index: int  # position of the session in the rendered input
 
 
-def hdfs_templates() -> dict[int, str]:
-    """HDFS event number -> loghub template text (`<*>` marks parameters)."""
-    text = resources.files("deeplog_lab").joinpath("data/HDFS_templates.csv").read_text(encoding="utf-8")
-    return {int(r["EventId"][1:]): r["EventTemplate"] for r in csv.DictReader(io.StringIO(text))}
-
-
 def _ip(rng: random.Random) -> str:
     return f"{rng.choice(_SUBNETS)}.{rng.randrange(1, 255)}.{rng.randrange(2, 255)}"
 
@@ -171,8 +166,11 @@ def render(
     """Render sessions as interleaved raw HDFS lines, in time order.
 
     Session i starts at about `start + i / sessions_per_minute`; its events follow each other by a few
-    hundred milliseconds to a few seconds, so neighbouring sessions interleave as on a real cluster.
+    hundred milliseconds to a few seconds, so neighbouring sessions interleave as on a real cluster. A naive
+    `start` is taken as UTC.
     """
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)  # naive times are UTC, as everywhere in the job
     rng = random.Random(seed)
     rendered: list[tuple[datetime, int, LogLine]] = []
     gap = 60.0 / sessions_per_minute
@@ -222,27 +220,6 @@ def load_sample(limit_train: int | None = None, limit_test: int | None = None) -
     return Sample(train, test, labels)
 
 
-def build_sample(keys_dir: str, *, n_normal: int = 1000, n_abnormal: int = 100, seed: int = 7) -> bytes:
-    """The packaged sample, rebuilt from ../shared/data/hdfs_keys: all of hdfs_train, then a seeded random
-    test mix of dev sessions (normal and abnormal, shuffled). Returns the gzipped CSV."""
-    from pathlib import Path
-
-    d = Path(keys_dir)
-
-    def read(name: str) -> list[str]:
-        return [ln.strip() for ln in (d / name).read_text().splitlines() if ln.strip()]
-
-    rng = random.Random(seed)
-    mix = [("normal", s) for s in rng.sample(read("hdfs_test_normal_dev"), n_normal)]
-    mix += [("anomaly", s) for s in rng.sample(read("hdfs_test_abnormal_dev"), n_abnormal)]
-    rng.shuffle(mix)
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerows(("train", "normal", s) for s in read("hdfs_train"))
-    w.writerows(("test", label, s) for label, s in mix)
-    return gzip.compress(out.getvalue().encode("ascii"), mtime=0)
-
-
 # ------------------------------------------------------------------------------------------- indexing
 
 
@@ -255,7 +232,7 @@ def documents(
         yield {
             "_index": index,
             "_id": f"{run}-{seq}",
-            "@timestamp": line.time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "@timestamp": iso(line.time),
             "message": line.message,
             "host": {"name": line.host},
             "event": {"dataset": dataset, "sequence": seq},
@@ -280,7 +257,7 @@ def index_lines(
     def stamped() -> Iterator[dict]:
         for i, doc in enumerate(documents(lines, index, run=run)):
             if i % chunk_size == 0:
-                now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                now = utc_now()
             doc["event"]["ingested"] = now
             yield doc
 

@@ -1,7 +1,7 @@
 """artifacts: versioned model directories under `model.dir`, and which one is current.
 
 Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh directory to write a model version
-into; `publish(version)` makes it current atomically (a `CURRENT` file replaced with os.replace), so a
+into; `publish(version)` makes it current atomically (the `CURRENT` file, `atomic.write_text`), so a
 crash during training never leaves a half-written model in use; `current() -> (version, path)` or
 `ArtifactError` telling the user to train first; `restore(version)` makes an earlier version current again;
 `lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .atomic import write_text
 from .errors import ArtifactError
 
 KEYMODEL = "keymodel.pt"
@@ -46,9 +47,7 @@ class ModelStore:
     def publish(self, version: str) -> None:
         if not (self.dir / version / KEYMODEL).is_file():
             raise ArtifactError(f"model version {version} in {self.dir} has no {KEYMODEL}; not publishing it")
-        tmp = self.dir / f".CURRENT.{os.getpid()}"
-        tmp.write_text(version + "\n")
-        os.replace(tmp, self.dir / "CURRENT")
+        write_text(self.dir / "CURRENT", version + "\n")
 
     def current(self) -> tuple[str, Path]:
         pointer = self.dir / "CURRENT"

@@ -3,15 +3,16 @@
 Contract: `KeyDetector(model, top_g, device, cache_size, min_probability).score(windows)` -> `KeyScores` with,
 for every window (one event, or the end of a session), the 0-based rank and the probability of the actual key,
 the top-g candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and
-`anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`). The candidate set is DeepLog's top-g,
-refined by an optional probability floor: keys the model gives almost no mass are not candidates even when
-they rank in the top g (with 30 keys and one near-certain successor, the tail of the top-g is noise). Scoring is batched: identical windows are scored once (`torch.unique`), the
-distribution of the next key is cached per window (LRU, bounded by `cache_size`), and the verdict is read
-from the distribution, so results do not depend on the cache, on batch sizes or on what else is scored in
-the same call. A window's LSTM pass starts from the state after its first h // 2 keys, computed once per
-distinct prefix and kept beside the cache (distinct windows share few prefixes: on the HDFS dev files it
-runs the LSTM over 39% fewer keys, the same distributions). PAD and UNK are never predicted (their
-probability is 0); EOS is a valid prediction.
+`anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`). The candidate set is
+DeepLog's top-g, refined by an optional probability floor: keys the model gives almost no mass are not
+candidates even when they rank in the top g (with 30 keys and one near-certain successor, the tail of the
+top-g is noise). Scoring is batched: identical windows are scored once (`torch.unique`), the distribution of
+the next key is cached per window (LRU, bounded by `cache_size`), and the verdict is read from the
+distribution, so results do not depend on the cache, on batch sizes or on what else is scored in the same
+call. A window's LSTM pass starts from the state after its first h // 2 keys, computed once per distinct
+prefix and kept beside the cache (distinct windows share prefixes, so the LSTM runs over fewer keys and gives
+the same distributions). PAD and UNK are never predicted (their probability is 0); EOS is a valid
+prediction.
 `build_windows`/`Windows` (from `keyseq`) turn sessions into windows; `load_anchor(version_dir, model)` reads
 a feedback version's anchor.
 
@@ -103,12 +104,6 @@ class KeyDetector:
         self._store = torch.empty((cache_size, self._width))
         self.hits = self.misses = 0
 
-    def clear_cache(self) -> None:
-        self._slots.clear()
-        for store in self._prefixes:
-            store.slots.clear()
-        self.hits = self.misses = 0
-
     @torch.no_grad()
     def _forward(self, keys: torch.Tensor) -> torch.Tensor:
         """keys [U, h] -> next-key distributions [U, V] (CPU); [U, 2V] with an anchor (the model's, then the
@@ -137,8 +132,7 @@ class KeyDetector:
         Every LSTM pass has exactly chunk_rows rows (the last one padded): BLAS picks kernels, and so
         rounding, by matrix shape, so a fixed shape makes a window's scores independent of how many windows
         are scored with it (and of the caches). Small, because with a warm cache most calls have a few
-        hundred new windows or fewer: at 2,048 rows most of the LSTM's work was padding (bench keymodel (a):
-        about 500k -> 680k windows/s at 256)."""
+        hundred new windows or fewer, and a large pass would be mostly padding (BENCHMARKS.md)."""
         n, r = keys.shape[0], self.chunk_rows
         total = -(-n // r) * r
         padded = torch.full((total, keys.shape[1]), PAD, dtype=torch.long, device=self.device)

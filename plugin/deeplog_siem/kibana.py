@@ -18,14 +18,13 @@ import copy
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import requests
 
 from .config import Config, ElasticsearchConfig, KibanaConfig
 from .errors import KibanaError
-from .setup_assets import Step, content_hash
+from .setup_steps import Step, asset_files, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,6 @@ DATA_VIEWS = {"deeplog-anomalies": "anomalies_index", "deeplog-runs": "runs_inde
 # Index a packaged Vega spec reads -> the output index whose name (plus `*`) replaces it.
 VEGA_INDICES = {"deeplog-workflows*": "workflows_index"}
 MARKER = "deeplog-siem asset"
-
-
-def _packaged_ndjson() -> list[tuple[str, str]]:
-    root = resources.files("deeplog_siem").joinpath("assets", "kibana")
-    return sorted(
-        (p.name, p.read_text(encoding="utf-8")) for p in root.iterdir() if p.name.endswith(".ndjson")
-    )
 
 
 def parse_ndjson(text: str, source: str = "ndjson") -> list[dict[str, Any]]:
@@ -75,7 +67,7 @@ def _vega_indices(vis_state: str, cfg: Config) -> str:
 def saved_objects(cfg: Config | None = None) -> list[dict[str, Any]]:
     """The packaged saved objects, adapted to `cfg` (data-view titles) and marked with their content hash."""
     out = []
-    for name, text in _packaged_ndjson():
+    for name, text in asset_files("kibana", ".ndjson"):
         for obj in parse_ndjson(text, name):
             obj = copy.deepcopy(obj)
             attrs = obj["attributes"]

@@ -24,11 +24,9 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_write
 from .config import ModelConfig
 from .errors import ArtifactError, ConfigError
+from .timefmt import utc_now
 from .vocab import PAD, UNK, Vocabulary
 from .windows import build_windows
 
@@ -322,23 +322,14 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "args": dataclasses.asdict(model.args),
         "vocab": vocab.to_dict(),
         "meta": meta,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"header": header, "digest": _digest(header, state), "state": state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(p) as f:
+        torch.save({"header": header, "digest": _digest(header, state), "state": state}, f)
     return p
 
 

@@ -42,13 +42,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 import zlib
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -57,9 +55,11 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_write
 from .config import ParamsConfig
 from .errors import ArtifactError
 from .sessions import SharedLevel
+from .timefmt import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def key_from_text(text: str) -> SeriesKey:
 FORMAT = "deeplog-siem/param-lstm"
 LSTM_CLAMP = 4.0  # normalised units
 # A dimension is judged while at most this many of its held-out errors (or EXCESS_FACTOR times the expected
-# number, if more) fall outside the interval. Not 1: with ~350 held-out errors and a bound of 3.5 sd, two
-# outside happen by chance to one series in ~70, and a timed step then went unjudged (generated seed 6:
-# no slowdown of "Creating image" was found, even 5x); 4 or more by chance is ~1 in 2,000 per series.
+# number, if more) fall outside the interval. Not 1: with a few hundred held-out errors per series, two
+# outside happen by chance to enough series that a timed step would go unjudged and its slowdowns unseen;
+# four or more by chance are rare.
 MAX_HELDOUT_OUTSIDE = 3
 EXCESS_FACTOR = 10.0
 FORMAT_VERSION = 2  # 2: prediction = history median + LSTM correction
@@ -151,10 +151,10 @@ class Normaliser:
                 offsets.append(0.0)
                 continue
             # A plain log keeps a lognormal duration Gaussian and makes a k-times slowdown a shift of log k;
-            # log1p(x / median) everywhere widened the errors on a busier host than in training (its slope
-            # grows with x), 2x the nominal false positives. Where zeros occur, the values sit at the
-            # clock's resolution (bookkeeping lines 0-4 ms apart): there log(x + median) keeps a 0 near a
-            # 2 ms gap instead of orders of magnitude below it. Else the offset only keeps a 0 finite.
+            # log1p(x / median) everywhere would widen the errors on a busier host than in training (its
+            # slope grows with x). Where zeros occur, the values sit at the clock's resolution (bookkeeping
+            # lines a few ms apart): there log(x + median) keeps a 0 near the smallest gaps instead of orders
+            # of magnitude below them. Else the offset only keeps a 0 finite.
             if bool((col == 0).any()):
                 offsets.append(float(pos.median()))
             else:
@@ -266,8 +266,8 @@ def effective_dims(resid: torch.Tensor, constant: Sequence[bool]) -> float:
     their held-out errors [N, D] (Nyholt 2004: M_eff = 1 + (M - 1)(1 - var(eigenvalues) / M)): two
     dimensions that move together ("Took 1.02 seconds to deallocate network" logged 1.02 s after the previous
     line, correlation 0.99) count about once and keep the one-dimensional bound; two independent ones count
-    twice, as in the plain Bonferroni split. (Li and Ji's count, tried first, gives 1.99 at correlation 0.99:
-    only an exact copy counts once.)"""
+    twice, as in the plain Bonferroni split. (Li and Ji's count is not used: it counts two strongly
+    correlated dimensions almost twice; only an exact copy counts once.)"""
     cols = [d for d, c in enumerate(constant) if not c]
     if len(cols) < 2 or resid.shape[0] < 3:
         return float(split_dims(constant))
@@ -580,7 +580,7 @@ class ParameterModel:
             "format_version": FORMAT_VERSION,
             "package_version": __version__,
             "torch_version": str(torch.__version__),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now(),
             "config": dataclasses.asdict(self.cfg),
             "keys": {
                 key_text(k): {
@@ -603,15 +603,8 @@ class ParameterModel:
             for k, km in self.models.items()
             for name, t in km.model.state_dict().items()
         }
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"header": json.dumps(header), "state": state}, f)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(p) as f:
+            torch.save({"header": json.dumps(header), "state": state}, f)
         return p
 
     @classmethod
@@ -668,9 +661,3 @@ def _level_before(state: SharedLevel, t: float) -> float:
 def _level_add(state: SharedLevel, deviation: float) -> None:
     state.num += max(-LEVEL_CLAMP, min(LEVEL_CLAMP, deviation))
     state.den += 1.0
-
-
-def describe(label: str, observed: float, predicted: float, low: float, high: float, unit: str = "") -> str:
-    """ "time gap 4.8 s, expected 0.9 (0.7 .. 1.2 s)": one deviated dimension for the anomaly document."""
-    u = f" {unit}" if unit else ""
-    return f"{label} {observed:.4g}{u}, expected {predicted:.4g} ({low:.4g} .. {high:.4g}{u})"

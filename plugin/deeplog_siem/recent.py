@@ -13,7 +13,7 @@ Contract:
   probability capacity / n. So the sample is uniform over the pairs seen, and once HORIZON x capacity have
   been seen each new pair still enters with probability 1 / HORIZON: the sample covers about the last
   HORIZON x capacity scored windows, the older ones fading out.
-- `save(model_dir)`: written atomically (a temporary file, then os.replace), read with weights_only=True.
+- `save(model_dir)`: written atomically (`atomic.atomic_write`), read with weights_only=True.
 - `rows()` -> `samples.Rows`: the distinct pairs with how often each was sampled, for the feedback job's
   safety check (an update must not raise the alarm rate on recent live traffic).
 Runtime state of the detection job, not a model artifact: one file for the model directory, shared by the
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .samples import Rows
 from .vocab import UNK, Vocabulary
 from .windows import Windows
@@ -127,11 +128,10 @@ class RecentSample:
             "keys": self.keys,
             "targets": self.targets,
         }
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # A per-process temporary name: two detection processes (the daemon and a backfill) never share one.
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        torch.save(body, tmp)
-        os.replace(tmp, p)
+        # Two detection processes (the daemon and a backfill) may save at once: atomic_write gives each its
+        # own temporary file.
+        with atomic_write(p) as f:
+            torch.save(body, f)
         self.changed = False
         return p
 

@@ -4,8 +4,9 @@ Contract: `build_normal_sample(sessions, model_cfg, replay_windows, heldout_wind
 distinct (window [h] -> next key) pairs with their counts, from the sessions the model trained on (`replay`,
 mixed into feedback fine-tuning so the model does not forget) and from its validation sessions (`heldout`,
 never a gradient: the feedback job's safety check). Each part keeps at most its cap of distinct windows,
-drawn by frequency with a seeded generator. `save(path)` / `NormalSample.load(path)` write and read one
-file (`normal_sample.pt` in a version directory) with `torch.load(weights_only=True)`, or `ArtifactError`.
+drawn by frequency with a seeded generator. `save(path)` (atomically) / `NormalSample.load(path)` write and
+read one file (`normal_sample.pt` in a version directory) with `torch.load(weights_only=True)`, or
+`ArtifactError`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .config import ModelConfig
 from .errors import ArtifactError
 from .model import unique_rows, validation_split
@@ -49,9 +51,8 @@ class NormalSample:
             body.update(
                 {f"{part}_keys": rows.keys, f"{part}_targets": rows.targets, f"{part}_counts": rows.counts}
             )
-        tmp = p.with_name(p.name + ".tmp")
-        torch.save(body, tmp)
-        os.replace(tmp, p)
+        with atomic_write(p) as f:
+            torch.save(body, f)
         return p
 
     @classmethod

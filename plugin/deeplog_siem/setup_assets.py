@@ -17,11 +17,9 @@ Contract:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
 from elasticsearch import ApiError
@@ -29,6 +27,8 @@ from elasticsearch import ApiError
 from .config import Config
 from .errors import ConfigError, DeeplogError
 from .es import Clients
+from .kibana import install_saved_objects
+from .setup_steps import CHANGES, Action, Step, asset_text, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,9 @@ Lifecycle = Literal["ilm", "ism"]
 PIPELINES = ("deeplog-event-ingested", "deeplog-hdfs", "deeplog-openstack", "deeplog-syslog")
 MANAGED_BY = "deeplog-siem"
 
-Action = Literal[
-    "created", "updated", "unchanged", "skipped", "failed", "would create", "would update", "imported"
-]
-CHANGES = frozenset({"created", "updated", "imported", "would create", "would update"})
-
 
 def _would(action: Action) -> Action:
     return "would create" if action == "created" else "would update"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One thing setup did (or would do) to one asset."""
-
-    component: str  # "index template" | "lifecycle policy" | "ingest pipeline" | "index" | "saved object"
-    name: str
-    action: Action
-    detail: str = ""
-
-    def line(self) -> str:
-        text = f"{self.action:>12}  {self.component} {self.name}"
-        return f"{text}: {self.detail}" if self.detail else text
 
 
 @dataclass
@@ -101,21 +82,11 @@ class SetupReport:
 # ------------------------------------------------------------------------------------------- the assets
 
 
-def _asset_text(*parts: str) -> str:
-    return resources.files("deeplog_siem").joinpath("assets", *parts).read_text(encoding="utf-8")
-
-
-def content_hash(obj: Any) -> str:
-    """A short, stable hash of a JSON-able value (key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def load_template(kind: Kind) -> dict[str, Any]:
     """The packaged template body of one index kind, as shipped (patterns for the default index names)."""
     if kind not in KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return json.loads(_asset_text("templates", f"{kind}.json"))
+    return json.loads(asset_text("templates", f"{kind}.json"))
 
 
 def index_mappings(kind: Kind) -> dict[str, Any]:
@@ -172,7 +143,7 @@ def index_templates(cfg: Config, lifecycle: Lifecycle | None = None) -> dict[str
 
 def ingest_pipelines() -> dict[str, dict[str, Any]]:
     """Pipeline name -> body, in install order (the parsing pipelines call `deeplog-event-ingested`)."""
-    return {name: json.loads(_asset_text("ingest_pipelines", f"{name}.json")) for name in PIPELINES}
+    return {name: json.loads(asset_text("ingest_pipelines", f"{name}.json")) for name in PIPELINES}
 
 
 def policy_name(index: str) -> str:
@@ -482,8 +453,6 @@ def run_setup(
             Step("saved object", "*", "skipped", "no Kibana URL (set kibana.url or pass --kibana-url)")
         )
     else:
-        from .kibana import install_saved_objects
-
         try:
             report.steps += install_saved_objects(cfg, url, dry_run)
         except DeeplogError as e:

@@ -13,8 +13,8 @@ Contract:
   workflow applies (unseen key, no matching workflow). With `gap_s` (the time since the previous event) it
   says whether that step was slow against the edge's usual gap. `Diagnosis.fields()` is the anomaly
   document's `deeplog.workflow` object.
-- `render_text`, `render_dot` (Graphviz), `render_svg` (self-contained, layered layout) and `render_png` (the
-  same layout rasterised by `png`): a workflow picture.
+- `render_text`, `render_dot` (Graphviz) and `render_svg` (self-contained, layered layout): a workflow
+  picture.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text
 from .errors import ArtifactError
 from .vocab import EOS, UNK
 
@@ -181,9 +182,7 @@ class WorkflowModel:
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         path = Path(directory) / WORKFLOWS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True))
         return path
 
     @classmethod
@@ -544,22 +543,6 @@ def _layout(w: Workflow) -> _Layout:
     return _Layout(pos, width, gy + (max(rows) + 1) * (bh + gy))
 
 
-def _curve(sx: float, sy: float, tx: float, ty: float, n: int = 24) -> list[tuple[float, float]]:
-    """The cubic Bezier the SVG draws for a back edge, as points."""
-    c1, c2 = (sx + 60, sy), (tx + 60, ty)
-    pts = []
-    for i in range(n + 1):
-        t = i / n
-        u = 1 - t
-        pts.append(
-            (
-                u**3 * sx + 3 * u * u * t * c1[0] + 3 * u * t * t * c2[0] + t**3 * tx,
-                u**3 * sy + 3 * u * u * t * c1[1] + 3 * u * t * t * c2[1] + t**3 * ty,
-            )
-        )
-    return pts
-
-
 def render_svg(w: Workflow) -> str:
     """A layered picture without Graphviz: states in rows by depth, edges as lines (loops curve back)."""
     lay = _layout(w)
@@ -590,27 +573,3 @@ def render_svg(w: Workflow) -> str:
         el.append(f'<text x="{x + 6:.0f}" y="{y + 21:.0f}">{html.escape(lay.label(w, k))}</text>')
     el.append("</svg>")
     return "\n".join(el) + "\n"
-
-
-def render_png(w: Workflow) -> bytes:
-    """The same picture as `render_svg`, rasterised (built-in bitmap font; no imaging dependency)."""
-    from .png import GLYPH_H, Canvas
-
-    lay = _layout(w)
-    c = Canvas(int(lay.width), int(lay.height))
-    grey, red = (85, 85, 85), (170, 51, 51)
-    for e in w.edges:
-        geo = lay.edge(e)
-        if geo is None:
-            continue
-        sx, sy, tx, ty, back = geo
-        dash = 4 if e.kind == "loop" else 0
-        pts = _curve(sx, sy, tx, ty) if back else [(sx, sy), (tx, ty)]
-        for (ax, ay), (bx, by) in zip(pts, pts[1:], strict=False):  # consecutive pairs
-            c.line(ax, ay, bx, by, grey, dash)
-        c.arrow_head(*pts[-2], *pts[-1], grey)
-        c.text(int((sx + tx) / 2 + 4), int((sy + ty) / 2 - GLYPH_H), str(e.count), red)
-    for k, (x, y) in lay.pos.items():
-        c.rect(int(x), int(y), lay.bw, lay.bh, (51, 51, 102), (238, 238, 255))
-        c.text(int(x) + 6, int(y) + (lay.bh - 7) // 2, lay.label(w, k))
-    return c.to_png()
