@@ -212,7 +212,7 @@ class ModelConfig:
     window: int = 10
     top_g: int = 9
     # None = auto: FLOOR_FACTOR x the share label smoothing gives a key with no evidence (label_smoothing /
-    # vocabulary size), so the floor follows the vocabulary; on HDFS (33 ids) that is the dev-tuned 2e-4.
+    # vocabulary size), so the floor follows the vocabulary (how it was chosen: BENCHMARKS.md).
     min_probability: float | None = None
     layers: int = 2
     hidden: int = 64
@@ -229,8 +229,7 @@ class ModelConfig:
     dir: str = "models"
     cache_size: int = 100000
     # CPU threads for torch (0 = auto: torch's default, one per core, for training; one for detection). On a
-    # host whose cores other services use, 1 avoids OpenMP threads spinning against each other, which slowed
-    # training up to 100x here.
+    # host whose cores other services use, 1 avoids OpenMP threads spinning against each other.
     threads: int = 0
     # Accept the first occurrence of a step its workflow runs concurrently with one already in the window
     # (workflow.concurrency_mask): the order of concurrent steps is not an anomaly.
@@ -270,7 +269,6 @@ class ModelConfig:
         _check(f"{key}.cache_size", self.cache_size >= 0, f"must be >= 0, got {self.cache_size}")
 
 
-# --- params (issue 5)
 @dataclass(frozen=True)
 class ParamsConfig:
     """Settings of the parameter-value model (the `params` section of the configuration)."""
@@ -284,9 +282,8 @@ class ParamsConfig:
     learning_rate: float = 0.005
     heldout_fraction: float = 0.25  # last share of each key's normal series: residual statistics only
     # Two-sided confidence per parameter vector (one event), split evenly over the vector's non-constant
-    # dimensions (Bonferroni). Not the issue's 0.999: an alert is judged per task (about 8 events, 5-7 of
-    # them with a Gaussian time gap or duration); measured on generated OpenStack logs (BENCHMARKS.md),
-    # 0.999 per vector flagged 0.49-0.88% of normal tasks on seeds 0-4 (target 0.5%), 0.9998 0.04-0.50%.
+    # dimensions (Bonferroni). Higher than the 0.999 one would pick per event: an alert is judged per task,
+    # which has several events with a Gaussian time gap or duration (the measured trade-off: BENCHMARKS.md).
     confidence: float = 0.9998
     min_observations: int = 50  # fewer vectors than this: the key is not modelled (reported)
     min_error_std: float = 0.01  # floor of the error std, in normalised units
@@ -413,7 +410,7 @@ class LoggingConfig:
         pass
 
 
-# --- setup assets (issue 7): retention policies and the Kibana saved-objects import ---------------------
+# Setup assets: retention policies and the Kibana saved-objects import.
 
 _SIZE_RE = re.compile(r"\d+(b|kb|mb|gb|tb|pb)")
 _AGE_RE = re.compile(r"\d+(d|h|m|s)")

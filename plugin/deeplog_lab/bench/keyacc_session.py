@@ -1,4 +1,4 @@
-"""keyacc_session: issue 4's optional alternative measured, one LSTM pass per session instead of windows.
+"""keyacc_session: the key model's alternative measured, one LSTM pass per session instead of windows.
 
 Contract: `python -m deeplog_lab.bench.keyacc_session [--seed S] [--label-smoothing E]` trains an LSTM of
 the key model's sizes (embedding 32, 2 layers of 64) that reads a whole session from its start (PAD is the

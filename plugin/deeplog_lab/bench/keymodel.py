@@ -5,7 +5,7 @@ the scheduled job does, with the window cache on and starting empty; (b) the dis
 off (pure model throughput), and again with an anchor model beside it as under a feedback version
 (`anchored_unique_windows_per_s`); (c) the naive reference loop, one window per forward pass (batch 1), on a
 sample. Training time is `train_key_model` on hdfs_train with the default model configuration. Targets
-(issue 4, 2-core CPU): (a) >= 1M windows/s, (b) >= 50k windows/s, (b)/(c) >= 20x, training < 120 s.
+(2-core CPU): (a) >= 1M windows/s, (b) >= 50k windows/s, (b)/(c) >= 20x, training < 120 s.
 
 (a), (b) and (c) take a fraction of a second each, so one measurement on a shared machine is mostly noise:
 each is run `--repeat` times (a fresh detector, so a cold cache, every time) and the headline figure is the
