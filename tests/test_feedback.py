@@ -9,6 +9,7 @@ window no longer flags it, while the true anomaly still is.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
+from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
 from deeplog_siem.artifacts import ANCHOR, KEYMODEL, ModelStore
 from deeplog_siem.cli import main
 from deeplog_siem.config import FeedbackConfig, ModelConfig
@@ -265,19 +267,32 @@ def test_normal_sample_round_trip_and_damage(tmp_path):
         NormalSample.load(tmp_path / NORMAL_SAMPLE)
 
 
+def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> AnomalyDoc:
+    """A key anomaly document as the detection job writes it, read back as the feedback job reads it."""
+    ctx = DocContext(vocab, "v1", "r1", "anomalies", "message")
+    event = EventRef("logs", "doc-1", "2008-11-09T20:36:15.000Z", "line", None)
+    built = key_anomaly(
+        ctx, SessionEvent(event, "s1", len(window), window), KeyVerdict(kind, actual, 0.001, 9, [])
+    )
+    return AnomalyDoc.from_source({k: v for k, v in built.items() if not k.startswith("_")})
+
+
+def _with_key(doc: AnomalyDoc, key_id: int, template: str) -> AnomalyDoc:
+    return replace(
+        doc, deeplog=replace(doc.deeplog, key=replace(doc.deeplog.key, id=key_id, template=template))
+    )
+
+
 def test_pair_of_maps_templates_and_explains_what_it_cannot_learn():
     vocab = syn.vocabulary()
-    doc = {
-        "anomaly_type": "log_key",
-        "window": {"key_ids": [syn.A, syn.B], "templates": ["event A <*>", "event B <*>"]},
-        "key": {"id": syn.G, "template": "event G <*>"},
-    }
+    doc = _key_doc(vocab, [syn.A, syn.B], syn.G)
+    assert doc.deeplog.window.templates == ("event A <*>", "event B <*>")
     assert pair_of(doc, vocab, 4) == ([0, 0, syn.A, syn.B], syn.G)
     # Ids from another vocabulary: the template text decides.
-    moved = {**doc, "key": {"id": 99, "template": "event C <*>"}}
+    moved = _with_key(doc, 99, "event C <*>")
     assert pair_of(moved, vocab, 4) == ([0, 0, syn.A, syn.B], syn.C)
-    assert "not in the current model" in pair_of({**doc, "key": {"id": 99, "template": "x"}}, vocab, 4)
-    assert "cannot be learned" in pair_of({**doc, "anomaly_type": "unseen_key"}, vocab, 4)
+    assert "not in the current model" in pair_of(_with_key(doc, 99, "x"), vocab, 4)
+    assert "cannot be learned" in pair_of(_key_doc(vocab, [syn.A, syn.B], 1, "unseen_key"), vocab, 4)
 
 
 def test_the_daemon_schedules_the_feedback_job(clients, make_config):

@@ -25,7 +25,9 @@ Contract:
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 import time
 from array import array
 from collections import Counter
@@ -262,6 +264,12 @@ class SessionTracker:
         self.stats: Counter[str] = Counter()
         self.param_history = ParamHistory(param_depth)
         self.param_level = SharedLevel()
+
+    @classmethod
+    def unbounded(cls, window: int = 1) -> SessionTracker:
+        """A tracker that never closes or drops a session: training's, which reads a bounded set of logs
+        once and needs each event's vector (only the previous key of each session: `window` 1)."""
+        return cls(window, math.inf, sys.maxsize, math.inf)
 
     def __len__(self) -> int:
         return len(self._tails)

@@ -14,12 +14,12 @@ import base64
 import json
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ArtifactError
 from .es import Clients
 from .source import Checkpoint
+from .timefmt import utc_now
 
 FORMAT = 1
 
@@ -80,7 +80,7 @@ def prepare_state(state: JobState) -> dict[str, Any]:
 
 def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str, Any] | None = None) -> None:
     """Save `state` (or `prepared`, its form from `prepare_state`, which must be of the same state)."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = utc_now()
     body = {**(prepared if prepared is not None else prepare_state(state)), "updated_at": now}
     clients.es.index(index=index, id=state.job, document={"@timestamp": now, "deeplog": {"state": body}})
     state.updated = now
