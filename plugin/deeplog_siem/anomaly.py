@@ -137,8 +137,9 @@ class Details:
     session: SessionInfo
     key: KeyInfo
     window: WindowInfo
-    # Stored for reading, not indexed (`enabled: false`: indexing 9 candidates x 4 values cost more than the
-    # rest of the document); `expected_keys` is the searchable form, most likely first. Key anomalies only.
+    # Stored for reading, not indexed (`enabled: false`: indexing every candidate's values would cost more
+    # than the rest of the document); `expected_keys` is the searchable form, most likely first. Key
+    # anomalies only.
     expected: tuple[ExpectedKey, ...] | None = None
     expected_keys: tuple[str, ...] | None = None
     expected_summary: str | None = None

@@ -488,7 +488,7 @@ class DetectionRun:
             depth=depth,
             name="deeplog-source",
         )
-        # The collector's full passes over a chunk's live documents cost a third of the job's CPU (gcpause).
+        # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
         collect_due = False
         with gcpause.paused():
             try:

@@ -4,8 +4,8 @@ Contract: `load_state(clients, index, job) -> JobState` (an empty state when non
 `save_state(clients, index, state)` (`prepare_state(state)` builds the saved form ahead, to pass as
 `save_state(..., prepared=)`). A save is a single-document index operation, so a crash leaves either
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
-back by id (a real-time GET), and waiting for the refresh interval cost up to a second per chunk. The session tails are stored compressed in a field the
-mapping never indexes; they are only read back by this module.
+back by id (a real-time GET), and waiting would add up to a refresh interval to every chunk. The session
+tails are stored compressed in a field the mapping never indexes; they are only read back by this module.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class JobState:
 
 
 def _pack(obj: Any) -> str:
-    # Level 1: the tails are saved after every chunk, on the job's critical path; level 6 took several times
-    # as long for a few percent less.
+    # Level 1: the tails are saved after every chunk, on the job's critical path, where time matters more
+    # than the last few percent of size.
     return base64.b64encode(zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)).decode("ascii")
 
 
