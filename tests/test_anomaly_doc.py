@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -240,3 +241,36 @@ def test_the_feedback_job_marks_a_malformed_document_unsupported_with_the_reason
         errors[i] = d["feedback_error"]
     assert "malformed" in errors[0] and "deeplog.window: expected an object, got list" in errors[0]
     assert "deeplog.key.id: expected an integer" in errors[1]
+
+
+def _typed(cls: type, parts: list[str]) -> bool:
+    """`parts` name a field the typed document writes (a text field's `keyword` sub-field included; anything
+    under a free-form object such as `workflow`)."""
+    if not parts:
+        return True
+    hints = field_types(cls)
+    f = next((f for f in dataclasses.fields(cls) if json_name(f) == parts[0]), None)
+    if f is None:
+        return False
+    tp = hints[f.name]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is tuple:
+        tp = typing.get_args(tp)[0]
+    if dataclasses.is_dataclass(tp):
+        return _typed(tp, parts[1:])
+    return typing.get_origin(tp) is dict or parts[1:] in ([], ["keyword"])
+
+
+def test_the_kibana_objects_use_only_fields_the_document_writes():
+    ndjson = REPO / "plugin" / "deeplog_siem" / "assets" / "kibana" / "deeplog-siem.ndjson"
+    fields = set(re.findall(r"deeplog\.[a-z_.]*[a-z_]", ndjson.read_text()))
+    anomaly_fields = {f for f in fields if not f.startswith("deeplog.run.")}  # the runs index's documents
+    assert "deeplog.key.template.keyword" in anomaly_fields and "deeplog.feedback_status" in anomaly_fields
+    unknown = [
+        f
+        for f in sorted(anomaly_fields)
+        if not _typed(AnomalyDoc, f.split(".")) and not _typed(Feedback, f.split(".")[1:])
+    ]
+    assert unknown == []
+    assert not _typed(AnomalyDoc, ["deeplog", "key", "nonexistent"])
