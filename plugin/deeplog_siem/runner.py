@@ -68,6 +68,29 @@ def _quiet(_: str) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every stage of a job run needs: its configuration, the cluster and the summary it fills."""
+
+    config: Config
+    clients: Clients
+    summary: RunSummary
+
+
+@dataclass(frozen=True)
+class Span:
+    """What a run reads: everything new since the checkpoint, or [start, end) (a backfill; training reads
+    only such a range); `close_sessions`: the sessions still open at the end are closed (their end scored)."""
+
+    start: str | None = None
+    end: str | None = None
+    close_sessions: bool = False
+
+    @property
+    def backfill(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
 # ------------------------------------------------------------------------------------------------- events
 
 
@@ -401,29 +424,6 @@ def run_once(
         return summary
 
 
-@dataclass(frozen=True)
-class Job:
-    """What every stage of a job run needs: its configuration, the cluster and the summary it fills."""
-
-    config: Config
-    clients: Clients
-    summary: RunSummary
-
-
-@dataclass(frozen=True)
-class Span:
-    """What a detection run reads: everything new since the checkpoint, or [start, end) for a backfill;
-    `close_sessions`: the sessions still open at the end are closed (their end scored)."""
-
-    start: str | None = None
-    end: str | None = None
-    close_sessions: bool = False
-
-    @property
-    def backfill(self) -> bool:
-        return self.start is not None or self.end is not None
-
-
 @dataclass
 class _Chunk:
     """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
@@ -458,7 +458,7 @@ class DetectionRun:
         self.tracker = _tracker(config, det.window, state.sessions)
         self.reader = EventReader(det.templater, SessionKeyer(config.source), config)
         self.source = Source(job.clients, config.source)
-        self.writer = sink.BackgroundWriter(job.clients)
+        self.writer: sink.BackgroundWriter  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
         src = config.source
@@ -492,6 +492,7 @@ class DetectionRun:
             depth=depth,
             name="deeplog-source",
         )
+        self.writer = sink.BackgroundWriter(self.clients)
         # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
         collect_due = False
         with gcpause.paused():
