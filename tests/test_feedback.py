@@ -27,6 +27,8 @@ from deeplog_siem.feedback import (
     INVALID,
     RECORDED,
     REJECTED,
+    Judge,
+    Pairs,
     applied_ids,
     apply_feedback,
     describe_versions,
@@ -215,15 +217,15 @@ def test_finetune_accepts_the_pair_and_keeps_normal_windows():
     # A new legitimate step: G right after B (never seen there in training).
     keys = torch.tensor([[0, 0, syn.A, syn.B]])
     targets = torch.tensor([syn.G])
-    tuned, rep = finetune(model, keys, targets, smp.replay, cfg, FeedbackConfig())
+    tuned, rep = finetune(model, Pairs(keys, targets), smp.replay, cfg, FeedbackConfig())
     assert rep.accepted_before == 0 and rep.accepted_after == 1 and rep.steps <= FeedbackConfig().max_steps
     from deeplog_siem.feedback import false_alarm_rate
 
     floor = cfg.floor(10)
     # C still follows A B in normal sessions: G joins the candidates instead of replacing C.
     assert (
-        false_alarm_rate(model, smp.heldout, 2, floor)
-        == false_alarm_rate(tuned, smp.heldout, 2, floor)
+        false_alarm_rate(model, smp.heldout, Judge(2, floor))
+        == false_alarm_rate(tuned, smp.heldout, Judge(2, floor))
         == 0.0
     )
 
@@ -243,12 +245,12 @@ def test_a_pattern_that_cannot_be_learned_is_set_aside_and_the_rest_applied():
     keys = torch.tensor([[0, 0, syn.A, syn.B], [0, syn.A, syn.B, syn.C]])
     targets = torch.tensor([syn.G, UNK])
     fb = FeedbackConfig()
-    _, first = finetune(model, keys, targets, smp.replay, cfg, fb)
+    _, first = finetune(model, Pairs(keys, targets), smp.replay, cfg, fb)
     assert first.unlearned == (1,) and verdict(first, 0.0, 0.0, fb.tolerance) is not None
-    tuned, rep, held = finetune_learnable(model, keys, targets, smp.replay, cfg, fb)
+    tuned, rep, held = finetune_learnable(model, Pairs(keys, targets), smp.replay, cfg, fb)
     assert held.tolist() == [True, False]
     assert rep.pairs == 1 and rep.unlearned == () and verdict(rep, 0.0, 0.0, fb.tolerance) is None
-    _, again = finetune(tuned, keys[:1], targets[:1], smp.replay, cfg, fb)
+    _, again = finetune(tuned, Pairs(keys[:1], targets[:1]), smp.replay, cfg, fb)
     assert again.accepted_before == 1  # the update holds the learnable pair
 
 

@@ -34,7 +34,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,22 +283,13 @@ class RecentCheck:
         return self.rate_after - self.rate_before > tolerance + noise
 
 
-def recent_check(
-    model: KeyLSTM,
-    tuned: KeyLSTM,
-    rows: Rows,
-    top_g: int,
-    floor: float,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
-) -> RecentCheck:
-    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts); `anchor`:
-    the trained model of the lineage (None: `model` is that model)."""
+def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, judge: Judge) -> RecentCheck:
+    """The parent's (`model`, judged by `judge`) and the update's verdicts on the recent windows (distinct
+    pairs with counts)."""
     if len(rows) == 0:
         return RecentCheck()
-    was = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
-    root = anchor if anchor is not None else model
-    now = accepted(tuned, rows.keys, rows.targets, top_g, floor, anchor=root, anchor_ratio=anchor_ratio)
+    was = accepted(model, rows.keys, rows.targets, judge)
+    now = accepted(tuned, rows.keys, rows.targets, judge.of_update(model))
     c = rows.counts
     return RecentCheck(
         float(c.sum()),
@@ -338,26 +329,36 @@ def verdict(
     return None
 
 
+@dataclass(frozen=True)
+class Judge:
+    """The detection job's verdict on (window -> key) pairs (`detector.KeyDetector`): the key among the
+    model's top g above the probability floor and, for a feedback version, accepted by the trained model its
+    lineage started from (`anchor`) or raised `anchor_ratio` times by feedback."""
+
+    top_g: int
+    floor: float
+    anchor: KeyLSTM | None = None  # None: the judged model is the trained one
+    anchor_ratio: float = 0.0
+
+    def of_update(self, parent: KeyLSTM) -> Judge:
+        """The judge of an update of `parent`: anchored to the lineage's trained model (`parent` itself when
+        it is that model)."""
+        return replace(self, anchor=self.anchor if self.anchor is not None else parent)
+
+
 def accepted(
-    model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
-    top_g: int,
-    floor: float,
-    at_least: float = 0.0,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
+    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, judge: Judge, at_least: float = 0.0
 ) -> torch.Tensor:
-    """[N] bool: the detector would accept target i after window i (the job's exact verdict, anchored to
-    `anchor` when `model` is a feedback version), and gives it at least `at_least` probability."""
+    """[N] bool: the detector would accept target i after window i (the job's exact verdict), and gives it
+    at least `at_least` probability."""
     det = KeyDetector(
         model,
-        top_g,
+        judge.top_g,
         device=next(model.parameters()).device,
         cache_size=0,
-        min_probability=floor,
-        anchor=anchor if anchor is not model else None,
-        anchor_ratio=anchor_ratio,
+        min_probability=judge.floor,
+        anchor=judge.anchor if judge.anchor is not model else None,
+        anchor_ratio=judge.anchor_ratio,
     )
     n = targets.numel()
     z = torch.zeros(n, dtype=torch.long)
@@ -365,18 +366,11 @@ def accepted(
     return ~sc.anomalous & (sc.prob >= at_least)
 
 
-def false_alarm_rate(
-    model: KeyLSTM,
-    rows: Rows,
-    top_g: int,
-    floor: float,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
-) -> float:
+def false_alarm_rate(model: KeyLSTM, rows: Rows, judge: Judge) -> float:
     """Share of the (count-weighted) normal windows the detector would flag."""
     if len(rows) == 0:
         return 0.0
-    ok = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
+    ok = accepted(model, rows.keys, rows.targets, judge)
     return float((rows.counts * (~ok).float()).sum() / rows.counts.sum())
 
 
@@ -396,23 +390,36 @@ LOOSEN_RATIO = 1.5
 LOOSEN_FLOOR_SHARE = 0.8
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """(window -> key) pairs: keys [P, h], targets [P]."""
+
+    keys: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.targets.numel()
+
+    def __getitem__(self, rows: torch.Tensor) -> Pairs:
+        return Pairs(self.keys[rows], self.targets[rows])
+
+
 def finetune(
     model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
+    marked: Pairs,
     replay: Rows,
     model_cfg: ModelConfig,
     fb: FeedbackConfig,
-    keep_keys: torch.Tensor | None = None,
-    keep_targets: torch.Tensor | None = None,
-    check_every: int = 10,
+    *,
+    keep: Pairs | None = None,
     anchor: KeyLSTM | None = None,
+    check_every: int = 10,
 ) -> tuple[KeyLSTM, FinetuneReport]:
-    """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted with at least
+    """A copy of `model` fine-tuned until the `marked` pairs are accepted with at least
     `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
     every replay window the model accepted before still is (at most `fb.max_steps` steps).
 
-    Every step: the distinct feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay
+    Every step: the distinct feedback pairs (and earlier feedback pairs to keep, `keep`) and the replay
     windows the update has broken so far, each a cross-entropy weighted as `fb.weight` normal windows; and a
     batch of `fb.replay_batch` normal training windows drawn by frequency, distilled toward the parent
     (KL(parent || update) over all next keys, not only the observed one), plus `fb.guard_weight` x a
@@ -430,14 +437,16 @@ def finetune(
     device = next(model.parameters()).device
     parent = model.eval()
     tuned = copy.deepcopy(model)
-    root = anchor if anchor is not None else parent
+    judge = Judge(g, floor, anchor if anchor is not None else parent, fb.anchor_ratio)
 
     def ok(m: KeyLSTM, k: torch.Tensor, t: torch.Tensor, at_least: float = 0.0) -> torch.Tensor:
-        return accepted(m, k, t, g, floor, at_least, anchor=root, anchor_ratio=fb.anchor_ratio)
+        return accepted(m, k, t, judge, at_least)
 
+    keys, targets = marked.keys, marked.targets
+    if keep is None:
+        keep = marked[torch.zeros(len(marked), dtype=torch.bool)]
+    keep_keys, keep_targets = keep.keys, keep.targets
     fk, ft = keys, targets
-    if keep_keys is None or keep_targets is None:
-        keep_keys, keep_targets = keys[:0], targets[:0]
     if keep_targets.numel():
         fk, ft = torch.cat([fk, keep_keys]), torch.cat([ft, keep_targets])
     # Distinct pairs, each with the same weight: a pattern marked a hundred times must not outweigh the
@@ -511,31 +520,28 @@ def finetune(
 
 def finetune_learnable(
     model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
+    marked: Pairs,
     replay: Rows,
     model_cfg: ModelConfig,
     fb: FeedbackConfig,
-    keep_keys: torch.Tensor | None = None,
-    keep_targets: torch.Tensor | None = None,
+    *,
+    keep: Pairs | None = None,
     anchor: KeyLSTM | None = None,
 ) -> tuple[KeyLSTM, FinetuneReport, torch.Tensor]:
     """`finetune`, and where some marked pairs were not learned within `fb.max_steps` while others were,
     the update is made again from the parent without them -> (update, its report, [P] bool: the pairs it
     holds). A pattern normal data contradicts must not hold back every other responder's feedback of the run;
     the verdict still rejects the retry if it cannot learn what is left."""
-    tuned, rep = finetune(model, keys, targets, replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor)
-    held = torch.ones(targets.numel(), dtype=torch.bool)
-    if rep.unlearned and len(rep.unlearned) < targets.numel():
+    tuned, rep = finetune(model, marked, replay, model_cfg, fb, keep=keep, anchor=anchor)
+    held = torch.ones(len(marked), dtype=torch.bool)
+    if rep.unlearned and len(rep.unlearned) < len(marked):
         held[list(rep.unlearned)] = False
         log.info(
             "feedback: %s of %s marked patterns not learned within feedback.max_steps; updating without them",
             len(rep.unlearned),
-            targets.numel(),
+            len(marked),
         )
-        tuned, rep = finetune(
-            model, keys[held], targets[held], replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor
-        )
+        tuned, rep = finetune(model, marked[held], replay, model_cfg, fb, keep=keep, anchor=anchor)
     return tuned, rep, held
 
 
@@ -803,25 +809,28 @@ def _learn(run: _Run, parent: _Parent, fps: Sequence[_Fp]) -> None:
     """(3)-(5) Fine-tune on the false positives, check, publish, and queue the documents' updates."""
     config, summary, model, version = run.config, run.summary, parent.model, parent.version
     sample = NormalSample.load(parent.path / NORMAL_SAMPLE)
-    keys = torch.tensor([f.window for f in fps], dtype=torch.long)  # [P, h]
-    targets = torch.tensor([f.target for f in fps], dtype=torch.long)  # [P]
+    marked = Pairs(
+        torch.tensor([f.window for f in fps], dtype=torch.long),
+        torch.tensor([f.target for f in fps], dtype=torch.long),
+    )
     kept = (lineage_of(parent.meta) or {}).get("pairs", [])
-    keep_k = torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window)
-    keep_t = torch.tensor([p[1] for p in kept], dtype=torch.long)
+    keep = Pairs(
+        torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window),
+        torch.tensor([p[1] for p in kept], dtype=torch.long),
+    )
     # The trained model this lineage started from (None: the parent is that model).
     anchor = load_anchor(parent.path, model)
-    ratio = config.feedback.anchor_ratio
     tuned, rep, held = finetune_learnable(
-        model, keys, targets, sample.replay, config.model, config.feedback, keep_k, keep_t, anchor=anchor
+        model, marked, sample.replay, config.model, config.feedback, keep=keep, anchor=anchor
     )
     set_aside = [f for f, h in zip(fps, held.tolist(), strict=True) if not h]
     fps = [f for f, h in zip(fps, held.tolist(), strict=True) if h]
-    root = anchor if anchor is not None else model
-    g, floor = config.model.top_g, config.model.floor(model.args.vocab_size)
-    before = false_alarm_rate(model, sample.heldout, g, floor, anchor, ratio)
-    after = false_alarm_rate(tuned, sample.heldout, g, floor, root, ratio)
+    floor = config.model.floor(model.args.vocab_size)
+    judge = Judge(config.model.top_g, floor, anchor, config.feedback.anchor_ratio)
+    before = false_alarm_rate(model, sample.heldout, judge)
+    after = false_alarm_rate(tuned, sample.heldout, judge.of_update(model))
     rows = recent_windows(config, run.store, parent.vocab, model.args.window)
-    live = recent_check(model, tuned, rows, g, floor, anchor, ratio)
+    live = recent_check(model, tuned, rows, judge)
     summary.feedback_detail = {
         "parent_version": version,
         "steps": rep.steps,
