@@ -56,7 +56,9 @@ def _built() -> list[dict[str, Any]]:
     ev = EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1")
     ev2 = EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16.000Z", "?", None)
     wf = {"name": "wf1", "reason": "diverged", "step_allowed": False}
-    ctx = DocContext(vocab, "v1", "r1", "anoms", "message", None, top_g=2)
+    ctx = DocContext(
+        vocab=vocab, model_version="v1", run_id="r1", index="anoms", message_field="message", top_g=2
+    )
     floor = dataclasses.replace(ctx, min_probability=0.001)
     exp = [(a, 0.7123456789), (EOS, 0.2)]
     w = [0, 0, b, a]
@@ -77,7 +79,14 @@ def _built() -> list[dict[str, Any]]:
             ctx,
             SessionEvent(ev, "blk_1", 6, [0, b, a], ("12", "x")),
             ParamVerdict(
-                a, [0, 2], [4.8, 1.0, 7.25], [0.9, 1.0, 2.0], [0.7, 0.5, 1.0], [1.2, 1.5, 3.0], 5.123456, 3.29
+                key=a,
+                dims=[0, 2],
+                observed=[4.8, 1.0, 7.25],
+                predicted=[0.9, 1.0, 2.0],
+                low=[0.7, 0.5, 1.0],
+                high=[1.2, 1.5, 3.0],
+                error=5.123456,
+                threshold=3.29,
             ),
             wf,
         ),

@@ -576,7 +576,14 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
     create_indices(clients, cfg)
     vocab = Vocabulary()
     k_recv, k_alloc = vocab.add("Receiving block <BLK> src: <IP> dest: <IP>"), vocab.add("allocateBlock: <*>")
-    ctx = DocContext(vocab, "v1", "r1", cfg.output.anomalies_index, "message", top_g=2)
+    ctx = DocContext(
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index=cfg.output.anomalies_index,
+        message_field="message",
+        top_g=2,
+    )
     event = EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1")
     window = [0, 0, k_alloc, k_recv]
     expected = [(k_recv, 0.7), (EOS, 0.2)]

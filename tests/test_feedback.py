@@ -271,7 +271,7 @@ def test_normal_sample_round_trip_and_damage(tmp_path):
 
 def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> AnomalyDoc:
     """A key anomaly document as the detection job writes it, read back as the feedback job reads it."""
-    ctx = DocContext(vocab, "v1", "r1", "anomalies", "message")
+    ctx = DocContext(vocab=vocab, model_version="v1", run_id="r1", index="anomalies", message_field="message")
     event = EventRef("logs", "doc-1", "2008-11-09T20:36:15.000Z", "line", None)
     built = key_anomaly(
         ctx, SessionEvent(event, "s1", len(window), window), KeyVerdict(kind, actual, 0.001, 9, [])

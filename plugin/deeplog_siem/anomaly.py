@@ -289,7 +289,7 @@ class EventRef:
     host: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DocContext:
     """What every anomaly document of one run shares."""
 
@@ -330,7 +330,7 @@ class KeyVerdict:
     anchor_probability: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ParamVerdict:
     """The parameter model's verdict on one event: the value lists hold every dimension of the vector,
     `dims` the deviating ones."""

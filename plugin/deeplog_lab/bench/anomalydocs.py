@@ -55,7 +55,9 @@ def _docs(n: int, index: str) -> list[dict[str, Any]]:
     vocab = hdfs_vocabulary()
     rng = random.Random(0)
     keys = list(range(3, len(vocab)))
-    ctx = DocContext(vocab, "v1", "bench", index, "message", top_g=9)
+    ctx = DocContext(
+        vocab=vocab, model_version="v1", run_id="bench", index=index, message_field="message", top_g=9
+    )
     out = []
     for i in range(n):
         expected = sorted(((k, rng.random()) for k in rng.sample(keys, 9)), key=lambda e: -e[1])
