@@ -9,8 +9,9 @@ Contract:
 - `apply_feedback(config, clients) -> FeedbackSummary` (`deeplog-siem feedback apply`, and the scheduler's
   feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has
   since been corrected) -> (1) those whose id is already in the current model's lineage are marked applied
-  without training (a run that crashed after publishing); (2) invalid values, true positives and anomaly
-  types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
+  without training (a run that crashed after publishing); (2) invalid values, true positives, documents
+  that do not have the anomaly document's form (`anomaly.AnomalyDoc.from_source`: `unsupported`, with the
+  field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
   pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
   windows in every step, until every pair is within the top g and above the probability floor, at most
   `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the

@@ -13,8 +13,10 @@ Contract:
   it; `close_idle(now)` closes sessions with no event for `idle_timeout_s` (event time, the clock of `now`)
   or untouched by the job for `ttl_s` (wall clock) and returns them so the caller scores the end-of-session
   key (EOS) after their last keys; beyond `max_sessions` the least recently updated session is dropped and
-  counted in `stats["evicted_lru"]`. `to_dict()`/`from_dict()` give a compact JSON-safe form for the run
-  checkpoint. An open session is kept small (flat arrays: `bench templater` measures it).
+  counted in `stats["evicted_lru"]`. `SessionTracker.unbounded()` never closes or drops a session (training
+  computes its parameter vectors with it, as detection does). `to_dict()`/`from_dict()` give a compact
+  JSON-safe form for the run checkpoint. An open session is kept small (flat arrays: `bench templater`
+  measures it).
 - `SessionTracker.param_history` (`ParamHistory`): the parameter model's inputs, carried across runs with
   the tails: per parameter series (the (previous key, key) transition of a session: `series_key(observed,
   key)`), the last `depth` vectors the job scored, across all sessions. `take(series, vectors)` returns each
