@@ -578,59 +578,49 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
     """What the runner and the anomaly builder really write (not a hand-written sample) fits the templates."""
     from collections import Counter
 
-    from deeplog_siem.anomaly import EventRef, key_anomaly
-    from deeplog_siem.runner import RunSummary
+    from deeplog_siem.anomaly import DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
+    from deeplog_siem.runs import RunSummary
     from deeplog_siem.vocab import EOS, Vocabulary
 
     cfg = make_config()
     create_indices(clients, cfg)
     vocab = Vocabulary()
     k_recv, k_alloc = vocab.add("Receiving block <BLK> src: <IP> dest: <IP>"), vocab.add("allocateBlock: <*>")
-    common = {
-        "event": EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1"),
-        "session_id": "blk_1",
-        "window": [0, 0, k_alloc, k_recv],
-        "expected": [(k_recv, 0.7), (EOS, 0.2)],
-        "vocab": vocab,
-        "model_version": "v1",
-        "run_id": "r1",
-        "query": 'message:"blk_1"',
-        "top_g": 2,
-        "index": cfg.output.anomalies_index,
-    }
+    ctx = DocContext(
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index=cfg.output.anomalies_index,
+        message_field="message",
+        top_g=2,
+    )
+    event = EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1")
+    window = [0, 0, k_alloc, k_recv]
+    expected = [(k_recv, 0.7), (EOS, 0.2)]
     docs = [
         key_anomaly(
-            anomaly_type="log_key",
-            position=2,
-            actual=k_alloc,
-            probability=0.01,
-            rank=5,
-            params=("x",),
-            **common,
+            ctx,
+            SessionEvent(event, "blk_1", 2, window, ("x",)),
+            KeyVerdict("log_key", k_alloc, 0.01, 5, expected),
         ),
         # One event is either a log_key or an unseen_key anomaly (both come from the key detector).
         key_anomaly(
-            anomaly_type="unseen_key",
-            position=3,
-            actual=1,
-            probability=0.0,
-            rank=20,
-            params=(),
-            **{**common, "event": EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16Z", "?", None)},
+            ctx,
+            SessionEvent(
+                EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16Z", "?", None), "blk_1", 3, window
+            ),
+            KeyVerdict("unseen_key", 1, 0.0, 20, expected),
         ),
         key_anomaly(
-            anomaly_type="session_end", position=4, actual=EOS, probability=0.001, rank=9, params=(), **common
+            ctx, SessionEvent(event, "blk_1", 4, window), KeyVerdict("session_end", EOS, 0.001, 9, expected)
         ),
         # Under a feedback version, inside the top g but rejected by the trained model (the anchor).
         key_anomaly(
-            anomaly_type="log_key",
-            position=5,
-            actual=k_alloc,
-            probability=0.0005,
-            rank=1,
-            params=(),
-            anchor_probability=0.0004,
-            **{**common, "event": EventRef("logs-hdfs", "doc-3", "2008-11-09T20:36:17Z", "?", None)},
+            ctx,
+            SessionEvent(
+                EventRef("logs-hdfs", "doc-3", "2008-11-09T20:36:17Z", "?", None), "blk_1", 5, window
+            ),
+            KeyVerdict("log_key", k_alloc, 0.0005, 1, expected, anchor_probability=0.0004),
         ),
     ]
     assert (

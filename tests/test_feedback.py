@@ -9,6 +9,7 @@ window no longer flags it, while the true anomaly still is.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import yaml
 
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
+from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
 from deeplog_siem.artifacts import ANCHOR, KEYMODEL, ModelStore
 from deeplog_siem.cli import main
 from deeplog_siem.config import FeedbackConfig, ModelConfig
@@ -25,6 +27,8 @@ from deeplog_siem.feedback import (
     INVALID,
     RECORDED,
     REJECTED,
+    Judge,
+    Pairs,
     applied_ids,
     apply_feedback,
     describe_versions,
@@ -213,15 +217,15 @@ def test_finetune_accepts_the_pair_and_keeps_normal_windows():
     # A new legitimate step: G right after B (never seen there in training).
     keys = torch.tensor([[0, 0, syn.A, syn.B]])
     targets = torch.tensor([syn.G])
-    tuned, rep = finetune(model, keys, targets, smp.replay, cfg, FeedbackConfig())
+    tuned, rep = finetune(model, Pairs(keys, targets), smp.replay, cfg, FeedbackConfig())
     assert rep.accepted_before == 0 and rep.accepted_after == 1 and rep.steps <= FeedbackConfig().max_steps
     from deeplog_siem.feedback import false_alarm_rate
 
     floor = cfg.floor(10)
     # C still follows A B in normal sessions: G joins the candidates instead of replacing C.
     assert (
-        false_alarm_rate(model, smp.heldout, 2, floor)
-        == false_alarm_rate(tuned, smp.heldout, 2, floor)
+        false_alarm_rate(model, smp.heldout, Judge(2, floor))
+        == false_alarm_rate(tuned, smp.heldout, Judge(2, floor))
         == 0.0
     )
 
@@ -241,12 +245,12 @@ def test_a_pattern_that_cannot_be_learned_is_set_aside_and_the_rest_applied():
     keys = torch.tensor([[0, 0, syn.A, syn.B], [0, syn.A, syn.B, syn.C]])
     targets = torch.tensor([syn.G, UNK])
     fb = FeedbackConfig()
-    _, first = finetune(model, keys, targets, smp.replay, cfg, fb)
+    _, first = finetune(model, Pairs(keys, targets), smp.replay, cfg, fb)
     assert first.unlearned == (1,) and verdict(first, 0.0, 0.0, fb.tolerance) is not None
-    tuned, rep, held = finetune_learnable(model, keys, targets, smp.replay, cfg, fb)
+    tuned, rep, held = finetune_learnable(model, Pairs(keys, targets), smp.replay, cfg, fb)
     assert held.tolist() == [True, False]
     assert rep.pairs == 1 and rep.unlearned == () and verdict(rep, 0.0, 0.0, fb.tolerance) is None
-    _, again = finetune(tuned, keys[:1], targets[:1], smp.replay, cfg, fb)
+    _, again = finetune(tuned, Pairs(keys[:1], targets[:1]), smp.replay, cfg, fb)
     assert again.accepted_before == 1  # the update holds the learnable pair
 
 
@@ -265,19 +269,32 @@ def test_normal_sample_round_trip_and_damage(tmp_path):
         NormalSample.load(tmp_path / NORMAL_SAMPLE)
 
 
+def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> AnomalyDoc:
+    """A key anomaly document as the detection job writes it, read back as the feedback job reads it."""
+    ctx = DocContext(vocab=vocab, model_version="v1", run_id="r1", index="anomalies", message_field="message")
+    event = EventRef("logs", "doc-1", "2008-11-09T20:36:15.000Z", "line", None)
+    built = key_anomaly(
+        ctx, SessionEvent(event, "s1", len(window), window), KeyVerdict(kind, actual, 0.001, 9, [])
+    )
+    return AnomalyDoc.from_source({k: v for k, v in built.items() if not k.startswith("_")})
+
+
+def _with_key(doc: AnomalyDoc, key_id: int, template: str) -> AnomalyDoc:
+    return replace(
+        doc, deeplog=replace(doc.deeplog, key=replace(doc.deeplog.key, id=key_id, template=template))
+    )
+
+
 def test_pair_of_maps_templates_and_explains_what_it_cannot_learn():
     vocab = syn.vocabulary()
-    doc = {
-        "anomaly_type": "log_key",
-        "window": {"key_ids": [syn.A, syn.B], "templates": ["event A <*>", "event B <*>"]},
-        "key": {"id": syn.G, "template": "event G <*>"},
-    }
+    doc = _key_doc(vocab, [syn.A, syn.B], syn.G)
+    assert doc.deeplog.window.templates == ("event A <*>", "event B <*>")
     assert pair_of(doc, vocab, 4) == ([0, 0, syn.A, syn.B], syn.G)
     # Ids from another vocabulary: the template text decides.
-    moved = {**doc, "key": {"id": 99, "template": "event C <*>"}}
+    moved = _with_key(doc, 99, "event C <*>")
     assert pair_of(moved, vocab, 4) == ([0, 0, syn.A, syn.B], syn.C)
-    assert "not in the current model" in pair_of({**doc, "key": {"id": 99, "template": "x"}}, vocab, 4)
-    assert "cannot be learned" in pair_of({**doc, "anomaly_type": "unseen_key"}, vocab, 4)
+    assert "not in the current model" in pair_of(_with_key(doc, 99, "x"), vocab, 4)
+    assert "cannot be learned" in pair_of(_key_doc(vocab, [syn.A, syn.B], 1, "unseen_key"), vocab, 4)
 
 
 def test_the_daemon_schedules_the_feedback_job(clients, make_config):

@@ -17,6 +17,7 @@ from deeplog_siem.artifacts import ModelStore
 from deeplog_siem.feedback import (
     REJECTED,
     FinetuneReport,
+    Judge,
     RecentCheck,
     apply_feedback,
     false_alarm_rate,
@@ -52,7 +53,7 @@ def test_detection_samples_its_windows_and_feedback_measures_them(clients, make_
     floor = cfg.model.floor(model.args.vocab_size)
     # The flagged windows are sampled too: the key anomalies the run wrote are among them (a concurrent
     # step's first occurrence is flagged by the model but not written, so there may be more).
-    flagged = false_alarm_rate(model, rows, cfg.model.top_g, floor) * float(rows.counts.sum())
+    flagged = false_alarm_rate(model, rows, Judge(cfg.model.top_g, floor)) * float(rows.counts.sum())
     key_anomalies = [h for h in hits if h["_source"]["deeplog"]["anomaly_type"] in ("log_key", "session_end")]
     assert key_anomalies and round(flagged) >= len(key_anomalies)
 

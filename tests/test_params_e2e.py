@@ -167,3 +167,73 @@ def test_malformed_parameter_feedback_is_an_artifact_error(tmp_path, body):
     (tmp_path / PARAM_FEEDBACK).write_text(body)
     with pytest.raises(ArtifactError, match="param_feedback.json"):
         load_scales(tmp_path)
+
+
+def test_training_fits_the_vectors_detection_computes(clients, make_config, prefix):
+    """Training and detection read the same documents the same way: the same events (a document whose time
+    does not parse is skipped by both, as `bad_timestamp`), the same key sequences, the same parameter
+    vectors per (previous key, key) series."""
+    from deeplog_siem.runner import Span, read_training
+    from deeplog_siem.sessions import SessionTail
+    from deeplog_siem.source import Source
+    from deeplog_siem.templater import Templater
+    from deeplog_siem.vocab import PAD
+
+    cfg = make_config(
+        # Line order (a document whose time does not parse has no place in a time order).
+        source={
+            "session_regex": OPENSTACK_SESSION_REGEX,
+            "checkpoint_field": "event.sequence",
+            "overlap_seconds": 0,
+        },
+        templater={"format": "openstack", "similarity_threshold": 0.9},
+        # A window longer than any task: the detection job's session tails then hold every event.
+        model={"epochs": 1, "threads": 1, "window": 40, "hidden": 16, "embedding": 8},
+        params={"epochs": 1, "min_observations": 5},
+        # No session closes during the run: its tails are what detection computed.
+        sessions={"idle_timeout_seconds": 10**8, "ttl_seconds": 10**8},
+    )
+    create_indices(clients, cfg)
+    clients.es.indices.create(
+        index=cfg.source.index,
+        mappings={
+            "properties": {
+                "@timestamp": {"type": "date", "ignore_malformed": True},
+                "event": {"properties": {"sequence": {"type": "long"}}},
+            }
+        },
+    )
+    lines = generate_workload(40, seed=5).lines
+    _index(clients, cfg.source.index, lines, "w")
+    # One line of a task again, with a time that does not parse, in the middle of the task's lines.
+    at = len(lines) // 2
+    clients.es.index(
+        index=cfg.source.index,
+        id="bad-ts",
+        document={"@timestamp": "2017-05-14 nonsense", "message": lines[at], "event": {"sequence": at}},
+        refresh=True,
+    )
+    t = train(cfg, clients)
+    assert t.skipped == {"bad_timestamp": 1}
+    data, docs, skipped = read_training(
+        cfg, Source(clients, cfg.source), Templater(cfg.templater), span=Span()
+    )
+    assert docs == len(lines) + 1 and skipped == {"bad_timestamp": 1}
+
+    summary = run_once(cfg, clients)
+    assert summary.status == "ok" and summary.skipped == {"bad_timestamp": 1}
+    assert summary.processed == len(lines)
+    tails = {
+        sid: SessionTail.from_list(raw)
+        for sid, raw in load_state(clients, cfg.output.state_index, "detect").sessions["sessions"].items()
+    }
+    assert tails and all(t.count == len(t.keys) for t in tails.values())  # every event of every session
+    # Keys: training's sequences are the ones detection scored (ids of the same templater version).
+    assert {sid: list(t.keys) for sid, t in tails.items()} == dict(data.sessions)
+    detected: dict[tuple[int, int], list[tuple[float, ...]]] = {}
+    for t in tails.values():
+        for i, (k, v) in enumerate(zip(t.keys, t.vectors(), strict=True)):
+            detected.setdefault((t.keys[i - 1] if i else PAD, k), []).append(v)
+    fitted = {s: sorted(vs) for s, vs in data.series.items()}
+    assert fitted == {s: sorted(vs) for s, vs in detected.items()}
+    assert sum(len(vs) for vs in fitted.values()) == len(lines)

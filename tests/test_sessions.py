@@ -96,6 +96,18 @@ def test_idle_sessions_close_and_are_returned_for_end_of_session_scoring() -> No
     assert [sid for sid, _ in tr.close_all()] == ["c"] and len(tr) == 0
 
 
+def test_the_training_tracker_never_closes_or_drops_a_session() -> None:
+    tr = SessionTracker.unbounded()
+    for i in range(5000):
+        tr.observe(f"s{i}", 5, (), float(i), wall=0.0)
+    tr.observe("s0", 6, (1.0,), 10**9, wall=0.0)
+    assert len(tr) == 5000 and tr.stats["evicted_lru"] == 0
+    assert tr.close_idle(now=10.0**12, wall=10.0**12) == []
+    # Only the previous key is kept: all a parameter series needs, its vector computed as detection does.
+    o = tr.observe("s0", 7, (2.0,), 10**9 + 4, wall=0.0)
+    assert o.history == (6,) and o.vector == (4.0, 2.0) and series_key(o, 7) == (6, 7)
+
+
 def test_lru_eviction_is_bounded_and_counted() -> None:
     tr = SessionTracker(window=4, idle_timeout_s=60, max_sessions=3, ttl_s=600)
     for sid in "abc":

@@ -17,7 +17,8 @@ from typing import Any
 
 from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients, connect
-from deeplog_siem.runner import RunSummary, run_once, train
+from deeplog_siem.runner import run_once, train
+from deeplog_siem.runs import RunSummary
 
 from .replay import EPOCH, index_lines, load_sample, render
 from .server import EmbeddedServer, start_embedded

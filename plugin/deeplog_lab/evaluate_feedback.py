@@ -35,7 +35,7 @@ import torch
 
 from deeplog_siem.config import FeedbackConfig, ModelConfig, TemplaterConfig
 from deeplog_siem.detector import KeyDetector, build_windows
-from deeplog_siem.feedback import false_alarm_rate, finetune_learnable, recent_check, verdict
+from deeplog_siem.feedback import Judge, Pairs, false_alarm_rate, finetune_learnable, recent_check, verdict
 from deeplog_siem.model import KeyLSTM, train_key_model
 from deeplog_siem.recent import RecentSample
 from deeplog_siem.samples import build_normal_sample
@@ -203,13 +203,14 @@ def run(
         # The feedback job's own update: fine-tuning with replay and the earlier rounds' pairs, then the
         # held-out safety check against the parent.
         tuned, rep, held = finetune_learnable(
-            current, k, t, sample.replay, mcfg, fcfg, keep_k, keep_t, anchor=anchor
+            current, Pairs(k, t), sample.replay, mcfg, fcfg, keep=Pairs(keep_k, keep_t), anchor=anchor
         )
         set_aside = int((~held).sum())
         k, t = k[held], t[held]
-        fa_before = false_alarm_rate(current, sample.heldout, mcfg.top_g, floor, anchor, ratio)
-        fa_after = false_alarm_rate(tuned, sample.heldout, mcfg.top_g, floor, model, ratio)
-        live = recent_check(current, tuned, recent.rows(), mcfg.top_g, floor, anchor, ratio)
+        judge = Judge(mcfg.top_g, floor, anchor, ratio)
+        fa_before = false_alarm_rate(current, sample.heldout, judge)
+        fa_after = false_alarm_rate(tuned, sample.heldout, replace(judge, anchor=model))
+        live = recent_check(current, tuned, recent.rows(), judge)
         why = verdict(rep, fa_before, fa_after, fcfg.tolerance, live)
         ok = why is None
         rounds.append(

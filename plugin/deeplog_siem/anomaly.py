@@ -1,25 +1,44 @@
-"""anomaly: scored events -> anomaly documents (the analyst-facing record; fields in README.md).
+"""anomaly: scored events -> anomaly documents (the analyst-facing record; fields in README.md), and the
+one typed form of that document, which the detection job writes and the feedback job reads.
 
-Contract: `key_anomaly(...) -> dict` builds one document for an event the log-key model did not expect
-(types `log_key`, `unseen_key`, `session_end`): what happened, what was expected with which probability,
-the window of preceding events, the session and a query for its raw logs, and (`workflow`, from
-`workflow.diagnose`) where the session left its workflow or why no workflow applies. `parameter_anomaly(...)
--> dict` builds one for an event the key model accepted whose parameter vector the parameter model did not
-(type `parameter`): key and template, the deviating dimensions in words ("time gap 4.8 s, expected 0.9 s
-(0.7 .. 1.2 s)"), observed and predicted values, the interval, the error and its threshold. The `_id` is
-deterministic (source document id + detector + model version), so re-processing never duplicates it.
-ECS names where ECS has them, `deeplog.*` for the rest.
+Contract:
+- `AnomalyDoc` (frozen dataclasses nested as the document is: `deeplog` is a `Details`, with `SourceInfo`,
+  `SessionInfo`, `KeyInfo`, `WindowInfo`, `ExpectedKey`, `ParameterInfo`) is the only spelling of the schema
+  in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty
+  nested object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the
+  cluster. What is read back is untrusted (responders and other tools update these documents): a missing
+  required field or a value of the wrong type raises `InvalidAnomaly` with the field's path and the reason,
+  never another exception; unknown fields are ignored. `Feedback` is the responders' and the feedback job's
+  part of `deeplog` (`feedback`, `feedback_status`, ...), read leniently by `Feedback.from_source`: a wrong
+  value there is a verdict the feedback job reports, not a malformed document.
+- `key_anomaly(ctx, event, verdict, workflow=None) -> dict` builds the bulk action (`_index`, `_id` and the
+  source) for an event the log-key model did not expect (types `log_key`, `unseen_key`, `session_end`): what
+  happened, what was expected with which probability, the window of preceding events, the session and a
+  query for its raw logs, and (`workflow`, from `workflow.diagnose`) where the session left its workflow or
+  why no workflow applies. `parameter_anomaly(ctx, event, verdict, workflow=None) -> dict` builds one for an
+  event the key model accepted whose parameter vector the parameter model did not (type `parameter`): key
+  and template, the deviating dimensions in words ("time gap 4.8 s, expected 0.9 s (0.7 .. 1.2 s)"),
+  observed and predicted values, the interval, the error and its threshold. `ctx` (`DocContext`) is what all
+  documents of a run share, `event` (`SessionEvent`) the event in its session, `verdict` (`KeyVerdict`,
+  `ParamVerdict`) the model's scores.
+- The `_id` is deterministic (source document id + detector + model version), so re-processing never
+  duplicates a document. ECS names where ECS has them, `deeplog.*` for the rest; the index template
+  (assets/templates/anomalies.json) maps every field the dataclasses can write (tests/test_anomaly_doc.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from .timefmt import utc_now
 from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
 
 RULES = {
@@ -30,15 +49,300 @@ RULES = {
 }
 
 
+class InvalidAnomaly(ValueError):
+    """A document read back from the cluster does not have the anomaly document's form."""
+
+
+# ------------------------------------------------------------------------------------------ typed document
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventInfo:
+    kind: str = "alert"
+    module: str = "deeplog"
+    dataset: str = "deeplog.anomaly"
+    created: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    name: str
+    id: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    index: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    position: int
+    query: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    template: str
+    probability: float | None = None  # key anomalies only
+    rank: int | None = None  # key anomalies only, 1-based
+    params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInfo:
+    key_ids: tuple[int, ...]
+    templates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedKey:
+    key_id: int
+    template: str
+    probability: float
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterInfo:
+    dimension: tuple[str, ...]
+    observed: tuple[float, ...]
+    predicted: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    error: float
+    threshold: float
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    """The document's `deeplog` object."""
+
+    anomaly_type: str
+    score: float
+    summary: str
+    model_version: str
+    run_id: str
+    source: SourceInfo
+    session: SessionInfo
+    key: KeyInfo
+    window: WindowInfo
+    # Stored for reading, not indexed (`enabled: false`: indexing every candidate's values would cost more
+    # than the rest of the document); `expected_keys` is the searchable form, most likely first. Key
+    # anomalies only.
+    expected: tuple[ExpectedKey, ...] | None = None
+    expected_keys: tuple[str, ...] | None = None
+    expected_summary: str | None = None
+    parameter: ParameterInfo | None = None  # parameter anomalies only
+    # `workflow.Diagnosis.fields()`: that module owns its form (mapped `dynamic: true`).
+    workflow: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyDoc:
+    timestamp: str = field(metadata={"name": "@timestamp"})
+    message: str
+    host: HostInfo
+    event: EventInfo
+    rule: RuleInfo
+    deeplog: Details
+
+    @property
+    def detector(self) -> str:
+        """The detector in the `_id`: one event has at most one key anomaly and one parameter anomaly."""
+        kind = self.deeplog.anomaly_type
+        return kind if kind in ("session_end", "parameter") else "log_key"
+
+    @property
+    def doc_id(self) -> str:
+        d = self.deeplog
+        return anomaly_id(d.source.index, d.source.id, self.detector, d.model_version)
+
+    def to_source(self) -> dict[str, Any]:
+        return _encode(self)
+
+    def action(self, index: str) -> dict[str, Any]:
+        """The bulk action that writes this document to `index`."""
+        return {"_index": index, "_id": self.doc_id, **self.to_source()}
+
+    @classmethod
+    def from_source(cls, source: Any) -> AnomalyDoc:
+        return _decode(cls, source, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """The feedback fields of `deeplog` (README "Feedback"): responders set the first three, the feedback
+    job the rest."""
+
+    feedback: str | None = None
+    feedback_by: str | None = None
+    feedback_comment: str | None = None
+    feedback_status: str | None = None
+    feedback_applied_at: str | None = field(default=None, metadata={"es": "date"})
+    feedback_model_version: str | None = None
+    feedback_error: str | None = None
+
+    @classmethod
+    def from_source(cls, source: Any) -> Feedback:
+        """Lenient: a value that is not text is kept as its JSON-like repr, so the job can say what is wrong
+        with it; a document without `deeplog` has no feedback."""
+        d = source.get("deeplog") if isinstance(source, Mapping) else None
+        if not isinstance(d, Mapping):
+            return cls()
+        return cls(
+            **{
+                f.name: (v if isinstance(v, str) or v is None else repr(v))
+                for f in dataclasses.fields(cls)
+                for v in [d.get(f.name)]
+            }
+        )
+
+
+def json_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("name", f.name)
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        pairs = ((json_name(f), _encode(getattr(value, f.name))) for f in dataclasses.fields(value))
+        return {k: v for k, v in pairs if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fail(path: str, why: str) -> typing.NoReturn:
+    raise InvalidAnomaly(f"{path or 'the document'}: {why}")
+
+
+def _decode(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _decode(args[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            _fail(path, f"expected an object, got {type(value).__name__}")
+        hints = field_types(tp)
+        kw = {}
+        for f in dataclasses.fields(tp):
+            name = json_name(f)
+            sub = f"{path}.{name}" if path else name
+            if name in value:
+                kw[f.name] = _decode(hints[f.name], value[name], sub)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                _fail(sub, "missing")
+        return tp(**kw)
+    if origin is tuple:
+        if not isinstance(value, list):
+            _fail(path, f"expected a list, got {type(value).__name__}")
+        item = typing.get_args(tp)[0]
+        return tuple(_decode(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            _fail(path, f"expected an object, got {type(value).__name__}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            _fail(path, f"expected a finite number, got {value!r:.40}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(path, f"expected an integer, got {value!r:.40}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(path, f"expected text, got {type(value).__name__}")
+        return value
+    raise TypeError(f"no reader for {tp!r}")  # a schema error in this module, not bad input
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
 @dataclass(frozen=True, slots=True)
 class EventRef:
     """The raw log event an anomaly is about."""
 
     index: str
     id: str
-    timestamp: Any
+    timestamp: str  # ISO 8601, the job's form (`timefmt.iso_utc`)
     message: str
     host: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DocContext:
+    """What every anomaly document of one run shares."""
+
+    vocab: Vocabulary
+    model_version: str
+    run_id: str
+    index: str  # the anomalies index
+    message_field: str
+    session_field: str | None = None
+    top_g: int = 0
+    min_probability: float = 0.0
+
+    def query(self, session_id: str) -> str:
+        return session_query(self.session_field, session_id, self.message_field)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """The event an anomaly is about, in its session."""
+
+    event: EventRef
+    session_id: str
+    position: int  # index of the event in its session (for a session end: its number of events)
+    history: Sequence[int]  # the keys before it in its session, oldest first (PAD ignored)
+    params: Sequence[str] = ()  # the message's parameters, as text
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVerdict:
+    """The log-key model's verdict on one event (or a session's end)."""
+
+    anomaly_type: str  # log_key | unseen_key | session_end
+    actual: int
+    probability: float
+    rank: int  # 0-based rank of `actual` among the predictions
+    expected: Sequence[tuple[int, float]]  # (key, probability), most likely first
+    # Under a feedback version: the trained model's probability when it (the anchor) rejects the key.
+    anchor_probability: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParamVerdict:
+    """The parameter model's verdict on one event: the value lists hold every dimension of the vector,
+    `dims` the deviating ones."""
+
+    key: int
+    dims: Sequence[int]
+    observed: Sequence[float]
+    predicted: Sequence[float]
+    low: Sequence[float]
+    high: Sequence[float]
+    error: float
+    threshold: float
 
 
 def anomaly_id(source_index: str, source_id: str, detector: str, model_version: str) -> str:
@@ -58,99 +362,83 @@ def session_query(session_field: str | None, session_id: str, message_field: str
     return f'{message_field}:"{escaped}"'
 
 
-def key_anomaly(
-    *,
-    anomaly_type: str,
-    event: EventRef,
-    session_id: str,
-    position: int,
-    window: Sequence[int],
-    actual: int,
-    probability: float,
-    rank: int,
-    expected: Sequence[tuple[int, float]],
-    params: Sequence[str],
-    vocab: Vocabulary,
-    model_version: str,
-    run_id: str,
-    query: str,
-    top_g: int,
-    index: str,
-    min_probability: float = 0.0,
-    workflow: dict[str, Any] | None = None,
-    anchor_probability: float | None = None,
-) -> dict[str, Any]:
+def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str) -> dict[str, Any]:
+    """The parts every anomaly document has, as `AnomalyDoc` and `Details` keyword arguments."""
     name, description = RULES[anomaly_type]
-    history = [k for k in window if k != PAD]
-    actual_text = vocab.template(actual) if actual not in (EOS, UNK) else key_label(actual, vocab)
-    exp = [
-        {
-            "key_id": int(k),
-            "template": vocab.template(k) if k >= NUM_RESERVED else key_label(k, vocab),
-            "probability": round(float(p), 6),
-            "rank": r,
-        }
-        for r, (k, p) in enumerate(expected, 1)
-    ]
-    exp_summary = ", ".join(f"{key_label(e['key_id'], vocab)} ({e['probability']:.2f})" for e in exp[:5])
-    if anomaly_type == "unseen_key":
-        summary = f"unseen log message in session {session_id}: no known template matches"
-    elif anomaly_type == "session_end":
-        summary = f"session {session_id} ended after {position} events; expected next: {exp_summary}"
+    history = [int(k) for k in ev.history if k != PAD]
+    e = ev.event
+    doc = {
+        "timestamp": e.timestamp,
+        "message": e.message,
+        "host": HostInfo(e.host or None),
+        "event": EventInfo(created=utc_now()),
+        "rule": RuleInfo(name, f"deeplog-{anomaly_type}", description),
+    }
+    details = {
+        "anomaly_type": anomaly_type,
+        "model_version": ctx.model_version,
+        "run_id": ctx.run_id,
+        "source": SourceInfo(e.index, e.id),
+        "session": SessionInfo(ev.session_id, int(ev.position), ctx.query(ev.session_id)),
+        "window": WindowInfo(tuple(history), tuple(ctx.vocab.template(k) for k in history)),
+    }
+    return {"doc": doc, "details": details}
+
+
+def key_document(
+    ctx: DocContext, ev: SessionEvent, v: KeyVerdict, workflow: dict[str, Any] | None = None
+) -> AnomalyDoc:
+    vocab, kind = ctx.vocab, v.anomaly_type
+    actual_text = vocab.template(v.actual) if v.actual not in (EOS, UNK) else key_label(v.actual, vocab)
+    exp = tuple(
+        ExpectedKey(
+            int(k), vocab.template(k) if k >= NUM_RESERVED else key_label(k, vocab), round(float(p), 6), r
+        )
+        for r, (k, p) in enumerate(v.expected, 1)
+    )
+    exp_summary = ", ".join(f"{key_label(e.key_id, vocab)} ({e.probability:.2f})" for e in exp[:5])
+    if kind == "unseen_key":
+        summary = f"unseen log message in session {ev.session_id}: no known template matches"
+    elif kind == "session_end":
+        summary = f"session {ev.session_id} ended after {ev.position} events; expected next: {exp_summary}"
     else:
         # A key inside the top g is flagged only by the probability floor (model.min_probability), or, under
         # a feedback version, because the trained model rejects it and no feedback raised it (the anchor).
-        if rank >= top_g:
-            why = f"rank {rank + 1} > top-{top_g}"
-        elif anchor_probability is not None:
-            why = f"rejected by the trained model at p={anchor_probability:.4g}, not taught by feedback"
+        if v.rank >= ctx.top_g:
+            why = f"rank {v.rank + 1} > top-{ctx.top_g}"
+        elif v.anchor_probability is not None:
+            why = f"rejected by the trained model at p={v.anchor_probability:.4g}, not taught by feedback"
         else:
-            why = f"below min_probability {min_probability:g}"
+            why = f"below min_probability {ctx.min_probability:g}"
         summary = (
-            f'unexpected {key_label(actual, vocab)} "{actual_text}" at event {position} of session '
-            f"{session_id} (p={probability:.4g}, {why}); expected: {exp_summary}"
+            f'unexpected {key_label(v.actual, vocab)} "{actual_text}" at event {ev.position} of session '
+            f"{ev.session_id} (p={v.probability:.4g}, {why}); expected: {exp_summary}"
         )
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {
-        "_index": index,
-        "_id": anomaly_id(
-            event.index,
-            event.id,
-            "log_key" if anomaly_type != "session_end" else "session_end",
-            model_version,
+    parts = _common(ctx, ev, kind)
+    details = Details(
+        **parts["details"],
+        score=round(1.0 - float(v.probability), 6),
+        summary=summary,
+        key=KeyInfo(
+            int(v.actual),
+            actual_text,
+            round(float(v.probability), 6),
+            int(v.rank) + 1,
+            tuple(str(p) for p in ev.params),
         ),
-        "@timestamp": event.timestamp,
-        "message": event.message,
-        "host": {"name": event.host} if event.host else {},
-        "event": {"kind": "alert", "module": "deeplog", "dataset": "deeplog.anomaly", "created": now},
-        "rule": {"name": name, "id": f"deeplog-{anomaly_type}", "description": description},
-        "deeplog": {
-            "anomaly_type": anomaly_type,
-            "score": round(1.0 - float(probability), 6),
-            "summary": summary,
-            "model_version": model_version,
-            "run_id": run_id,
-            "source": {"index": event.index, "id": event.id},
-            "session": {"id": session_id, "position": position, "query": query},
-            "key": {
-                "id": int(actual),
-                "template": actual_text,
-                "probability": round(float(probability), 6),
-                "rank": int(rank) + 1,
-                "params": [str(p) for p in params],
-            },
-            "window": {
-                "key_ids": [int(k) for k in history],
-                "templates": [vocab.template(k) for k in history],
-            },
-            # Stored for reading, not indexed (`enabled: false`: indexing 9 candidates x 4 values cost more than
-            # the rest of the document); `expected_keys` is the searchable form, most likely first.
-            "expected": exp,
-            "expected_keys": [key_label(int(k), vocab) for k, _ in expected],
-            "expected_summary": exp_summary,
-            **({"workflow": workflow} if workflow is not None else {}),
-        },
-    }
+        expected=exp,
+        expected_keys=tuple(key_label(int(k), vocab) for k, _ in v.expected),
+        expected_summary=exp_summary,
+        workflow=workflow,
+    )
+    return AnomalyDoc(**parts["doc"], deeplog=details)
+
+
+def key_anomaly(
+    ctx: DocContext, ev: SessionEvent, v: KeyVerdict, workflow: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The bulk action of `key_document`."""
+    return key_document(ctx, ev, v, workflow).action(ctx.index)
 
 
 def dimension_name(dim: int) -> str:
@@ -162,73 +450,48 @@ def _value(dim: int, v: float) -> str:
     return f"{v:.3g} s" if dim == 0 else f"{v:.4g}"
 
 
-def parameter_anomaly(
-    *,
-    event: EventRef,
-    session_id: str,
-    position: int,
-    window: Sequence[int],
-    key: int,
-    params: Sequence[str],
-    dims: Sequence[int],
-    observed: Sequence[float],
-    predicted: Sequence[float],
-    low: Sequence[float],
-    high: Sequence[float],
-    error: float,
-    threshold: float,
-    vocab: Vocabulary,
-    model_version: str,
-    run_id: str,
-    query: str,
-    index: str,
-    workflow: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`dims`: the deviating dimensions; the value lists hold every dimension of the vector; `workflow`: the
-    session's place in its workflow with the slow step (`workflow.Diagnosis.fields()`)."""
-    name, description = RULES["parameter"]
-    history = [k for k in window if k != PAD]
-    template = vocab.template(key)
+def parameter_document(
+    ctx: DocContext, ev: SessionEvent, v: ParamVerdict, workflow: dict[str, Any] | None = None
+) -> AnomalyDoc:
+    """`workflow`: the session's place in its workflow with the slow step (`workflow.Diagnosis.fields()`)."""
+    template = ctx.vocab.template(v.key)
     said = [
-        f"{dimension_name(d)} {_value(d, observed[d])}, expected {_value(d, predicted[d])} "
-        f"({_value(d, low[d])} .. {_value(d, high[d])})"
-        for d in dims
+        f"{dimension_name(d)} {_value(d, v.observed[d])}, expected {_value(d, v.predicted[d])} "
+        f"({_value(d, v.low[d])} .. {_value(d, v.high[d])})"
+        for d in v.dims
     ]
     text = "; ".join(said)
-    summary = f'unusual parameters of {key_label(key, vocab)} "{template}" in session {session_id}: {text}'
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return {
-        "_index": index,
-        "_id": anomaly_id(event.index, event.id, "parameter", model_version),
-        "@timestamp": event.timestamp,
-        "message": event.message,
-        "host": {"name": event.host} if event.host else {},
-        "event": {"kind": "alert", "module": "deeplog", "dataset": "deeplog.anomaly", "created": now},
-        "rule": {"name": name, "id": "deeplog-parameter", "description": description},
-        "deeplog": {
-            "anomaly_type": "parameter",
-            # Two-sided Gaussian confidence of the error: 0.999 at 3.29 standard deviations.
-            "score": round(math.erf(float(error) / math.sqrt(2.0)), 6),
-            "summary": summary,
-            "model_version": model_version,
-            "run_id": run_id,
-            "source": {"index": event.index, "id": event.id},
-            "session": {"id": session_id, "position": position, "query": query},
-            "key": {"id": int(key), "template": template, "params": [str(p) for p in params]},
-            "window": {
-                "key_ids": [int(k) for k in history],
-                "templates": [vocab.template(k) for k in history],
-            },
-            "parameter": {
-                "dimension": [dimension_name(d) for d in dims],
-                "observed": [round(float(v), 6) for v in observed],
-                "predicted": [round(float(v), 6) for v in predicted],
-                "low": [round(float(v), 6) for v in low],
-                "high": [round(float(v), 6) for v in high],
-                "error": round(float(error), 4),
-                "threshold": round(float(threshold), 4),
-                "description": text,
-            },
-            **({"workflow": workflow} if workflow is not None else {}),
-        },
-    }
+    summary = (
+        f'unusual parameters of {key_label(v.key, ctx.vocab)} "{template}" in session {ev.session_id}: {text}'
+    )
+
+    def rounded(xs: Sequence[float]) -> tuple[float, ...]:
+        return tuple(round(float(x), 6) for x in xs)
+
+    parts = _common(ctx, ev, "parameter")
+    details = Details(
+        **parts["details"],
+        # Two-sided Gaussian confidence of the error: 0.999 at 3.29 standard deviations.
+        score=round(math.erf(float(v.error) / math.sqrt(2.0)), 6),
+        summary=summary,
+        key=KeyInfo(int(v.key), template, params=tuple(str(p) for p in ev.params)),
+        parameter=ParameterInfo(
+            dimension=tuple(dimension_name(d) for d in v.dims),
+            observed=rounded(v.observed),
+            predicted=rounded(v.predicted),
+            low=rounded(v.low),
+            high=rounded(v.high),
+            error=round(float(v.error), 4),
+            threshold=round(float(v.threshold), 4),
+            description=text,
+        ),
+        workflow=workflow,
+    )
+    return AnomalyDoc(**parts["doc"], deeplog=details)
+
+
+def parameter_anomaly(
+    ctx: DocContext, ev: SessionEvent, v: ParamVerdict, workflow: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The bulk action of `parameter_document`."""
+    return parameter_document(ctx, ev, v, workflow).action(ctx.index)

@@ -6,11 +6,12 @@ Contract:
   any update or with `mark(...)` (`deeplog-siem feedback mark`). The job writes `deeplog.feedback_status`
   (`applied` | `recorded` | `invalid` | `unsupported` | `rejected`), `deeplog.feedback_applied_at`,
   `deeplog.feedback_model_version` and `deeplog.feedback_error`.
-- `apply_feedback(config, clients) -> RunSummary` (`deeplog-siem feedback apply`, and the scheduler's
+- `apply_feedback(config, clients) -> FeedbackSummary` (`deeplog-siem feedback apply`, and the scheduler's
   feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has
   since been corrected) -> (1) those whose id is already in the current model's lineage are marked applied
-  without training (a run that crashed after publishing); (2) invalid values, true positives and anomaly
-  types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
+  without training (a run that crashed after publishing); (2) invalid values, true positives, documents
+  that do not have the anomaly document's form (`anomaly.AnomalyDoc.from_source`: `unsupported`, with the
+  field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
   pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
   windows in every step, until every pair is within the top g and above the probability floor, at most
   `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the
@@ -32,14 +33,16 @@ import logging
 import math
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import paramfeedback, sink
+from .anomaly import AnomalyDoc, Feedback, InvalidAnomaly
 from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
@@ -48,8 +51,9 @@ from .es import Clients
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
 from .recent import RecentSample
-from .runner import RunSummary, _recorded
+from .runs import RunSummary, recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
+from .timefmt import utc_now
 from .vocab import EOS, NUM_RESERVED, PAD, Vocabulary
 from .windows import Windows
 
@@ -73,8 +77,21 @@ APPLIED, RECORDED, INVALID, UNSUPPORTED, REJECTED = (
 MAX_KEPT_PAIRS = 5000
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@dataclass
+class FeedbackSummary(RunSummary):
+    """A feedback run's summary: the run document's `deeplog.run.feedback` holds its documents by outcome
+    (found, applied, reconciled, invalid, ...) and the key-model update's figures."""
+
+    feedback: Counter[str] = field(default_factory=Counter)
+    feedback_detail: dict[str, Any] = field(default_factory=dict)
+
+    def extra_fields(self) -> dict[str, Any]:
+        if not self.feedback and not self.feedback_detail:
+            return {}
+        return {"feedback": {**self.feedback, **self.feedback_detail}}
+
+    def extra_line(self) -> str:
+        return f", feedback {dict(self.feedback)} {self.feedback_detail or ''}" if self.feedback else ""
 
 
 # ------------------------------------------------------------------------------------------------ marking
@@ -96,8 +113,8 @@ def mark(
     if not hits:
         raise DeeplogError(f"no anomaly document with id {anomaly_id!r} in {index}")
     hit = hits[0]
-    d = hit["_source"].get("deeplog", {})
-    if d.get("feedback") == verdict and d.get("feedback_status") in (APPLIED, RECORDED):
+    fb = Feedback.from_source(hit["_source"])
+    if fb.feedback == verdict and fb.feedback_status in (APPLIED, RECORDED):
         return "unchanged"
     doc: dict[str, Any] = {
         "feedback": verdict,
@@ -145,7 +162,6 @@ def _pending(clients: Clients, config: Config) -> list[dict[str, Any]]:
         query=pending_query(),
         sort=[{"@timestamp": {"order": "asc", "unmapped_type": "date"}}],
         size=config.feedback.max_per_run,
-        source_includes=["deeplog"],
     )
     return res["hits"]["hits"]
 
@@ -195,32 +211,30 @@ def copy_version(src: Any, dst: Any) -> None:
 # ----------------------------------------------------------------------------------------------- training
 
 
-def _resolve(key_id: Any, template: Any, vocab: Vocabulary, index: dict[str, int]) -> int | None:
+def _resolve(key_id: int, template: str, vocab: Vocabulary, index: dict[str, int]) -> int | None:
     """A key id of an anomaly document -> the id of the same template in this model's vocabulary."""
-    if not isinstance(key_id, int) or isinstance(key_id, bool):
-        return None
     if key_id == EOS:
         return EOS
     if key_id < NUM_RESERVED:
         return None
     if vocab.template(key_id) == template:
         return key_id
-    return index.get(template) if isinstance(template, str) else None
+    return index.get(template)
 
 
-def pair_of(d: dict[str, Any], vocab: Vocabulary, window: int) -> tuple[list[int], int] | str:
+def pair_of(doc: AnomalyDoc, vocab: Vocabulary, window: int) -> tuple[list[int], int] | str:
     """The anomaly's (window [h] left-padded, actual key) in this vocabulary, or why it has none."""
-    kind = d.get("anomaly_type")
-    if kind not in LEARNABLE:
-        return f"{kind} anomalies cannot be learned from feedback (retrain to learn new log templates)"
+    d = doc.deeplog
+    if d.anomaly_type not in LEARNABLE:
+        return (
+            f"{d.anomaly_type} anomalies cannot be learned from feedback (retrain to learn new log templates)"
+        )
     index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
-    win = d.get("window") or {}
-    ids, texts = win.get("key_ids") or [], win.get("templates") or []
-    key = d.get("key") or {}
+    ids, texts = d.window.key_ids, d.window.templates
     if len(ids) != len(texts) or not ids:
         return "the anomaly document has no usable window"
     hist = [_resolve(k, t, vocab, index) for k, t in zip(ids, texts, strict=True)]
-    target = _resolve(key.get("id"), key.get("template"), vocab, index)
+    target = _resolve(d.key.id, d.key.template, vocab, index)
     if target is None or any(k is None for k in hist):
         return "its log templates are not in the current model's vocabulary (retrained since?)"
     hist = [int(k) for k in hist if k is not None][-window:]
@@ -270,22 +284,13 @@ class RecentCheck:
         return self.rate_after - self.rate_before > tolerance + noise
 
 
-def recent_check(
-    model: KeyLSTM,
-    tuned: KeyLSTM,
-    rows: Rows,
-    top_g: int,
-    floor: float,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
-) -> RecentCheck:
-    """The parent's and the update's verdicts on the recent windows (distinct pairs with counts); `anchor`:
-    the trained model of the lineage (None: `model` is that model)."""
+def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, judge: Judge) -> RecentCheck:
+    """The parent's (`model`, judged by `judge`) and the update's verdicts on the recent windows (distinct
+    pairs with counts)."""
     if len(rows) == 0:
         return RecentCheck()
-    was = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
-    root = anchor if anchor is not None else model
-    now = accepted(tuned, rows.keys, rows.targets, top_g, floor, anchor=root, anchor_ratio=anchor_ratio)
+    was = accepted(model, rows.keys, rows.targets, judge)
+    now = accepted(tuned, rows.keys, rows.targets, judge.of_update(model))
     c = rows.counts
     return RecentCheck(
         float(c.sum()),
@@ -325,26 +330,36 @@ def verdict(
     return None
 
 
+@dataclass(frozen=True)
+class Judge:
+    """The detection job's verdict on (window -> key) pairs (`detector.KeyDetector`): the key among the
+    model's top g above the probability floor and, for a feedback version, accepted by the trained model its
+    lineage started from (`anchor`) or raised `anchor_ratio` times by feedback."""
+
+    top_g: int
+    floor: float
+    anchor: KeyLSTM | None = None  # None: the judged model is the trained one
+    anchor_ratio: float = 0.0
+
+    def of_update(self, parent: KeyLSTM) -> Judge:
+        """The judge of an update of `parent`: anchored to the lineage's trained model (`parent` itself when
+        it is that model)."""
+        return replace(self, anchor=self.anchor if self.anchor is not None else parent)
+
+
 def accepted(
-    model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
-    top_g: int,
-    floor: float,
-    at_least: float = 0.0,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
+    model: KeyLSTM, keys: torch.Tensor, targets: torch.Tensor, judge: Judge, at_least: float = 0.0
 ) -> torch.Tensor:
-    """[N] bool: the detector would accept target i after window i (the job's exact verdict, anchored to
-    `anchor` when `model` is a feedback version), and gives it at least `at_least` probability."""
+    """[N] bool: the detector would accept target i after window i (the job's exact verdict), and gives it
+    at least `at_least` probability."""
     det = KeyDetector(
         model,
-        top_g,
+        judge.top_g,
         device=next(model.parameters()).device,
         cache_size=0,
-        min_probability=floor,
-        anchor=anchor if anchor is not model else None,
-        anchor_ratio=anchor_ratio,
+        min_probability=judge.floor,
+        anchor=judge.anchor if judge.anchor is not model else None,
+        anchor_ratio=judge.anchor_ratio,
     )
     n = targets.numel()
     z = torch.zeros(n, dtype=torch.long)
@@ -352,18 +367,11 @@ def accepted(
     return ~sc.anomalous & (sc.prob >= at_least)
 
 
-def false_alarm_rate(
-    model: KeyLSTM,
-    rows: Rows,
-    top_g: int,
-    floor: float,
-    anchor: KeyLSTM | None = None,
-    anchor_ratio: float = 0.0,
-) -> float:
+def false_alarm_rate(model: KeyLSTM, rows: Rows, judge: Judge) -> float:
     """Share of the (count-weighted) normal windows the detector would flag."""
     if len(rows) == 0:
         return 0.0
-    ok = accepted(model, rows.keys, rows.targets, top_g, floor, anchor=anchor, anchor_ratio=anchor_ratio)
+    ok = accepted(model, rows.keys, rows.targets, judge)
     return float((rows.counts * (~ok).float()).sum() / rows.counts.sum())
 
 
@@ -383,23 +391,36 @@ LOOSEN_RATIO = 1.5
 LOOSEN_FLOOR_SHARE = 0.8
 
 
+@dataclass(frozen=True)
+class Pairs:
+    """(window -> key) pairs: keys [P, h], targets [P]."""
+
+    keys: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.targets.numel()
+
+    def __getitem__(self, rows: torch.Tensor) -> Pairs:
+        return Pairs(self.keys[rows], self.targets[rows])
+
+
 def finetune(
     model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
+    marked: Pairs,
     replay: Rows,
     model_cfg: ModelConfig,
     fb: FeedbackConfig,
-    keep_keys: torch.Tensor | None = None,
-    keep_targets: torch.Tensor | None = None,
-    check_every: int = 10,
+    *,
+    keep: Pairs | None = None,
     anchor: KeyLSTM | None = None,
+    check_every: int = 10,
 ) -> tuple[KeyLSTM, FinetuneReport]:
-    """A copy of `model` fine-tuned until the pairs (keys [P, h] -> targets [P]) are accepted with at least
+    """A copy of `model` fine-tuned until the `marked` pairs are accepted with at least
     `fb.target_probability` (a margin, so that similar windows that were not marked are accepted too) and
     every replay window the model accepted before still is (at most `fb.max_steps` steps).
 
-    Every step: the distinct feedback pairs (and earlier feedback pairs to keep, `keep_*`) and the replay
+    Every step: the distinct feedback pairs (and earlier feedback pairs to keep, `keep`) and the replay
     windows the update has broken so far, each a cross-entropy weighted as `fb.weight` normal windows; and a
     batch of `fb.replay_batch` normal training windows drawn by frequency, distilled toward the parent
     (KL(parent || update) over all next keys, not only the observed one), plus `fb.guard_weight` x a
@@ -417,14 +438,16 @@ def finetune(
     device = next(model.parameters()).device
     parent = model.eval()
     tuned = copy.deepcopy(model)
-    root = anchor if anchor is not None else parent
+    judge = Judge(g, floor, anchor if anchor is not None else parent, fb.anchor_ratio)
 
     def ok(m: KeyLSTM, k: torch.Tensor, t: torch.Tensor, at_least: float = 0.0) -> torch.Tensor:
-        return accepted(m, k, t, g, floor, at_least, anchor=root, anchor_ratio=fb.anchor_ratio)
+        return accepted(m, k, t, judge, at_least)
 
+    keys, targets = marked.keys, marked.targets
+    if keep is None:
+        keep = marked[torch.zeros(len(marked), dtype=torch.bool)]
+    keep_keys, keep_targets = keep.keys, keep.targets
     fk, ft = keys, targets
-    if keep_keys is None or keep_targets is None:
-        keep_keys, keep_targets = keys[:0], targets[:0]
     if keep_targets.numel():
         fk, ft = torch.cat([fk, keep_keys]), torch.cat([ft, keep_targets])
     # Distinct pairs, each with the same weight: a pattern marked a hundred times must not outweigh the
@@ -498,31 +521,28 @@ def finetune(
 
 def finetune_learnable(
     model: KeyLSTM,
-    keys: torch.Tensor,
-    targets: torch.Tensor,
+    marked: Pairs,
     replay: Rows,
     model_cfg: ModelConfig,
     fb: FeedbackConfig,
-    keep_keys: torch.Tensor | None = None,
-    keep_targets: torch.Tensor | None = None,
+    *,
+    keep: Pairs | None = None,
     anchor: KeyLSTM | None = None,
 ) -> tuple[KeyLSTM, FinetuneReport, torch.Tensor]:
     """`finetune`, and where some marked pairs were not learned within `fb.max_steps` while others were,
     the update is made again from the parent without them -> (update, its report, [P] bool: the pairs it
     holds). A pattern normal data contradicts must not hold back every other responder's feedback of the run;
     the verdict still rejects the retry if it cannot learn what is left."""
-    tuned, rep = finetune(model, keys, targets, replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor)
-    held = torch.ones(targets.numel(), dtype=torch.bool)
-    if rep.unlearned and len(rep.unlearned) < targets.numel():
+    tuned, rep = finetune(model, marked, replay, model_cfg, fb, keep=keep, anchor=anchor)
+    held = torch.ones(len(marked), dtype=torch.bool)
+    if rep.unlearned and len(rep.unlearned) < len(marked):
         held[list(rep.unlearned)] = False
         log.info(
             "feedback: %s of %s marked patterns not learned within feedback.max_steps; updating without them",
             len(rep.unlearned),
-            targets.numel(),
+            len(marked),
         )
-        tuned, rep = finetune(
-            model, keys[held], targets[held], replay, model_cfg, fb, keep_keys, keep_targets, anchor=anchor
-        )
+        tuned, rep = finetune(model, marked[held], replay, model_cfg, fb, keep=keep, anchor=anchor)
     return tuned, rep, held
 
 
@@ -539,6 +559,7 @@ class _Fp:
 @dataclass
 class _PFp:
     hit: dict[str, Any]
+    doc: AnomalyDoc
     series: tuple[int, int]
     # The factor on the bound in effect when it was detected (its error / that threshold, plus a margin); that
     # bound may already have been widened by earlier feedback (see `_widen`).
@@ -549,43 +570,91 @@ class _PFp:
 WIDEN_MARGIN = 1.05
 
 
-def series_of(d: dict[str, Any], vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
+def series_of(doc: AnomalyDoc, vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
     """A parameter anomaly's (previous key, key) series in this vocabulary and the threshold scale that
     accepts it, or why there is none."""
     index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
-    win, key, par = d.get("window") or {}, d.get("key") or {}, d.get("parameter") or {}
-    ids, texts = win.get("key_ids") or [], win.get("templates") or []
+    d = doc.deeplog
+    ids, texts = d.window.key_ids, d.window.templates
     if len(ids) != len(texts):
         return "the anomaly document has no usable window"
     prev = _resolve(ids[-1], texts[-1], vocab, index) if ids else PAD
-    target = _resolve(key.get("id"), key.get("template"), vocab, index)
+    target = _resolve(d.key.id, d.key.template, vocab, index)
     if prev is None or target is None:
         return "its log templates are not in the current model's vocabulary (retrained since?)"
-    try:
-        error, threshold = float(par["error"]), float(par["threshold"])
-    except (KeyError, TypeError, ValueError):
+    if d.parameter is None:
         return "the anomaly document has no parameter error and threshold"
-    if not threshold > 0 or error != error:
+    error, threshold = d.parameter.error, d.parameter.threshold
+    if not threshold > 0:
         return "the anomaly document's parameter threshold is not usable"
     return (int(prev), int(target)), max(1.0, WIDEN_MARGIN * error / threshold)
 
 
-def _widen(
-    store: ModelStore,
-    pfps: Sequence[_PFp],
-    summary: RunSummary,
-    now: str,
-    after_publish: Callable[[str], None] | None,
-) -> list[dict[str, Any]]:
+@dataclass
+class _Run:
+    """One feedback run: what its steps share."""
+
+    config: Config
+    clients: Clients
+    store: ModelStore
+    summary: FeedbackSummary
+    now: str
+    # Called between publishing a new version and marking the documents (tests simulate a crash there).
+    after_publish: Callable[[str], None] | None = None
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+    def mark_all(self, hits: Sequence[dict[str, Any]], status: str, error: str) -> None:
+        """Mark documents the run did not apply (`status`: rejected, unsupported) and count them."""
+        self.updates += [
+            _update(h, feedback_status=status, feedback_error=error, feedback_applied_at=self.now)
+            for h in hits
+        ]
+        self.summary.feedback[status] += len(hits)
+
+    def published(self, new_version: str, hits: Sequence[dict[str, Any]]) -> None:
+        """After a version is published: the crash hook, the summary, then the documents' `applied` updates."""
+        if self.after_publish is not None:
+            self.after_publish(new_version)
+        self.summary.model_version = new_version
+        self.summary.feedback[APPLIED] += len(hits)
+        self.updates += [
+            _update(
+                h,
+                feedback_status=APPLIED,
+                feedback_applied_at=self.now,
+                feedback_model_version=new_version,
+                feedback_error=None,
+            )
+            for h in hits
+        ]
+
+
+@dataclass
+class _Parent:
+    """The current model version a run updates."""
+
+    version: str
+    path: Path
+    model: KeyLSTM
+    vocab: Vocabulary
+    header: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.header["meta"]
+
+
+def _widen(run: _Run, pfps: Sequence[_PFp]) -> None:
     """Parameter false positives: widen their series' threshold in a new version (lineage as for the key
-    model; the key model itself is unchanged), publish, then return the documents' updates."""
+    model; the key model itself is unchanged), publish, then queue the documents' updates."""
+    store = run.store
     version, path = store.current()
     model, vocab, header = load_checkpoint(path / KEYMODEL)
     scales = paramfeedback.load(path)
     then: dict[str, dict[tuple[int, int], float]] = {}  # model version -> its scales, read once
     for f in pfps:
         # The document's threshold is that version's (possibly widened) bound: scale from the base bound.
-        v = str(f.hit["_source"].get("deeplog", {}).get("model_version") or "")
+        v = f.doc.deeplog.model_version
         if v not in then:
             then[v] = paramfeedback.load(store.dir / v) if v and (store.dir / v).is_dir() else {}
         need = then[v].get(f.series, 1.0) * f.scale
@@ -596,8 +665,8 @@ def _widen(
         "parent": version,
         "kind": "parameter",
         "feedback_ids": [f.hit["_id"] for f in pfps],
-        "applied_at": now,
-        "run_id": summary.run_id,
+        "applied_at": run.now,
+        "run_id": run.summary.run_id,
         "steps": 0,
         "series_widened": {key_text(f.series): round(scales[f.series], 4) for f in pfps},
         "pairs": parent_lineage.get("pairs", []),  # the key model's earlier feedback stays guarded
@@ -613,31 +682,7 @@ def _widen(
         version,
         len({f.series for f in pfps}),
     )
-    return _published(new_version, [f.hit for f in pfps], summary, now, after_publish)
-
-
-def _published(
-    new_version: str,
-    hits: Sequence[dict[str, Any]],
-    summary: RunSummary,
-    now: str,
-    after_publish: Callable[[str], None] | None,
-) -> list[dict[str, Any]]:
-    """After a version is published: the crash hook, the summary, then the documents' `applied` updates."""
-    if after_publish is not None:
-        after_publish(new_version)
-    summary.model_version = new_version
-    summary.feedback[APPLIED] += len(hits)
-    return [
-        _update(
-            h,
-            feedback_status=APPLIED,
-            feedback_applied_at=now,
-            feedback_model_version=new_version,
-            feedback_error=None,
-        )
-        for h in hits
-    ]
+    run.published(new_version, [f.hit for f in pfps])
 
 
 def apply_feedback(
@@ -645,27 +690,85 @@ def apply_feedback(
     clients: Clients,
     *,
     after_publish: Callable[[str], None] | None = None,
-) -> RunSummary:
+) -> FeedbackSummary:
     """One feedback run (see the module contract). `after_publish(version)` is called between publishing the
     new version and marking the documents: tests use it to simulate a crash there."""
-    summary = RunSummary(run_id=uuid.uuid4().hex, job=FEEDBACK_JOB)
-    with _recorded(clients, config, summary):
+    summary = FeedbackSummary(run_id=uuid.uuid4().hex, job=FEEDBACK_JOB)
+    with recorded(clients, config, summary):
         store = ModelStore(config.model.dir)
         with store.lock():  # one feedback writer at a time (the daemon and a manual `feedback apply`)
-            _apply(config, clients, store, summary, after_publish)
+            _apply(_Run(config, clients, store, summary, utc_now(), after_publish))
         return summary
 
 
-def _apply(
-    config: Config,
-    clients: Clients,
-    store: ModelStore,
-    summary: RunSummary,
-    after_publish: Callable[[str], None] | None,
-) -> None:
+def _reconcile(run: _Run, hits: Sequence[dict[str, Any]], version: str) -> list[dict[str, Any]]:
+    """(1) Feedback already in the current model (a run that crashed after publishing) is marked, never
+    trained again -> the rest."""
+    done = applied_ids(run.store, version)
+    rest = []
+    for h in hits:
+        if h["_id"] in done:
+            v, at = done[h["_id"]]
+            run.updates.append(
+                _update(
+                    h,
+                    feedback_status=APPLIED,
+                    feedback_applied_at=at,
+                    feedback_model_version=v,
+                    feedback_error=None,
+                )
+            )
+            run.summary.feedback["reconciled"] += 1
+        else:
+            rest.append(h)
+    return rest
+
+
+def _sort(run: _Run, parent: _Parent, hits: Sequence[dict[str, Any]]) -> tuple[list[_Fp], list[_PFp]]:
+    """(2) Verdicts that train nothing are marked -> the key and the parameter false positives."""
+    fbc, now = run.summary.feedback, run.now
+    fps: list[_Fp] = []
+    pfps: list[_PFp] = []
+    for h in hits:
+        verdict = Feedback.from_source(h["_source"]).feedback
+        if verdict not in VERDICTS:
+            err = f"invalid feedback {verdict!r}: use {' or '.join(VERDICTS)}"
+            run.updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
+            fbc[INVALID] += 1
+            continue
+        if verdict == TRUE_POSITIVE:
+            run.updates.append(
+                _update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None)
+            )
+            fbc["true_positive"] += 1
+            continue
+        try:
+            doc = AnomalyDoc.from_source(h["_source"])
+        except InvalidAnomaly as e:
+            # Unsupported, not invalid: the verdict is fine, and an invalid one is read again every run.
+            run.mark_all([h], UNSUPPORTED, f"the anomaly document is malformed ({e})")
+            continue
+        if doc.deeplog.anomaly_type == "parameter":
+            widen = series_of(doc, parent.vocab)
+            if isinstance(widen, str) or not (parent.path / PARAMMODEL).is_file():
+                why = widen if isinstance(widen, str) else "the current model version has no parameter model"
+                run.mark_all([h], UNSUPPORTED, why)
+            else:
+                pfps.append(_PFp(h, doc, *widen))
+        else:
+            pair = pair_of(doc, parent.vocab, parent.model.args.window)
+            if isinstance(pair, str):
+                run.mark_all([h], UNSUPPORTED, pair)
+            else:
+                fps.append(_Fp(h, *pair))
+    return fps, pfps
+
+
+def _apply(run: _Run) -> None:
+    config, summary, store = run.config, run.summary, run.store
     fbc = summary.feedback
     # Pending feedback first: with none, a daemon started before the first training has nothing to fail on.
-    hits = _pending(clients, config)
+    hits = _pending(run.clients, config)
     fbc["found"] = len(hits)
     if not hits:
         try:
@@ -675,76 +778,20 @@ def _apply(
         return
     version, path = store.current()
     summary.model_version = version
-    now = _now()
-    updates: list[dict[str, Any]] = []
-    # (1) Already in the current model (a run that crashed after publishing): mark, never train again.
-    done = applied_ids(store, version)
-    rest = []
-    for h in hits:
-        if h["_id"] in done:
-            v, at = done[h["_id"]]
-            updates.append(
-                _update(
-                    h,
-                    feedback_status=APPLIED,
-                    feedback_applied_at=at,
-                    feedback_model_version=v,
-                    feedback_error=None,
-                )
-            )
-            fbc["reconciled"] += 1
-        else:
-            rest.append(h)
+    rest = _reconcile(run, hits, version)
     use_threads(config.model.threads)
     model, vocab, header = load_checkpoint(path / KEYMODEL)
-    model = model.to(resolve_device(config.model.device))
-    # (2) Verdicts that train nothing.
-    fps: list[_Fp] = []
-    pfps: list[_PFp] = []
-    for h in rest:
-        d = h["_source"].get("deeplog", {})
-        verdict = d.get("feedback")
-        if verdict not in VERDICTS:
-            err = f"invalid feedback {verdict!r}: use {' or '.join(VERDICTS)}"
-            updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
-            fbc["invalid"] += 1
-        elif verdict == TRUE_POSITIVE:
-            updates.append(_update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None))
-            fbc["true_positive"] += 1
-        elif d.get("anomaly_type") == "parameter":
-            widen = series_of(d, vocab)
-            if isinstance(widen, str) or not (path / PARAMMODEL).is_file():
-                why = widen if isinstance(widen, str) else "the current model version has no parameter model"
-                updates.append(
-                    _update(h, feedback_status=UNSUPPORTED, feedback_error=why, feedback_applied_at=now)
-                )
-                fbc["unsupported"] += 1
-            else:
-                pfps.append(_PFp(h, *widen))
-        else:
-            pair = pair_of(d, vocab, model.args.window)
-            if isinstance(pair, str):
-                updates.append(
-                    _update(h, feedback_status=UNSUPPORTED, feedback_error=pair, feedback_applied_at=now)
-                )
-                fbc["unsupported"] += 1
-            else:
-                fps.append(_Fp(h, *pair))
+    parent = _Parent(version, path, model.to(resolve_device(config.model.device)), vocab, header)
+    fps, pfps = _sort(run, parent, rest)
     if fps:
-        updates += _learn(
-            config, store, version, path, model, vocab, header, fps, summary, now, after_publish
-        )
+        _learn(run, parent, fps)
     if pfps and summary.status != REJECTED:
         # On top of whatever the key-model update just published: one version per run and kind.
-        updates += _widen(store, pfps, summary, now, after_publish)
+        _widen(run, pfps)
     elif pfps:
         err = "not applied: the key-model update of the same run was rejected; mark again to retry"
-        updates += [
-            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
-            for f in pfps
-        ]
-        fbc[REJECTED] += len(pfps)
-    result = sink.write(clients, updates, refresh=True)
+        run.mark_all([f.hit for f in pfps], REJECTED, err)
+    result = sink.write(run.clients, run.updates, refresh=True)
     summary.rejected.update(result.rejected)
     for k in ("invalid", "rejected", "unsupported"):
         if fbc[k]:
@@ -759,42 +806,32 @@ def recent_windows(config: Config, store: ModelStore, vocab: Vocabulary, window:
     return sample.rows()
 
 
-def _learn(
-    config: Config,
-    store: ModelStore,
-    version: str,
-    path: Any,
-    model: KeyLSTM,
-    vocab: Vocabulary,
-    header: dict[str, Any],
-    fps: Sequence[_Fp],
-    summary: RunSummary,
-    now: str,
-    after_publish: Callable[[str], None] | None,
-) -> list[dict[str, Any]]:
-    """Fine-tune on the false positives, check, publish, and return the documents' updates."""
-    fbc = summary.feedback
-    sample = NormalSample.load(path / NORMAL_SAMPLE)
-    keys = torch.tensor([f.window for f in fps], dtype=torch.long)  # [P, h]
-    targets = torch.tensor([f.target for f in fps], dtype=torch.long)  # [P]
-    meta = header["meta"]
-    kept = (lineage_of(meta) or {}).get("pairs", [])
-    keep_k = torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window)
-    keep_t = torch.tensor([p[1] for p in kept], dtype=torch.long)
+def _learn(run: _Run, parent: _Parent, fps: Sequence[_Fp]) -> None:
+    """(3)-(5) Fine-tune on the false positives, check, publish, and queue the documents' updates."""
+    config, summary, model, version = run.config, run.summary, parent.model, parent.version
+    sample = NormalSample.load(parent.path / NORMAL_SAMPLE)
+    marked = Pairs(
+        torch.tensor([f.window for f in fps], dtype=torch.long),
+        torch.tensor([f.target for f in fps], dtype=torch.long),
+    )
+    kept = (lineage_of(parent.meta) or {}).get("pairs", [])
+    keep = Pairs(
+        torch.tensor([p[0] for p in kept], dtype=torch.long).view(-1, model.args.window),
+        torch.tensor([p[1] for p in kept], dtype=torch.long),
+    )
     # The trained model this lineage started from (None: the parent is that model).
-    anchor = load_anchor(path, model)
-    ratio = config.feedback.anchor_ratio
+    anchor = load_anchor(parent.path, model)
     tuned, rep, held = finetune_learnable(
-        model, keys, targets, sample.replay, config.model, config.feedback, keep_k, keep_t, anchor=anchor
+        model, marked, sample.replay, config.model, config.feedback, keep=keep, anchor=anchor
     )
     set_aside = [f for f, h in zip(fps, held.tolist(), strict=True) if not h]
     fps = [f for f, h in zip(fps, held.tolist(), strict=True) if h]
-    root = anchor if anchor is not None else model
-    g, floor = config.model.top_g, config.model.floor(model.args.vocab_size)
-    before = false_alarm_rate(model, sample.heldout, g, floor, anchor, ratio)
-    after = false_alarm_rate(tuned, sample.heldout, g, floor, root, ratio)
-    rows = recent_windows(config, store, vocab, model.args.window)
-    live = recent_check(model, tuned, rows, g, floor, anchor, ratio)
+    floor = config.model.floor(model.args.vocab_size)
+    judge = Judge(config.model.top_g, floor, anchor, config.feedback.anchor_ratio)
+    before = false_alarm_rate(model, sample.heldout, judge)
+    after = false_alarm_rate(tuned, sample.heldout, judge.of_update(model))
+    rows = recent_windows(config, run.store, parent.vocab, model.args.window)
+    live = recent_check(model, tuned, rows, judge)
     summary.feedback_detail = {
         "parent_version": version,
         "steps": rep.steps,
@@ -815,31 +852,26 @@ def _learn(
         err = f"update rejected: {reason}; model {version} kept"
         log.warning("%s", err)
         summary.status = REJECTED
-        fbc[REJECTED] += len(fps) + len(set_aside)
-        return [
-            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
-            for f in fps + set_aside
-        ]
-    ids = [f.hit["_id"] for f in fps]
-    new_pairs = [[f.window, f.target] for f in fps]
+        run.mark_all([f.hit for f in fps + set_aside], REJECTED, err)
+        return
     lineage = {
         "parent": version,
-        "feedback_ids": ids,
-        "applied_at": now,
+        "feedback_ids": [f.hit["_id"] for f in fps],
+        "applied_at": run.now,
         "run_id": summary.run_id,
         "steps": rep.steps,
         "heldout_false_alarm_before": before,
         "heldout_false_alarm_after": after,
         "recent_alarm_before": live.rate_before,
         "recent_alarm_after": live.rate_after,
-        "pairs": (kept + new_pairs)[-MAX_KEPT_PAIRS:],
+        "pairs": (kept + [[f.window, f.target] for f in fps])[-MAX_KEPT_PAIRS:],
     }
-    new_version, new_path = store.create()
-    copy_version(path, new_path)  # with the parent's anchor, when the parent is a feedback version
+    new_version, new_path = run.store.create()
+    copy_version(parent.path, new_path)  # with the parent's anchor, when the parent is a feedback version
     if anchor is None:
-        shutil.copy2(path / KEYMODEL, new_path / ANCHOR)
-    save_checkpoint(new_path / KEYMODEL, tuned.cpu(), vocab, {**meta, "lineage": lineage})
-    store.publish(new_version)
+        shutil.copy2(parent.path / KEYMODEL, new_path / ANCHOR)
+    save_checkpoint(new_path / KEYMODEL, tuned.cpu(), parent.vocab, {**parent.meta, "lineage": lineage})
+    run.store.publish(new_version)
     log.info(
         "feedback: model %s published (parent %s, %s false positives, %s steps, held-out false alarms %.4f%% -> %.4f%%)",
         new_version,
@@ -849,7 +881,7 @@ def _learn(
         100 * before,
         100 * after,
     )
-    updates = _published(new_version, [f.hit for f in fps], summary, now, after_publish)
+    run.published(new_version, [f.hit for f in fps])
     if set_aside:
         err = (
             f"not learned within feedback.max_steps ({config.feedback.max_steps}): normal data contradicts "
@@ -858,12 +890,7 @@ def _learn(
         log.warning(
             "feedback run %s: %s marked pattern(s) set aside: %s", summary.run_id, len(set_aside), err
         )
-        fbc[REJECTED] += len(set_aside)
-        updates += [
-            _update(f.hit, feedback_status=REJECTED, feedback_error=err, feedback_applied_at=now)
-            for f in set_aside
-        ]
-    return updates
+        run.mark_all([f.hit for f in set_aside], REJECTED, err)
 
 
 # ------------------------------------------------------------------------------------------ model versions

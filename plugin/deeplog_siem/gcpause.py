@@ -9,8 +9,7 @@ backlog.
 
 Why: the collector runs after every 700 net allocations, and a detection chunk keeps its documents alive
 until its checkpoint (tens of thousands of dicts): the older generations fill and every full collection
-walks all of them again: with it on, the job took 1.65 CPU s of its own over 20k documents, 1.08 s
-with it paused (BENCHMARKS.md, `bench pipeline --no-gc-pause`).
+walks all of them again, a large share of the job's own CPU (`bench pipeline --no-gc-pause` compares).
 Reference counting still frees every acyclic object at once, and the job's own structures hold no cycles.
 """
 
@@ -55,6 +54,6 @@ def collect() -> int:
     While the collector is paused, every object made since the last collection stays in the young
     generations, so collecting those (not the oldest) finds every cycle made in that time, and walks only
     what was made then: a full collection also walks everything loaded before the run (torch, the model, the
-    client), 0.18 s per chunk against 0.015 s for this one in the bench's 20k-document job. Survivors move to
+    client), many times the cost. Survivors move to
     the oldest generation, where the collector finds any later garbage once it runs again."""
     return gc.collect(1)

@@ -1,7 +1,7 @@
 """paramfeedback: false-positive feedback on parameter anomalies -> per-series threshold scales, and back.
 
 Contract: `load(version_dir) -> {(previous key, key): scale}` (empty when none was learnt) and
-`save(version_dir, scales)`. A scale s >= 1 widens that series' error bound from the parameter model's
+`save(version_dir, scales)` (atomically: a crash leaves the old file or the new one). A scale s >= 1 widens that series' error bound from the parameter model's
 threshold t to s * t: the feedback job sets it just above the error of a vector a responder marked as normal,
 and detection (`runner`) applies it, so the same value is not flagged again while other series keep their
 bounds. Stored as JSON next to the parameter model (`param_feedback.json`, see models/README.md).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import atomic
 from .artifacts import PARAM_FEEDBACK
 from .errors import ArtifactError
 from .parammodel import key_from_text, key_text
@@ -39,4 +40,4 @@ def load(version_dir: Path) -> Scales:
 
 def save(version_dir: Path, scales: Scales) -> None:
     body = {"format_version": FORMAT_VERSION, "series": {key_text(k): v for k, v in sorted(scales.items())}}
-    (Path(version_dir) / PARAM_FEEDBACK).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    atomic.write_text(Path(version_dir) / PARAM_FEEDBACK, json.dumps(body, indent=1) + "\n")

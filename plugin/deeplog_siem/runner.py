@@ -9,26 +9,35 @@ Contracts:
   the events the key model accepts -> parameter model, each against the last vectors of its series, also
   carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) ->
   checkpoint and tails saved (state), one bounded chunk at a time; then one run document in the runs index
-  and one summary log line.
+  and one summary log line (runs). `DetectionRun` is that run's state and stages; `Detection` the loaded
+  model version, which the daemon keeps between runs.
+- Training and detection read documents through the same `EventReader` (what is usable: templated, with a
+  session and an event time `timefmt.epoch_seconds` accepts; the rest counted by reason, `bad_timestamp`
+  for the time) and compute parameter vectors through the same `SessionTracker.observe`, so the parameter
+  model is fitted on the vectors detection scores. One difference is by design: detection closes a session
+  idle for `sessions.idle_timeout_seconds` (its next event starts afresh), training reads each session whole.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
-import traceback
 import uuid
-from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import gcpause, paramfeedback, sink
-from .anomaly import EventRef, key_anomaly, parameter_anomaly, session_query
+from .anomaly import (
+    DocContext,
+    EventRef,
+    KeyVerdict,
+    ParamVerdict,
+    SessionEvent,
+    key_anomaly,
+    parameter_anomaly,
+)
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
 from .detector import KeyDetector, KeyScores, Windows, build_windows, load_anchor
@@ -38,12 +47,14 @@ from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint
 from .parammodel import ParameterModel
 from .prefetch import Prefetch
 from .recent import RecentSample
+from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
-from .sessions import SessionKeyer, SessionTracker, series_key
+from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
 from .state import JobState, load_state, prepare_state, save_state
-from .templater import Templater
-from .vocab import EOS, PAD, UNK
+from .templater import ParsedEvent, Templater
+from .timefmt import epoch_seconds, iso_utc, utc_now
+from .vocab import EOS, UNK, Vocabulary
 from .workflow import WORKFLOWS_FILE, WorkflowModel, concurrency_mask, concurrent_partners, diagnose
 from .workflow_mining import mine_workflows, model_predictor
 
@@ -53,146 +64,90 @@ Progress = Callable[[str], None]
 DETECT_JOB = "detect"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _quiet(_: str) -> None:
     pass
 
 
-@dataclass
-class RunSummary:
-    run_id: str
-    job: str
-    status: str = "ok"
-    # Counts cover committed chunks only (anomalies written, checkpoint saved): a chunk a failed run could
-    # not commit is read again by the next run, so summing docs_read over runs counts every document once.
-    docs_read: int = 0
-    processed: int = 0  # documents scored; docs_read == processed + sum(skipped)
-    skipped: Counter[str] = field(default_factory=Counter)
-    sessions: int = 0
-    anomalies: Counter[str] = field(default_factory=Counter)
-    rejected: Counter[str] = field(default_factory=Counter)
-    durations_ms: Counter[str] = field(default_factory=Counter)
-    window_start: Any = None
-    window_end: Any = None
-    # Seconds between the newest document in the source index and the checkpoint after this run (0 = caught
-    # up); None when unknown (backfills, non-date order fields, or the lookup failed).
-    lag_seconds: float | None = None
-    sessions_evicted: int = 0  # open sessions dropped by sessions.max_open: their end was not scored
-    model_version: str | None = None
-    error: str | None = None
-    stack_trace: str | None = None
-    # Feedback runs: documents by outcome (found, applied, reconciled, invalid, ...) and the update's figures.
-    feedback: Counter[str] = field(default_factory=Counter)
-    feedback_detail: dict[str, Any] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Job:
+    """What every stage of a job run needs: its configuration, the cluster and the summary it fills."""
+
+    config: Config
+    clients: Clients
+    summary: RunSummary
+
+
+@dataclass(frozen=True)
+class Span:
+    """What a run reads: everything new since the checkpoint, or [start, end) (a backfill; training reads
+    only such a range); `close_sessions`: the sessions still open at the end are closed (their end scored)."""
+
+    start: str | None = None
+    end: str | None = None
+    close_sessions: bool = False
 
     @property
-    def anomalies_total(self) -> int:
-        return sum(self.anomalies.values())
-
-    def line(self) -> str:
-        secs = self.durations_ms.get("total", 0) / 1000
-        rate = self.docs_read / secs if secs else 0.0
-        return (
-            f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
-            f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
-            f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
-            f"{sum(self.rejected.values())} rejected writes, "
-            + (f"{self.sessions_evicted} sessions evicted, " if self.sessions_evicted else "")
-            + (f"lag {self.lag_seconds:.1f} s, " if self.lag_seconds is not None else "")
-            + f"model {self.model_version}, {secs:.1f} s"
-            + (f", feedback {dict(self.feedback)} {self.feedback_detail or ''}" if self.feedback else "")
-            + (f", error: {self.error}" if self.error else "")
-        )
-
-    def document(self, index: str) -> dict[str, Any]:
-        secs = self.durations_ms.get("total", 0) / 1000
-        return {
-            "_index": index,
-            "_id": self.run_id,
-            "@timestamp": _now(),
-            "event": {"kind": "metric", "module": "deeplog", "dataset": "deeplog.run"},
-            "deeplog": {
-                "run": {
-                    "id": self.run_id,
-                    "job": self.job,
-                    "status": self.status,
-                    "window_start": self.window_start,
-                    "window_end": self.window_end,
-                    "docs_read": self.docs_read,
-                    "docs_processed": self.processed,
-                    "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
-                    "skipped": dict(self.skipped),
-                    "sessions": self.sessions,
-                    "sessions_evicted": self.sessions_evicted,
-                    "anomalies": dict(self.anomalies),
-                    "anomalies_total": self.anomalies_total,
-                    "bulk_failures": sum(self.rejected.values()),
-                    "duration_ms": dict(self.durations_ms),
-                    "lag_seconds": self.lag_seconds,
-                    "model_version": self.model_version,
-                    **(
-                        {"feedback": {**self.feedback, **self.feedback_detail}}
-                        if self.feedback or self.feedback_detail
-                        else {}
-                    ),
-                }
-            },
-            **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
-        }
+    def backfill(self) -> bool:
+        return self.start is not None or self.end is not None
 
 
-class _Timer:
-    def __init__(self, summary: RunSummary, stage: str) -> None:
-        self.summary, self.stage = summary, stage
-
-    def __enter__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.summary.durations_ms[self.stage] += int((time.perf_counter() - self.t0) * 1000)
+# ------------------------------------------------------------------------------------------------- events
 
 
-# Run documents that could not be written (the server was away: often the very reason the run failed) wait
-# here and go with the next run's document, so an outage still leaves its failed runs in the runs index.
-# Bounded: a long outage keeps the latest ones.
-_UNRECORDED: deque[dict[str, Any]] = deque(maxlen=1000)
-_UNRECORDED_LOCK = threading.Lock()
+class EventRow(NamedTuple):
+    """One usable event: its document, session, templated event and event time (epoch seconds)."""
+
+    doc: SourceDoc
+    sid: str
+    event: ParsedEvent
+    ts: float
 
 
-def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
-    """The run document and the one summary line; a failure to record is logged, never raised."""
-    log.info("%s", summary.line())
-    with _UNRECORDED_LOCK:
-        batch = [*_UNRECORDED, summary.document(config.output.runs_index)]
-        _UNRECORDED.clear()
-    try:
-        sink.write(clients, batch, attempts=2, backoff_s=0.5)
-    except Exception as e:  # noqa: BLE001 - recording must not turn a finished run into a failure
-        with _UNRECORDED_LOCK:
-            _UNRECORDED.extendleft(reversed(batch))
-        log.warning(
-            "could not record run %s in %s (kept to write with the next run): %s",
-            summary.run_id,
-            config.output.runs_index,
-            e,
-        )
+# A NamedTuple's generated __new__ costs several times a plain tuple's; this runs once per event read.
+_new_row = tuple.__new__
 
 
-@contextmanager
-def _recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[RunSummary]:
-    """Time a run and record it, failed or not; a failure is re-raised after it is recorded."""
-    t0 = time.perf_counter()
-    try:
-        yield summary
-    except Exception as e:
-        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
-        raise
-    finally:
-        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
-        record_run(clients, config, summary)
+class EventReader:
+    """Source documents -> the events the models see, for training and detection alike."""
+
+    def __init__(self, templater: Templater, keyer: SessionKeyer, config: Config) -> None:
+        self.templater, self.keyer = templater, keyer
+        self.message_field = config.source.message_field
+        self.timestamp_field = config.source.timestamp_field
+
+    def rows(self, docs: list[SourceDoc], skipped: Counter[str], *, learn: bool) -> list[EventRow]:
+        """Template one page -> a row for every usable document; the rest counted in `skipped` by reason
+        (empty, not_string, binary: the templater's; no_session; bad_timestamp)."""
+        templater = self.templater
+        messages = [d.get(self.message_field) for d in docs]
+        before = Counter(templater.skipped)
+        parsed = templater.parse_many(messages, learn=learn)
+        skipped.update(templater.skipped - before)
+        out = []
+        for doc, msg, ev in zip(docs, messages, parsed, strict=True):
+            if ev is None:
+                continue
+            sid = self.keyer.session_of(msg if isinstance(msg, str) else "", doc.source)
+            if sid is None:
+                skipped["no_session"] += 1
+                continue
+            ts = epoch_seconds(doc.get(self.timestamp_field))
+            if ts is None:
+                skipped["bad_timestamp"] += 1
+                continue
+            out.append(_new_row(EventRow, (doc, sid, ev, ts)))
+        return out
+
+
+def observe(tracker: SessionTracker, rows: list[EventRow]) -> list[Observed]:
+    """Append the rows to their sessions -> each event's history and parameter vector."""
+    return tracker.observe_many(
+        [r.sid for r in rows],
+        [r.event.key for r in rows],
+        [r.event.numbers for r in rows],
+        [r.ts for r in rows],
+        refs=[f"{r.doc.index}/{r.doc.id}" for r in rows],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -208,29 +163,52 @@ class TrainSummary:
     report: dict[str, Any]
 
 
-def _events(
-    docs: list[SourceDoc],
-    templater: Templater,
-    keyer: SessionKeyer,
-    cfg: Config,
-    learn: bool,
-    skipped: Counter,
-):
-    """Parse one page: (doc, session id, parsed event) for every usable document; the rest counted."""
-    messages = [d.get(cfg.source.message_field) for d in docs]
-    before = Counter(templater.skipped)
-    parsed = templater.parse_many(messages, learn=learn)
-    skipped.update(templater.skipped - before)  # empty, not_string, binary: counted by the templater
-    out = []
-    for doc, msg, ev in zip(docs, messages, parsed, strict=True):
-        if ev is None:
-            continue
-        sid = keyer.session_of(msg if isinstance(msg, str) else "", doc.source)
-        if sid is None:
-            skipped["no_session"] += 1
-            continue
-        out.append((doc, sid, ev))
-    return out
+@dataclass
+class TrainingSet:
+    """What training learns from, in reading (time) order: each session's keys and event times (the key
+    model; the workflow model's task split and typical step gaps) and, with `with_params`, each (previous
+    key, key) series' parameter vectors and event times (the parameter model and its shared load level).
+    A key id stays while Drain generalises its template, but its number of numeric parameters may change
+    then: the fit keeps each series' dominant vector length."""
+
+    with_params: bool
+    sessions: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    series: dict[tuple[int, int], list[tuple[float, ...]]] = field(default_factory=lambda: defaultdict(list))
+    series_times: dict[tuple[int, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+    # Detection's session tracker, never closing a session: the vectors are computed as detection does.
+    tracker: SessionTracker = field(default_factory=SessionTracker.unbounded)
+
+    def add(self, rows: list[EventRow]) -> None:
+        sessions, times = self.sessions, self.times
+        for r in rows:
+            sessions[r.sid].append(r.event.key)
+            times[r.sid].append(r.ts)
+        if not self.with_params:
+            return
+        series, series_times = self.series, self.series_times
+        for r, o in zip(rows, observe(self.tracker, rows), strict=True):
+            s = series_key(o, r.event.key)
+            series[s].append(o.vector)
+            series_times[s].append(r.ts)
+
+
+def read_training(
+    config: Config, source: Source, templater: Templater, *, span: Span, progress: Progress = _quiet
+) -> tuple[TrainingSet, int, Counter[str]]:
+    """Read the training logs -> (what training learns from, documents read, skipped by reason)."""
+    reader = EventReader(templater, SessionKeyer(config.source), config)
+    data = TrainingSet(config.params.enabled)
+    skipped: Counter[str] = Counter()
+    docs = 0
+    for page in source.pages(start=span.start, end=span.end):
+        docs += len(page)
+        data.add(reader.rows(page, skipped, learn=True))
+        if docs % 20000 < len(page):
+            progress(
+                f"  {docs} documents, {len(data.sessions)} sessions, {templater.num_templates} templates"
+            )
+    return data, docs, skipped
 
 
 def train(
@@ -243,102 +221,83 @@ def train(
     progress: Progress = _quiet,
 ) -> TrainSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
-    with _recorded(clients, config, summary):
+    with recorded(clients, config, summary):
         src_cfg = replace(config.source, index=index) if index else config.source
-        source = Source(clients, src_cfg)
         templater = Templater(config.templater)
-        keyer = SessionKeyer(config.source)
-        sessions: dict[str, list[int]] = defaultdict(list)
-        # Event times per session, for the workflow model's task split and typical step gaps.
-        times: dict[str, list[float]] = defaultdict(list)
-        skipped: Counter[str] = Counter()
-        # Parameter vectors per (previous key, key) series, in reading (time) order; the gap needs each
-        # session's last event time. A key id stays while Drain generalises its template, but its number of
-        # numeric parameters may change then: the fit keeps each series' dominant vector length.
-        series: dict[tuple[int, int], list[tuple[float, ...]]] = defaultdict(list)
-        series_times: dict[tuple[int, int], list[float]] = defaultdict(list)  # for the shared load level
-        last_seen: dict[str, tuple[int, float]] = {}
-        with_params = config.params.enabled
         progress(f"reading training logs from {src_cfg.index} ...")
-        for page in source.pages(start=start, end=end):
-            summary.docs_read += len(page)
-            for doc, sid, ev in _events(page, templater, keyer, config, True, skipped):
-                sessions[sid].append(ev.key)
-                ts = epoch_seconds(doc.get(src_cfg.timestamp_field))
-                times[sid].append(ts if ts is not None else (times[sid][-1] if times[sid] else 0.0))
-                if with_params:
-                    if ts is None:
-                        skipped["params_bad_timestamp"] += 1
-                        continue
-                    prev = last_seen.get(sid)
-                    gap = 0.0 if prev is None else max(0.0, ts - prev[1])
-                    series[(PAD if prev is None else prev[0], ev.key)].append((gap, *ev.numbers))
-                    series_times[(PAD if prev is None else prev[0], ev.key)].append(ts)
-                    last_seen[sid] = (ev.key, ts if prev is None else max(ts, prev[1]))
-            if summary.docs_read % 20000 < len(page):
-                progress(
-                    f"  {summary.docs_read} documents, {len(sessions)} sessions, {templater.num_templates} templates"
-                )
-        if not sessions:
+        data, summary.docs_read, skipped = read_training(
+            config, Source(clients, src_cfg), templater, span=Span(start, end), progress=progress
+        )
+        summary.skipped = skipped
+        if not data.sessions:
             raise DeeplogError(
                 f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
             )
-        progress(f"training the log-key model on {len(sessions)} sessions ({summary.docs_read} events) ...")
-        training = list(sessions.values())
-        model, report = train_key_model(training, len(templater.vocab), config.model, progress=progress)
-        store = ModelStore(config.model.dir)
-        version, path = store.create()
-        templater.save(path / TEMPLATER)
-        meta = {
-            "fingerprint": fingerprint(training),
-            "templater": f"{TEMPLATER}/templater.json",
-            "source_index": src_cfg.index,
-            "window": [start, end],
-            "documents": summary.docs_read,
-            "metrics": report.to_dict(),
-        }
-        progress("building workflow models ...")
-        workflows = mine_workflows(
-            training,
-            templater.vocab.templates,
-            times=[times[sid] for sid in sessions],
-            predict=model_predictor(model),
-            window=config.model.window,
+        progress(
+            f"training the log-key model on {len(data.sessions)} sessions ({summary.docs_read} events) ..."
         )
-        workflows.save(path)
-        meta["workflows"] = WORKFLOWS_FILE
-        save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
-        # Normal windows for the feedback job: replayed while fine-tuning, held out for its safety check.
-        fb = config.feedback
-        build_normal_sample(training, config.model, fb.replay_windows, fb.heldout_windows).save(
-            path / NORMAL_SAMPLE
-        )
-        if with_params:
-            progress(f"training the parameter model on {len(series)} (previous key, key) series ...")
-            use_threads(config.model.threads)
-            pm, p_report = ParameterModel.fit(series, config.params, series_times)
-            pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
-            report = report.to_dict() | {"params": p_report.to_dict()}
-        else:
-            report = report.to_dict()
-        store.publish(version)
-        publish_workflows(clients, config, version, workflows)
+        version, report = _fit(Job(config, clients, summary), templater, data, src_cfg.index, progress)
         summary.model_version = version
-        summary.sessions = len(sessions)
-        summary.skipped = skipped
+        summary.sessions = len(data.sessions)
         return TrainSummary(
-            version,
-            summary.docs_read,
-            len(sessions),
-            templater.num_templates,
-            dict(skipped),
-            report,
+            version=version,
+            docs=summary.docs_read,
+            sessions=len(data.sessions),
+            templates=templater.num_templates,
+            skipped=dict(skipped),
+            report=report,
         )
+
+
+def _fit(
+    job: Job, templater: Templater, data: TrainingSet, index: str, progress: Progress
+) -> tuple[str, dict[str, Any]]:
+    """Fit the models on `data`, save them as a new version and publish it -> (version, report)."""
+    config, summary = job.config, job.summary
+    training = list(data.sessions.values())
+    model, report = train_key_model(training, len(templater.vocab), config.model, progress=progress)
+    store = ModelStore(config.model.dir)
+    version, path = store.create()
+    templater.save(path / TEMPLATER)
+    meta = {
+        "fingerprint": fingerprint(training),
+        "templater": f"{TEMPLATER}/templater.json",
+        "source_index": index,
+        "window": [summary.window_start, summary.window_end],
+        "documents": summary.docs_read,
+        "metrics": report.to_dict(),
+    }
+    progress("building workflow models ...")
+    workflows = mine_workflows(
+        training,
+        templater.vocab.templates,
+        times=[data.times[sid] for sid in data.sessions],
+        predict=model_predictor(model),
+        window=config.model.window,
+    )
+    workflows.save(path)
+    meta["workflows"] = WORKFLOWS_FILE
+    save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
+    # Normal windows for the feedback job: replayed while fine-tuning, held out for its safety check.
+    fb = config.feedback
+    build_normal_sample(training, config.model, fb.replay_windows, fb.heldout_windows).save(
+        path / NORMAL_SAMPLE
+    )
+    out = report.to_dict()
+    if data.with_params:
+        progress(f"training the parameter model on {len(data.series)} (previous key, key) series ...")
+        use_threads(config.model.threads)
+        pm, p_report = ParameterModel.fit(data.series, config.params, data.series_times)
+        pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
+        out |= {"params": p_report.to_dict()}
+    store.publish(version)
+    publish_workflows(job.clients, config, version, workflows)
+    return version, out
 
 
 def publish_workflows(clients: Clients, config: Config, version: str, workflows: WorkflowModel) -> int:
     """Write one document per workflow of model `version` to the workflows index; returns how many."""
-    docs = workflows.documents(config.output.workflows_index, version, _now())
+    docs = workflows.documents(config.output.workflows_index, version, utc_now())
     result = sink.write(clients, docs)
     if sum(result.rejected.values()):
         log.warning(
@@ -362,42 +321,6 @@ def publish_current_workflows(clients: Clients, config: Config) -> str:
 # ----------------------------------------------------------------------------------------------- detect
 
 
-def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
-    kw = {
-        "window": window,
-        "param_depth": config.params.window,
-        "idle_timeout_s": config.sessions.idle_timeout_seconds,
-        "max_sessions": config.sessions.max_open,
-        "ttl_s": config.sessions.ttl_seconds,
-    }
-    return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
-
-
-# Years 1..9999: what datetime (and so every timestamp the job writes) can represent.
-_MIN_TS, _MAX_TS = -62135596800.0, 253402300799.0
-
-
-def epoch_seconds(value: Any) -> float | None:
-    """A document's timestamp as epoch seconds: ISO 8601 text or epoch milliseconds; None if unusable
-    (wrong type, unparseable, or outside the years 1..9999)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        ts = float(value) / 1000.0
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        try:
-            ts = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-        except (OverflowError, ValueError):
-            return None
-    else:
-        return None
-    return ts if math.isfinite(ts) and _MIN_TS <= ts <= _MAX_TS else None
-
-
 @dataclass
 class Detection:
     """What a detection run needs loaded once: the current model version and its parts."""
@@ -405,7 +328,7 @@ class Detection:
     version: str
     templater: Templater
     detector: KeyDetector
-    vocab: Any
+    vocab: Vocabulary
     window: int
     top_g: int
     workflows: WorkflowModel | None = None  # None: a model version trained before workflow models
@@ -427,12 +350,10 @@ class Detection:
     def load(cls, config: Config) -> Detection:
         version, path = ModelStore(config.model.dir).current()
         # Scoring runs in small batches beside the reader and writer threads: with threads 0 (auto) it uses
-        # one torch thread, since OpenMP workers spinning between batches cost more CPU than they saved
-        # (BENCHMARKS.md, bench pipeline: the job's CPU 2.9 s -> 1.3 s for 20k documents).
+        # one torch thread, since OpenMP workers spinning between batches cost more CPU than they save.
         use_threads(config.model.threads or 1)
         device = resolve_device(config.model.device)
         model, vocab, _meta = load_checkpoint(path / KEYMODEL)
-        templater = Templater.load(path / TEMPLATER, config.templater)
         # A feedback version is scored against the trained model it descends from (`detector`: the anchor).
         anchor = load_anchor(path, model) if config.feedback.anchor_ratio > 0 else None
         detector = KeyDetector(
@@ -467,16 +388,16 @@ class Detection:
                 config.model.dir, vocab, model.args.window, config.feedback.recent_windows
             )
         return cls(
-            version,
-            templater,
-            detector,
-            vocab,
-            model.args.window,
-            config.model.top_g,
-            workflows,
-            params,
-            concurrent_partners(workflows) if config.model.concurrency else {},
-            recent,
+            version=version,
+            templater=Templater.load(path / TEMPLATER, config.templater),
+            detector=detector,
+            vocab=vocab,
+            window=model.args.window,
+            top_g=config.model.top_g,
+            workflows=workflows,
+            params=params,
+            partners=concurrent_partners(workflows) if config.model.concurrency else {},
+            recent=recent,
         )
 
 
@@ -493,52 +414,109 @@ def run_once(
 ) -> RunSummary:
     """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
     summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
-    with _recorded(clients, config, summary):
+    with recorded(clients, config, summary):
         det = detection or Detection.load(config)
         summary.model_version = det.version
-        backfill = start is not None or end is not None
-        state = load_state(
-            clients, config.output.state_index, DETECT_JOB if not backfill else f"{DETECT_JOB}-backfill"
+        span = Span(start, end, close_sessions)
+        job = DetectionRun.open(Job(config, clients, summary), det, span)
+        job.run(stop, progress)
+        job.finish()
+        return summary
+
+
+@dataclass
+class _Chunk:
+    """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
+
+    docs: list[SourceDoc] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    processed: int = 0
+    first: float | None = None
+    newest: float | None = None
+    # Templated and observed events not scored yet: scoring waits for SCORE_BATCH of them, because every
+    # forward pass has a fixed shape and a page's few hundred new windows would cost a whole pass.
+    pending_rows: list[EventRow] = field(default_factory=list)
+    pending_observed: list[Observed] = field(default_factory=list)
+
+
+SCORE_BATCH = 8192
+# While no page is ready, pending events are scored once at least this many wait (smaller batches cost more
+# per event; none at all would leave a whole SCORE_BATCH to score after the last page).
+IDLE_SCORE_BATCH = 2048
+
+
+class DetectionRun:
+    """One detection run: the loaded model, the open sessions, the checkpoint, the reader and the writer,
+    and the chunk in progress. `open` loads the state, `run` reads, scores and commits chunk by chunk,
+    `finish` fills in what the summary says about the whole run."""
+
+    def __init__(self, job: Job, det: Detection, span: Span, state: JobState) -> None:
+        config = job.config
+        self.config, self.clients, self.summary = config, job.clients, job.summary
+        self.det, self.span, self.state = det, span, state
+        self.tracker = _tracker(config, det.window, state.sessions)
+        self.reader = EventReader(det.templater, SessionKeyer(config.source), config)
+        self.source = Source(job.clients, config.source)
+        self.writer: sink.BackgroundWriter  # started by `run`, which closes it
+        self.chunk = _Chunk()
+        self.seen: set[str] = set()
+        src = config.source
+        self.ctx = DocContext(
+            vocab=det.vocab,
+            model_version=det.version,
+            run_id=job.summary.run_id,
+            index=config.output.anomalies_index,
+            message_field=src.message_field,
+            session_field=src.session_field,
+            top_g=det.top_g,
+            min_probability=det.detector.min_probability,
         )
-        if backfill:
+
+    @classmethod
+    def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
+        job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
+        state = load_state(job.clients, job.config.output.state_index, job_name)
+        if span.backfill:
             state.checkpoint, state.sessions = None, {}
-        tracker = _tracker(config, det.window, state.sessions)
-        keyer = SessionKeyer(config.source)
-        source = Source(clients, config.source)
-        chunk = _Chunk()
-        seen_sessions: set[str] = set()
+        return cls(job, det, span, state)
+
+    def run(self, stop: threading.Event | None, progress: Progress) -> None:
+        """Read, score and commit chunk by chunk until the source is exhausted or `stop` is set (then the
+        chunk in progress is committed first)."""
+        config, summary, span = self.config, self.summary, self.span
         # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
         pages = Prefetch(
-            source.pages(state.checkpoint, start=start, end=end), depth=depth, name="deeplog-source"
+            self.source.pages(self.state.checkpoint, start=span.start, end=span.end),
+            depth=depth,
+            name="deeplog-source",
         )
-        writer = sink.BackgroundWriter(clients)
-        # The collector's full passes over a chunk's live documents cost a third of the job's CPU (gcpause).
+        self.writer = sink.BackgroundWriter(self.clients)
+        # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
         collect_due = False
         with gcpause.paused():
             try:
                 while True:
-                    if len(chunk.pending_rows) >= IDLE_SCORE_BATCH and not pages.ready():
+                    if len(self.chunk.pending_rows) >= IDLE_SCORE_BATCH and not pages.ready():
                         # The reader is behind: score what is pending instead of waiting, so less is left to
                         # score after the last page (that tail is not overlapped with reading).
-                        _score_pending(config, det, tracker, chunk, summary, writer)
+                        self.score_pending()
                     # Time spent waiting for a page, not reading in the background.
-                    with _Timer(summary, "read"):
+                    with Timer(summary, "read"):
                         page = pages.next()
                     if page is None:
                         break
                     if collect_due:
                         gcpause.collect()
                         collect_due = False
-                    _score_page(config, det, tracker, keyer, page, chunk, summary, seen_sessions, writer)
-                    if len(chunk.docs) >= config.schedule.chunk_size:
-                        _commit_chunk(
-                            config, clients, det, tracker, state, chunk, summary, False, source, writer
-                        )
+                    self.read_page(page)
+                    if len(self.chunk.docs) >= config.schedule.chunk_size:
+                        self.commit_chunk(close_all=False)
                         progress(
                             f"  {summary.docs_read} documents, {summary.anomalies_total} anomalies so far"
                         )
-                        chunk = _Chunk()
+                        self.chunk = _Chunk()
                         # The committed chunk's cycles, if any, are reclaimed once another page comes (memory
                         # stays bounded per chunk); a run that ends here leaves them to the collector.
                         collect_due = True
@@ -546,34 +524,248 @@ def run_once(
                             summary.status = "stopped"
                             break
                 pages.close()
-                _commit_chunk(
-                    config,
-                    clients,
-                    det,
-                    tracker,
-                    state,
-                    chunk,
-                    summary,
-                    close_sessions,
-                    source,
-                    writer,
-                    saved=summary.docs_read > 0,
-                )
+                # A run that saved the state already has nothing to save for an empty last chunk that
+                # closes no session (the last page filled the previous chunk).
+                self.commit_chunk(close_all=span.close_sessions, saved=summary.docs_read > 0)
             finally:
                 pages.close()
-                writer.close()
-        _save_recent(config, det)
-        summary.sessions = len(seen_sessions)
+                self.writer.close()
+
+    def finish(self) -> None:
+        summary, tracker = self.summary, self.tracker
+        _save_recent(self.config, self.det)
+        summary.sessions = len(self.seen)
         summary.sessions_evicted = tracker.stats["evicted_lru"]
-        if not backfill:
-            summary.lag_seconds = _lag(source, state.checkpoint)
+        if not self.span.backfill:
+            summary.lag_seconds = _lag(self.source, self.state.checkpoint)
         if tracker.stats["evicted_lru"]:
             log.warning(
                 "%s open sessions evicted (sessions.max_open=%s): their end was not scored",
                 tracker.stats["evicted_lru"],
-                config.sessions.max_open,
+                self.config.sessions.max_open,
             )
-        return summary
+
+    def read_page(self, docs: list[SourceDoc]) -> None:
+        """Template one page and observe its events into the chunk; score once enough are pending (nothing
+        is written or checkpointed here)."""
+        chunk = self.chunk
+        chunk.docs.extend(docs)
+        with Timer(self.summary, "template"):
+            rows = self.reader.rows(docs, chunk.skipped, learn=self.config.templater.learn_at_detection)
+            if not rows:
+                return
+            observed = observe(self.tracker, rows)
+            self.seen.update(r.sid for r in rows)
+            lo, hi = min(r.ts for r in rows), max(r.ts for r in rows)
+            chunk.processed += len(rows)
+            chunk.first = lo if chunk.first is None else min(chunk.first, lo)
+            chunk.newest = hi if chunk.newest is None else max(chunk.newest, hi)
+        chunk.pending_rows.extend(rows)
+        chunk.pending_observed.extend(observed)
+        if len(chunk.pending_rows) >= SCORE_BATCH:
+            self.score_pending()
+
+    def score_pending(self) -> None:
+        """Score the pending events; their anomalies go to the writer at once (ids are deterministic, so a
+        chunk that fails later and is read again just overwrites them)."""
+        chunk, det = self.chunk, self.det
+        rows, observed = chunk.pending_rows, chunk.pending_observed
+        chunk.pending_rows, chunk.pending_observed = [], []
+        if not rows:
+            return
+        with Timer(self.summary, "detect"):
+            # One short sequence per event: its history (carried across runs by the tracker) + itself.
+            seqs = [(*o.history, r.event.key) for o, r in zip(observed, rows, strict=True)]
+            windows = build_windows(
+                seqs, det.window, context=[len(o.history) for o in observed], add_eos=False
+            )
+            scores = det.score(windows)
+            # A concurrent step's first occurrence is accepted whatever its order (model.concurrency).
+            flagged = scores.anomalous & ~concurrency_mask(windows.keys, windows.targets, det.partners)
+            found = []
+            for i in flagged.nonzero().flatten().tolist():
+                j = int(windows.session[i])
+                r, o = rows[j], observed[j]
+                ev = SessionEvent(
+                    self._event_ref(r.doc, r.ts), r.sid, o.position, windows.keys[i].tolist(), r.event.params
+                )
+                found.append(
+                    self._key_anomaly(
+                        _Scored(scores, windows, i), ev, o.history, gap_s=None if o.first else o.vector[0]
+                    )
+                )
+            if det.params is not None:
+                # Only what the key model accepts goes on (DeepLog): a flagged event is one anomaly already,
+                # and its vector would teach the series' history a path the model does not know.
+                rejected = set(windows.session[flagged].tolist())
+                accepted = [j for j in range(len(rows)) if j not in rejected and rows[j].event.key != UNK]
+                if accepted:
+                    found += self._score_params([rows[j] for j in accepted], [observed[j] for j in accepted])
+        # One write per scoring pass, key and parameter anomalies together: each bulk request costs the
+        # server (the embedded one stalls on every tenth bulk request to an index).
+        chunk.anomalies.extend(found)
+        self.writer.submit(found)
+
+    def _score_params(self, rows: list[EventRow], observed: list[Observed]) -> list[dict[str, Any]]:
+        """Parameter vectors of the accepted events, each against the last vectors of its (previous key, key)
+        series (carried across runs by the tracker), scored in one batch: one forward per series group."""
+        params, tracker = self.det.params, self.tracker
+        assert params is not None
+        series = [series_key(o, r.event.key) for o, r in zip(observed, rows, strict=True)]
+        vectors = [o.vector for o in observed]
+        histories = tracker.param_history.take(series, vectors)
+        # The shared load level continues across runs with the session tails, like the series' histories.
+        levels = params.levels(series, vectors, [r.ts for r in rows], tracker.param_level)
+        ps = params.score(series, histories, vectors, levels)
+        found = []
+        for n in ps.anomalous.nonzero().flatten().tolist():
+            r, o = rows[n], observed[n]
+            # Which step was slow against its usual gap in the session's workflow (or why no workflow
+            # applies).
+            where = diagnose(
+                self.det.workflows,
+                list(o.history),
+                r.event.key,
+                gap_s=o.vector[0],
+                template_of=self.det.vocab.template,
+                timing=True,
+            )
+            verdict = ParamVerdict(
+                key=r.event.key,
+                dims=ps.dims[n],
+                observed=ps.observed[n],
+                predicted=ps.predicted[n],
+                low=ps.low[n],
+                high=ps.high[n],
+                error=float(ps.error[n]),
+                threshold=ps.threshold[n],
+            )
+            ev = SessionEvent(self._event_ref(r.doc, r.ts), r.sid, int(o.position), o.history, r.event.params)
+            found.append(parameter_anomaly(self.ctx, ev, verdict, where.fields()))
+        return found
+
+    def commit_chunk(self, *, close_all: bool, saved: bool = False) -> None:
+        """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and
+        tails. `saved`: this run has saved the state already, so an empty chunk that closes no session has
+        nothing to save."""
+        chunk, summary = self.chunk, self.summary
+        self.score_pending()
+        # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
+        if close_all:
+            closed = self.tracker.close_all()
+        else:
+            closed = self.tracker.close_idle(chunk.newest if chunk.newest is not None else float("-inf"))
+        if saved and not closed and not chunk.docs and not chunk.anomalies:
+            return
+        if closed:
+            ended = self._score_ended(closed)
+            chunk.anomalies.extend(ended)
+            self.writer.submit(ended)
+        with Timer(summary, "write"):
+            result = self._save()
+        # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
+        summary.docs_read += len(chunk.docs)
+        summary.processed += chunk.processed
+        summary.skipped.update(chunk.skipped)
+        summary.rejected.update(result.rejected)
+        for a in chunk.anomalies:
+            summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
+        if chunk.first is not None and chunk.newest is not None:
+            summary.window_start = summary.window_start or iso_utc(chunk.first)
+            summary.window_end = iso_utc(chunk.newest)
+
+    def _save(self) -> sink.WriteResult:
+        """Wait for the writes in flight, then save the state past the chunk's documents."""
+        state = self.state
+        # The new state is built (checkpoint, packed tails) while the last writes are in flight: after the
+        # last page this wait is the job's tail, not overlapped with any reading.
+        nxt = JobState(
+            state.job,
+            advance(state.checkpoint, self.chunk.docs, self.source.overlap_ms),
+            self.tracker.to_dict(),
+            self.det.version,
+        )
+        prepared = prepare_state(nxt)
+        result = self.writer.flush()
+        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
+        state.checkpoint, state.sessions, state.model_version = (
+            nxt.checkpoint,
+            nxt.sessions,
+            nxt.model_version,
+        )
+        save_state(self.clients, self.config.output.state_index, state, prepared)
+        return result
+
+    def _score_ended(self, closed: list[tuple[str, SessionTail]]) -> list[dict[str, Any]]:
+        """The end-of-session key (EOS) after each closed session's last keys; the anomalies of the ends the
+        model did not expect."""
+        with Timer(self.summary, "detect"):
+            seqs = [tuple(t.keys) for _, t in closed]
+            windows = build_windows(seqs, self.det.window, context=[len(q) for q in seqs], add_eos=True)
+            scores = self.det.score(windows)
+            ended = []
+            for i in scores.anomalous.nonzero().flatten().tolist():
+                sid, tail = closed[int(windows.session[i])]
+                index, _, doc_id = tail.last_ref.partition("/")
+                ref = SourceDoc(index, f"{doc_id}#end", (), {})
+                ev = SessionEvent(
+                    self._event_ref(ref, tail.last_ts), sid, tail.count, windows.keys[i].tolist()
+                )
+                ended.append(self._key_anomaly(_Scored(scores, windows, i), ev, tuple(tail.keys)))
+        return ended
+
+    def _event_ref(self, doc: SourceDoc, ts: float) -> EventRef:
+        """The raw event an anomaly is about; the timestamp normalised to ISO (the source may hold epoch
+        millis or text the anomaly mapping would refuse), message and host only when they are strings."""
+        src = self.config.source
+        msg, host = doc.get(src.message_field), doc.get(src.host_field)
+        return EventRef(
+            doc.index,
+            doc.id,
+            iso_utc(ts),
+            msg if isinstance(msg, str) else "",
+            host if isinstance(host, str) else None,
+        )
+
+    def _key_anomaly(
+        self, scored: _Scored, ev: SessionEvent, history: tuple[int, ...], gap_s: float | None = None
+    ) -> dict[str, Any]:
+        """`history`: the tracker's keys of the session before the event, for where it left its workflow."""
+        scores, i = scored.scores, scored.i
+        target = int(scored.windows.targets[i])
+        where = diagnose(
+            self.det.workflows, list(history), target, gap_s=gap_s, template_of=self.det.vocab.template
+        )
+        kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
+        verdict = KeyVerdict(
+            anomaly_type=kind,
+            actual=target,
+            probability=float(scores.prob[i]),
+            rank=int(scores.rank[i]),
+            expected=list(zip(scores.topk_keys[i].tolist(), scores.topk_probs[i].tolist(), strict=True)),
+            anchor_probability=float(scores.anchor_prob[i]) if bool(scores.anchored[i]) else None,
+        )
+        return key_anomaly(self.ctx, ev, verdict, where.fields())
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Window `i` of a scored batch."""
+
+    scores: KeyScores
+    windows: Windows
+    i: int
+
+
+def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:
+    kw = {
+        "window": window,
+        "param_depth": config.params.window,
+        "idle_timeout_s": config.sessions.idle_timeout_seconds,
+        "max_sessions": config.sessions.max_open,
+        "ttl_s": config.sessions.ttl_seconds,
+    }
+    return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
 
 
 def _save_recent(config: Config, det: Detection) -> None:
@@ -602,329 +794,3 @@ def _lag(source: Source, checkpoint: Any) -> float | None:
     if not isinstance(newest, (int, float)):
         return None
     return round(max(0.0, (float(newest) - float(done)) / 1000.0), 3)
-
-
-@dataclass
-class _Chunk:
-    """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
-
-    docs: list[SourceDoc] = field(default_factory=list)
-    anomalies: list[dict[str, Any]] = field(default_factory=list)
-    skipped: Counter[str] = field(default_factory=Counter)
-    processed: int = 0
-    first: float | None = None
-    newest: float | None = None
-    # Templated and observed events not scored yet: scoring waits for SCORE_BATCH of them, because every
-    # forward pass has a fixed shape and a page's few hundred new windows would cost a whole pass.
-    pending_rows: list[tuple[SourceDoc, str, Any, float]] = field(default_factory=list)
-    pending_observed: list[Any] = field(default_factory=list)
-
-
-SCORE_BATCH = 8192
-# While no page is ready, pending events are scored once at least this many wait (smaller batches cost more
-# per event; none at all would leave a whole SCORE_BATCH to score after the last page).
-IDLE_SCORE_BATCH = 2048
-
-
-def _score_page(
-    config: Config,
-    det: Detection,
-    tracker: SessionTracker,
-    keyer: SessionKeyer,
-    docs: list[SourceDoc],
-    chunk: _Chunk,
-    summary: RunSummary,
-    seen: set[str],
-    writer: sink.BackgroundWriter,
-) -> None:
-    """Template one page and observe its events into `chunk`; score once enough are pending (nothing is
-    written or checkpointed here)."""
-    src = config.source
-    chunk.docs.extend(docs)
-    rows = []
-    with _Timer(summary, "template"):
-        for doc, sid, ev in _events(
-            docs, det.templater, keyer, config, config.templater.learn_at_detection, chunk.skipped
-        ):
-            ts = epoch_seconds(doc.get(src.timestamp_field))
-            if ts is None:
-                chunk.skipped["bad_timestamp"] += 1
-                continue
-            rows.append((doc, sid, ev, ts))
-        if not rows:
-            return
-        observed = tracker.observe_many(
-            [r[1] for r in rows],
-            [r[2].key for r in rows],
-            [r[2].numbers for r in rows],
-            [r[3] for r in rows],
-            refs=[f"{r[0].index}/{r[0].id}" for r in rows],
-        )
-        seen.update(r[1] for r in rows)
-        lo, hi = min(r[3] for r in rows), max(r[3] for r in rows)
-        chunk.processed += len(rows)
-        chunk.first = lo if chunk.first is None else min(chunk.first, lo)
-        chunk.newest = hi if chunk.newest is None else max(chunk.newest, hi)
-    chunk.pending_rows.extend(rows)
-    chunk.pending_observed.extend(observed)
-    if len(chunk.pending_rows) >= SCORE_BATCH:
-        _score_pending(config, det, tracker, chunk, summary, writer)
-
-
-def _score_pending(
-    config: Config,
-    det: Detection,
-    tracker: SessionTracker,
-    chunk: _Chunk,
-    summary: RunSummary,
-    writer: sink.BackgroundWriter,
-) -> None:
-    """Score the pending events; their anomalies go to the writer at once (ids are deterministic, so a
-    chunk that fails later and is read again just overwrites them)."""
-    rows, observed = chunk.pending_rows, chunk.pending_observed
-    chunk.pending_rows, chunk.pending_observed = [], []
-    if not rows:
-        return
-    with _Timer(summary, "detect"):
-        # One short sequence per event: its history (carried across runs by the tracker) + itself.
-        seqs = [(*o.history, r[2].key) for o, r in zip(observed, rows, strict=True)]
-        windows = build_windows(seqs, det.window, context=[len(o.history) for o in observed], add_eos=False)
-        scores = det.score(windows)
-        # A concurrent step's first occurrence is accepted whatever its order (model.concurrency).
-        flagged = scores.anomalous & ~concurrency_mask(windows.keys, windows.targets, det.partners)
-        found = []
-        for i in flagged.nonzero().flatten().tolist():
-            doc, sid, ev, ts = rows[int(windows.session[i])]
-            o = observed[int(windows.session[i])]
-            found.append(
-                _anomaly(
-                    config,
-                    det,
-                    summary,
-                    scores,
-                    windows,
-                    i,
-                    doc,
-                    sid,
-                    ev.params,
-                    o.position,
-                    ts,
-                    history=o.history,
-                    gap_s=None if o.first else o.vector[0],
-                )
-            )
-        if det.params is not None:
-            # Only what the key model accepts goes on (DeepLog): a flagged event is one anomaly already, and
-            # its vector would teach the series' history a path the model does not know.
-            rejected = set(windows.session[flagged].tolist())
-            accepted = [j for j in range(len(rows)) if j not in rejected and rows[j][2].key != UNK]
-            if accepted:
-                found += _score_params(config, det, tracker, summary, rows, observed, accepted)
-    # One write per scoring pass, key and parameter anomalies together: each bulk request costs the server
-    # (the embedded one stalls for a fifth of a second or more on every tenth bulk request to an index).
-    chunk.anomalies.extend(found)
-    writer.submit(found)
-
-
-def _score_params(
-    config: Config,
-    det: Detection,
-    tracker: SessionTracker,
-    summary: RunSummary,
-    rows: list[tuple[SourceDoc, str, Any, float]],
-    observed: list[Any],
-    accepted: list[int],
-) -> list[dict[str, Any]]:
-    """Parameter vectors of the accepted events, each against the last vectors of its (previous key, key)
-    series (carried across runs by the tracker), scored in one batch: one forward per series group."""
-    assert det.params is not None
-    src = config.source
-    series = [series_key(observed[j], rows[j][2].key) for j in accepted]
-    vectors = [observed[j].vector for j in accepted]
-    histories = tracker.param_history.take(series, vectors)
-    # The shared load level continues across runs with the session tails, like the series' histories.
-    levels = det.params.levels(series, vectors, [rows[j][3] for j in accepted], tracker.param_level)
-    ps = det.params.score(series, histories, vectors, levels)
-    found = []
-    for n in ps.anomalous.nonzero().flatten().tolist():
-        j = accepted[n]
-        doc, sid, ev, ts = rows[j]
-        o = observed[j]
-        # Which step was slow against its usual gap in the session's workflow (or why no workflow applies).
-        where = diagnose(
-            det.workflows,
-            list(o.history),
-            ev.key,
-            gap_s=o.vector[0],
-            template_of=det.vocab.template,
-            timing=True,
-        )
-        found.append(
-            parameter_anomaly(
-                event=_event_ref(src, doc, ts),
-                session_id=sid,
-                position=int(o.position),
-                window=o.history,
-                key=ev.key,
-                params=ev.params,
-                dims=ps.dims[n],
-                observed=ps.observed[n],
-                predicted=ps.predicted[n],
-                low=ps.low[n],
-                high=ps.high[n],
-                error=float(ps.error[n]),
-                threshold=ps.threshold[n],
-                vocab=det.vocab,
-                model_version=det.version,
-                run_id=summary.run_id,
-                query=session_query(src.session_field, sid, src.message_field),
-                index=config.output.anomalies_index,
-                workflow=where.fields(),
-            )
-        )
-    return found
-
-
-def _commit_chunk(
-    config: Config,
-    clients: Clients,
-    det: Detection,
-    tracker: SessionTracker,
-    state: JobState,
-    chunk: _Chunk,
-    summary: RunSummary,
-    close_all: bool,
-    source: Source,
-    writer: sink.BackgroundWriter,
-    saved: bool = False,
-) -> None:
-    """Score the sessions the chunk ended, write its anomalies, then (only then) save checkpoint and tails.
-    `saved`: this run has saved the state already, so an empty chunk that closes no session has nothing to
-    save (the last page filled the previous chunk)."""
-    src = config.source
-    _score_pending(config, det, tracker, chunk, summary, writer)
-    # With no new events, event time stands still: only the wall-clock TTL can close sessions then.
-    if close_all:
-        closed = tracker.close_all()
-    else:
-        closed = tracker.close_idle(chunk.newest if chunk.newest is not None else float("-inf"))
-    if saved and not closed and not chunk.docs and not chunk.anomalies:
-        return
-    if closed:
-        with _Timer(summary, "detect"):
-            seqs = [tuple(t.keys) for _, t in closed]
-            windows = build_windows(seqs, det.window, context=[len(q) for q in seqs], add_eos=True)
-            scores = det.score(windows)
-            ended = []
-            for i in scores.anomalous.nonzero().flatten().tolist():
-                sid, tail = closed[int(windows.session[i])]
-                index, _, doc_id = tail.last_ref.partition("/")
-                ref = SourceDoc(index, f"{doc_id}#end", (), {src.timestamp_field: _iso(tail.last_ts)})
-                ended.append(
-                    _anomaly(
-                        config,
-                        det,
-                        summary,
-                        scores,
-                        windows,
-                        i,
-                        ref,
-                        sid,
-                        (),
-                        tail.count,
-                        history=tuple(tail.keys),
-                    )
-                )
-        chunk.anomalies.extend(ended)
-        writer.submit(ended)
-    with _Timer(summary, "write"):  # waiting for the writes still in flight, then the state
-        # The new state is built (checkpoint, packed tails) while the last writes are in flight: after the
-        # last page this wait is the job's tail, not overlapped with any reading.
-        nxt = JobState(
-            state.job,
-            advance(state.checkpoint, chunk.docs, source.overlap_ms),
-            tracker.to_dict(),
-            det.version,
-        )
-        prepared = prepare_state(nxt)
-        result = writer.flush()
-        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-        state.checkpoint, state.sessions, state.model_version = (
-            nxt.checkpoint,
-            nxt.sessions,
-            nxt.model_version,
-        )
-        save_state(clients, config.output.state_index, state, prepared)
-    # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
-    summary.docs_read += len(chunk.docs)
-    summary.processed += chunk.processed
-    summary.skipped.update(chunk.skipped)
-    summary.rejected.update(result.rejected)
-    for a in chunk.anomalies:
-        summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
-    if chunk.first is not None and chunk.newest is not None:
-        summary.window_start = summary.window_start or _iso(chunk.first)
-        summary.window_end = _iso(chunk.newest)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _event_ref(src: Any, doc: SourceDoc, ts: float | None) -> EventRef:
-    """The raw event an anomaly is about; the timestamp normalised to ISO (the source may hold epoch millis
-    or text the anomaly mapping would refuse), message and host only when they are strings."""
-    msg, host = doc.get(src.message_field), doc.get(src.host_field)
-    return EventRef(
-        doc.index,
-        doc.id,
-        _iso(ts) if ts is not None else doc.get(src.timestamp_field),
-        msg if isinstance(msg, str) else "",
-        host if isinstance(host, str) else None,
-    )
-
-
-def _anomaly(
-    config,
-    det,
-    summary,
-    scores,
-    windows,
-    i,
-    doc: SourceDoc,
-    sid,
-    params,
-    position,
-    ts: float | None = None,
-    *,
-    history: tuple[int, ...] = (),
-    gap_s: float | None = None,
-) -> dict[str, Any]:
-    src = config.source
-    target = int(windows.targets[i])
-    # Where the session left its workflow (or why no workflow applies): the tracker's history of the session.
-    where = diagnose(
-        det.workflows, list(history), target, gap_s=gap_s, template_of=det.vocab.template
-    ).fields()
-    kind = "unseen_key" if bool(scores.unseen[i]) else ("session_end" if target == EOS else "log_key")
-    return key_anomaly(
-        anomaly_type=kind,
-        event=_event_ref(src, doc, ts),
-        session_id=sid,
-        position=int(position),
-        window=windows.keys[i].tolist(),
-        actual=target,
-        probability=float(scores.prob[i]),
-        rank=int(scores.rank[i]),
-        expected=list(zip(scores.topk_keys[i].tolist(), scores.topk_probs[i].tolist(), strict=True)),
-        params=params,
-        vocab=det.vocab,
-        model_version=det.version,
-        run_id=summary.run_id,
-        query=session_query(src.session_field, sid, src.message_field),
-        top_g=det.top_g,
-        index=config.output.anomalies_index,
-        min_probability=det.detector.min_probability,
-        workflow=where,
-        anchor_probability=float(scores.anchor_prob[i]) if bool(scores.anchored[i]) else None,
-    )

@@ -25,6 +25,7 @@ from .artifacts import ModelStore
 from .config import Config
 from .es import Clients
 from .runner import Detection, run_once, train
+from .timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class DetectJob:
 
 
 def retrain_job(config: Config, clients: Clients) -> None:
-    start = (datetime.now(UTC) - timedelta(days=config.schedule.retrain_lookback_days)).isoformat()
+    start = iso(datetime.now(UTC) - timedelta(days=config.schedule.retrain_lookback_days))
     try:
         summary = train(config, clients, start=start)
         log.info("retrained: model version %s from %s sessions", summary.version, summary.sessions)

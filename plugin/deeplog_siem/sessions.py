@@ -13,8 +13,10 @@ Contract:
   it; `close_idle(now)` closes sessions with no event for `idle_timeout_s` (event time, the clock of `now`)
   or untouched by the job for `ttl_s` (wall clock) and returns them so the caller scores the end-of-session
   key (EOS) after their last keys; beyond `max_sessions` the least recently updated session is dropped and
-  counted in `stats["evicted_lru"]`. `to_dict()`/`from_dict()` give a compact JSON-safe form for the run
-  checkpoint. An open session costs well under 1 KB (measured by `deeplog-siem bench templater`).
+  counted in `stats["evicted_lru"]`. `SessionTracker.unbounded()` never closes or drops a session (training
+  computes its parameter vectors with it, as detection does). `to_dict()`/`from_dict()` give a compact
+  JSON-safe form for the run checkpoint. An open session is kept small (flat arrays: `bench templater`
+  measures it).
 - `SessionTracker.param_history` (`ParamHistory`): the parameter model's inputs, carried across runs with
   the tails: per parameter series (the (previous key, key) transition of a session: `series_key(observed,
   key)`), the last `depth` vectors the job scored, across all sessions. `take(series, vectors)` returns each
@@ -25,7 +27,9 @@ Contract:
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 import time
 from array import array
 from collections import Counter
@@ -262,6 +266,12 @@ class SessionTracker:
         self.stats: Counter[str] = Counter()
         self.param_history = ParamHistory(param_depth)
         self.param_level = SharedLevel()
+
+    @classmethod
+    def unbounded(cls, window: int = 1) -> SessionTracker:
+        """A tracker that never closes or drops a session: training's, which reads a bounded set of logs
+        once and needs each event's vector (only the previous key of each session: `window` 1)."""
+        return cls(window, math.inf, sys.maxsize, math.inf)
 
     def __len__(self) -> int:
         return len(self._tails)

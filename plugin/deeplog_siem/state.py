@@ -4,8 +4,8 @@ Contract: `load_state(clients, index, job) -> JobState` (an empty state when non
 `save_state(clients, index, state)` (`prepare_state(state)` builds the saved form ahead, to pass as
 `save_state(..., prepared=)`). A save is a single-document index operation, so a crash leaves either
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
-back by id (a real-time GET), and waiting for the refresh interval cost up to a second per chunk. The session tails are stored compressed in a field the
-mapping never indexes; they are only read back by this module.
+back by id (a real-time GET), and waiting would add up to a refresh interval to every chunk. The session
+tails are stored compressed in a field the mapping never indexes; they are only read back by this module.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import base64
 import json
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from .errors import ArtifactError
 from .es import Clients
 from .source import Checkpoint
+from .timefmt import utc_now
 
 FORMAT = 1
 
@@ -34,8 +34,8 @@ class JobState:
 
 
 def _pack(obj: Any) -> str:
-    # Level 1: the tails are saved after every chunk, on the job's critical path; level 6 took several times
-    # as long for a few percent less.
+    # Level 1: the tails are saved after every chunk, on the job's critical path, where time matters more
+    # than the last few percent of size.
     return base64.b64encode(zlib.compress(json.dumps(obj, separators=(",", ":")).encode(), 1)).decode("ascii")
 
 
@@ -80,7 +80,7 @@ def prepare_state(state: JobState) -> dict[str, Any]:
 
 def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str, Any] | None = None) -> None:
     """Save `state` (or `prepared`, its form from `prepare_state`, which must be of the same state)."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = utc_now()
     body = {**(prepared if prepared is not None else prepare_state(state)), "updated_at": now}
     clients.es.index(index=index, id=state.job, document={"@timestamp": now, "deeplog": {"state": body}})
     state.updated = now

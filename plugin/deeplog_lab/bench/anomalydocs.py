@@ -23,7 +23,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from deeplog_siem.anomaly import EventRef, key_anomaly
+from deeplog_siem.anomaly import DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
 from deeplog_siem.es import connect
 from deeplog_siem.setup_assets import index_templates
 from deeplog_siem.sink import write
@@ -55,30 +55,20 @@ def _docs(n: int, index: str) -> list[dict[str, Any]]:
     vocab = hdfs_vocabulary()
     rng = random.Random(0)
     keys = list(range(3, len(vocab)))
+    ctx = DocContext(
+        vocab=vocab, model_version="v1", run_id="bench", index=index, message_field="message", top_g=9
+    )
     out = []
     for i in range(n):
         expected = sorted(((k, rng.random()) for k in rng.sample(keys, 9)), key=lambda e: -e[1])
         actual = rng.choice(keys)
+        window = [rng.choice(keys) for _ in range(10)]
+        event = EventRef("logs", f"doc-{i}", "2008-11-09T20:36:15.000Z", f"081109 line {i}", "10.0.0.1")
         out.append(
             key_anomaly(
-                anomaly_type="log_key",
-                event=EventRef(
-                    "logs", f"doc-{i}", "2008-11-09T20:36:15.000Z", f"081109 line {i}", "10.0.0.1"
-                ),
-                session_id=f"blk_{i}",
-                position=12,
-                window=[rng.choice(keys) for _ in range(10)],
-                actual=actual,
-                probability=0.0001,
-                rank=20,
-                expected=expected,
-                params=("blk_1", "10.0.0.1:50010"),
-                vocab=vocab,
-                model_version="v1",
-                run_id="bench",
-                query=f'message:"blk_{i}"',
-                top_g=9,
-                index=index,
+                ctx,
+                SessionEvent(event, f"blk_{i}", 12, window, ("blk_1", "10.0.0.1:50010")),
+                KeyVerdict("log_key", actual, 0.0001, 20, expected),
             )
         )
     return out

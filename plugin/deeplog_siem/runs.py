@@ -1,0 +1,167 @@
+"""runs: the summary of one job run, its run document and its one summary log line.
+
+Contract: `RunSummary` holds a run's figures (documents read, processed and skipped by reason, sessions,
+anomalies by type, rejected writes, stage durations, window, lag, model version, error); `document(index)`
+-> the run document (`deeplog.run.*`, README "Run documents"), `line()` -> the summary log line.
+`extra_fields()` and `extra_line()` are what a job adds of its own (the feedback job's figures: see
+`feedback.FeedbackSummary`). `record_run(clients, config, summary)` writes the document and logs the line;
+a failure to record is logged, never raised, and the document waits to go with the next run's.
+`recorded(clients, config, summary)` is the context manager every job runs inside: it times the run and
+records it, failed or not; a failure is recorded with its message and stack trace, then re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import sink
+from .config import Config
+from .es import Clients
+from .timefmt import utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    job: str
+    status: str = "ok"
+    # Counts cover committed chunks only (anomalies written, checkpoint saved): a chunk a failed run could
+    # not commit is read again by the next run, so summing docs_read over runs counts every document once.
+    docs_read: int = 0
+    processed: int = 0  # documents scored; docs_read == processed + sum(skipped)
+    skipped: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    anomalies: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    durations_ms: Counter[str] = field(default_factory=Counter)
+    window_start: Any = None
+    window_end: Any = None
+    # Seconds between the newest document in the source index and the checkpoint after this run (0 = caught
+    # up); None when unknown (backfills, non-date order fields, or the lookup failed).
+    lag_seconds: float | None = None
+    sessions_evicted: int = 0  # open sessions dropped by sessions.max_open: their end was not scored
+    model_version: str | None = None
+    error: str | None = None
+    stack_trace: str | None = None
+
+    @property
+    def anomalies_total(self) -> int:
+        return sum(self.anomalies.values())
+
+    def extra_fields(self) -> dict[str, Any]:
+        """A job's own fields of `deeplog.run` (none here)."""
+        return {}
+
+    def extra_line(self) -> str:
+        """A job's own part of the summary line, before the error (none here)."""
+        return ""
+
+    def line(self) -> str:
+        secs = self.durations_ms.get("total", 0) / 1000
+        rate = self.docs_read / secs if secs else 0.0
+        return (
+            f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
+            f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
+            f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
+            f"{sum(self.rejected.values())} rejected writes, "
+            + (f"{self.sessions_evicted} sessions evicted, " if self.sessions_evicted else "")
+            + (f"lag {self.lag_seconds:.1f} s, " if self.lag_seconds is not None else "")
+            + f"model {self.model_version}, {secs:.1f} s"
+            + self.extra_line()
+            + (f", error: {self.error}" if self.error else "")
+        )
+
+    def document(self, index: str) -> dict[str, Any]:
+        secs = self.durations_ms.get("total", 0) / 1000
+        return {
+            "_index": index,
+            "_id": self.run_id,
+            "@timestamp": utc_now(),
+            "event": {"kind": "metric", "module": "deeplog", "dataset": "deeplog.run"},
+            "deeplog": {
+                "run": {
+                    "id": self.run_id,
+                    "job": self.job,
+                    "status": self.status,
+                    "window_start": self.window_start,
+                    "window_end": self.window_end,
+                    "docs_read": self.docs_read,
+                    "docs_processed": self.processed,
+                    "docs_per_s": round(self.docs_read / secs, 1) if secs else 0.0,
+                    "skipped": dict(self.skipped),
+                    "sessions": self.sessions,
+                    "sessions_evicted": self.sessions_evicted,
+                    "anomalies": dict(self.anomalies),
+                    "anomalies_total": self.anomalies_total,
+                    "bulk_failures": sum(self.rejected.values()),
+                    "duration_ms": dict(self.durations_ms),
+                    "lag_seconds": self.lag_seconds,
+                    "model_version": self.model_version,
+                    **self.extra_fields(),
+                }
+            },
+            **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
+        }
+
+
+class Timer:
+    """Adds the time spent inside it to `summary.durations_ms[stage]`."""
+
+    def __init__(self, summary: RunSummary, stage: str) -> None:
+        self.summary, self.stage = summary, stage
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.summary.durations_ms[self.stage] += int((time.perf_counter() - self.t0) * 1000)
+
+
+# Run documents that could not be written (the server was away: often the very reason the run failed) wait
+# here and go with the next run's document, so an outage still leaves its failed runs in the runs index.
+# Bounded: a long outage keeps the latest ones.
+_UNRECORDED: deque[dict[str, Any]] = deque(maxlen=1000)
+_UNRECORDED_LOCK = threading.Lock()
+
+
+def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
+    """The run document and the one summary line; a failure to record is logged, never raised."""
+    log.info("%s", summary.line())
+    with _UNRECORDED_LOCK:
+        batch = [*_UNRECORDED, summary.document(config.output.runs_index)]
+        _UNRECORDED.clear()
+    try:
+        sink.write(clients, batch, attempts=2, backoff_s=0.5)
+    except Exception as e:  # noqa: BLE001 - recording must not turn a finished run into a failure
+        with _UNRECORDED_LOCK:
+            _UNRECORDED.extendleft(reversed(batch))
+        log.warning(
+            "could not record run %s in %s (kept to write with the next run): %s",
+            summary.run_id,
+            config.output.runs_index,
+            e,
+        )
+
+
+@contextmanager
+def recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[RunSummary]:
+    """Time a run and record it, failed or not; a failure is re-raised after it is recorded."""
+    t0 = time.perf_counter()
+    try:
+        yield summary
+    except Exception as e:
+        summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
+        raise
+    finally:
+        summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)
+        record_run(clients, config, summary)
