@@ -547,7 +547,7 @@ def test_strict_mapping_rejects_what_the_contract_does_not_allow(
 def test_workflow_and_unknown_top_level_fields_stay_open(clients, make_config, prefix):
     create_indices(clients, make_config())
     doc = sample_anomaly_document()
-    doc["deeplog"]["workflow"]["branch_count"] = 3  # the workflow issue may add fields
+    doc["deeplog"]["workflow"]["branch_count"] = 3  # a later version may add workflow fields
     doc["labels"] = {"team": "storage"}  # other tools' fields: kept in _source, not indexed
     _index(clients, f"{prefix}-anomalies", doc)
     got = clients.es.search(index=f"{prefix}-anomalies", query={"match_all": {}})["hits"]["hits"][0][

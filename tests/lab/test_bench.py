@@ -1,4 +1,4 @@
-"""The pipeline benchmark runs end to end at a small size and reports what issue #6 asks of it (no timing
+"""The pipeline benchmark runs end to end at a small size and reports the figures its targets are stated in (no timing
 assertion: the figures themselves live in BENCHMARKS.md)."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ point in time + search_after with the job's query, sort, page size and source fi
 another, nothing else), the job's own read path alone (`own_read`: `Source.pages`, with its slices and its
 narrowing query, nothing processed), then the full job (`run_once`: read, template, sessions, batched LSTM
 scoring, anomaly writes, a checkpoint per chunk) from an empty checkpoint with the model loaded anew; the
-fastest of each is compared (`ratio`: job / plain read, the issue's target; `ratio_own_read`: job / its own
+fastest of each is compared (`ratio`: job / plain read, the figure the target is stated in; `ratio_own_read`: job / its own
 read path, which shows what processing costs on top of reading). The
 output indices get their index templates first (`setup`), as in a deployment. CPU seconds of the server
 process and of this process are reported for the read and for the job, to show which side a gap comes from.
@@ -190,7 +190,7 @@ class _Cpu:
 
 
 def plain_read(clients: Clients, cfg: Config) -> tuple[int, float]:
-    """The issue's plain read: point in time + search_after over the job's query, sort, page size and source
+    """The reference plain read: point in time + search_after over the job's query, sort, page size and source
     fields, one request after another, nothing else (no slices, no narrowing of the query as it goes)."""
     src = Source(clients, replace(cfg.source, slices=1))
     t0 = time.perf_counter()
