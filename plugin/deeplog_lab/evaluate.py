@@ -6,30 +6,8 @@ figures of ../shared/data/README.md (FP rate and recall projected onto the DeepL
 and 16,838 abnormal test sessions). No session is de-duplicated. `run_evaluation(...)` is the whole
 train-or-load / score / report pipeline behind `deeplog-siem evaluate`.
 
-Dev-file results (h=10, g=9, 2x64, embedding 32; `deeplog-siem evaluate --json [--seed N]`; all figures
-and commands in BENCHMARKS.md). Plain DeepLog rule, no smoothing (`--label-smoothing 0
---min-probability 0`): seed 42 FP 9 / FN 18 (F1_paper 0.958); seed 1 FP 14 / FN 237; seed 2 FP 12 / FN 3374;
-seed 3 FP 10 / FN 3334. The spread comes from the end of the short truncated abnormal sessions (`22 5`,
-`5 22`, `22 5 5`, `5 5 22`, `5 22 5`: 3,070 of 8,419 sessions): the next key is near-certain there and the
-top-9 is padded with keys of probability ~1e-6 whose order is noise, so whether EOS lands in the top 9
-flips with the seed. Normal sessions end with p(EOS) >= 2e-3 on every seed; those truncated ends get
-4e-6..1.3e-4. Earlier (3 seeds each): batch 32-128 and lr 0.002-0.01, dropout 0.2, AdamW weight decay,
-unbiased pair weights, every-window training, patience 8, 2-3 seed ensembles, unigram back-off: none got
-FP <= 5 with FN <= 303 on more than a lucky seed.
-Then, seeds 42/1/2/3 each (FP/FN): a probability floor alone (min_probability 1e-4) 14/6, 18/5, 19/297,
-16/914 (the EOS of seeds 2-3 sits above 1e-4); refitting on all sessions for the best epoch count: no
-change in FP; 40 epochs at lr 0.001 (best epoch ~39): top-9 FP 7/5/9/10 but FN 34/526/3588/3496, with floor
-1e-4 13-18 FP; nucleus sets (1-delta of the mass, capped at 9) are never better than the floor; a whitelist
-of transitions seen in training (last k keys -> key) cuts FP to 2-6 only at k <= 2, where FN exceeds 2,000 (with the defaults below, k=6 gives FP 11/12/10/10,
-FN 18/9/12/103: the one robust FP gain, not yet in the detector as it needs the set in the checkpoint);
-averaging 4 seeds' distributions: label smoothing 0.01 + floor 3e-4 FP 7 / FN 167 (4x the training).
-Label smoothing makes the floor robust: the keys the model has no evidence for sit at the smoothing share
-(about label_smoothing / V), so a floor of about twice that separates "never seen here" from "rare": label
-smoothing 0.003 + floor 2e-4 (the defaults) FP 15/15/15/14, FN 15/6/7/99 (F1_paper 0.933/0.934/0.934/0.932);
-0.01 + 6e-4: FP 17/18/19/16, FN 12/5/8/13. Recall is now >= 98.8% on every seed; FP stays at 14-19
-(0.4-0.5%) against the 0.15% target, which is not met: the remaining false positives are rare-but-normal
-orders (E22 after the 11/9/26 phase, 5 such sessions in hdfs_train), one session with E20 (never in
-training) and two sessions of 222 and 269 events.
+The figures on the dev files, by seed, and what was tried to lower the FP rate are in BENCHMARKS.md
+("Log-key model: detection accuracy on HDFS", "Tried and dropped").
 """
 
 from __future__ import annotations
@@ -181,7 +159,11 @@ def run_evaluation(
             say(f"model saved to {save}")
     device = resolve_device(cfg.device)
     detector = KeyDetector(
-        model, cfg.top_g, device, cfg.cache_size, min_probability=cfg.floor(model.args.vocab_size)
+        model,
+        cfg.top_g,
+        device=device,
+        cache_size=cfg.cache_size,
+        min_probability=cfg.floor(model.args.vocab_size),
     )
     partners: dict[int, frozenset[int]] = {}
     if cfg.concurrency and "train" in sets:

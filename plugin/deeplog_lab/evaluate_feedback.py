@@ -88,8 +88,8 @@ class _TestSet:
         det = KeyDetector(
             model,
             cfg.top_g,
-            "cpu",
-            0,
+            device="cpu",
+            cache_size=0,
             min_probability=cfg.floor(model.args.vocab_size),
             anchor=anchor,
             anchor_ratio=anchor_ratio,

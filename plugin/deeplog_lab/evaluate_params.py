@@ -132,7 +132,7 @@ def run(
     # Test: key model first.
     sids = list(te["per_session"])
     test_sessions = [[te["keys"][j] for j in te["per_session"][s]] for s in sids]
-    detector = KeyDetector(key_model, top_g, "cpu", mcfg.cache_size, min_probability=floor)
+    detector = KeyDetector(key_model, top_g, device="cpu", cache_size=mcfg.cache_size, min_probability=floor)
     t_score = time.perf_counter()
     win = build_windows(test_sessions, mcfg.window)
     ks = detector.score(win)
@@ -283,7 +283,7 @@ def choose_key_thresholds(
     the configured floor: with label smoothing a never-seen transition keeps ~1e-4 and can rank inside a
     top 3 of near-zero candidates, while every normal branch of this workload has a probability of 0.1 or
     more. Returns g, the floor and the held-out rank histogram."""
-    probe = KeyDetector(model, 1, "cpu", 0, min_probability=floor)
+    probe = KeyDetector(model, 1, device="cpu", cache_size=0, min_probability=floor)
     ks = probe.score(build_windows(sessions, window))
     seen = ~ks.unseen
     ranks, probs = ks.rank[seen], ks.prob[seen].double()

@@ -1,6 +1,6 @@
 """detector: windows of log keys -> per-event verdicts of the log-key model.
 
-Contract: `KeyDetector(model, top_g, device, cache_size, min_probability).score(windows)` -> `KeyScores` with,
+Contract: `KeyDetector(model, top_g, device=, cache_size=, min_probability=).score(windows)` -> `KeyScores` with,
 for every window (one event, or the end of a session), the 0-based rank and the probability of the actual key,
 the top-g candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and
 `anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`). The candidate set is
@@ -69,6 +69,7 @@ class KeyDetector:
         self,
         model: KeyLSTM,
         top_g: int,
+        *,
         device: torch.device | str = "cpu",
         cache_size: int = 100_000,
         chunk_rows: int = 256,

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         model, _, _ = load_checkpoint(path)
         f = float(floor) if floor else cfg.floor(model.args.vocab_size)
         wm = mine_workflows(train, vocab.templates, predict=model_predictor(model), window=model.args.window)
-        det = KeyDetector(model, cfg.top_g, "cpu", cfg.cache_size, min_probability=f)
+        det = KeyDetector(model, cfg.top_g, device="cpu", cache_size=cfg.cache_size, min_probability=f)
         partners = concurrent_partners(wm)
         flags = flag_sessions(det, test, partners=partners)
         if args.misses:

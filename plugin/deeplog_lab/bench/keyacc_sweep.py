@@ -65,7 +65,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, report = train_key_model(train, vocab_size, cfg, progress=lambda m: None)
         print(json.dumps({"tag": a.tag, "train": report.to_dict(), "seconds": time.perf_counter() - t0}))
-        det = KeyDetector(model, g, "cpu", 0)
+        det = KeyDetector(model, g, device="cpu", cache_size=0)
         probs = {}
         for k, w in wins.items():
             uniq, inverse, ids = det._unique(w.keys)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     floor = cfg.floor(model.args.vocab_size)
 
     def cached() -> float:
-        det = KeyDetector(model, g, device, cfg.cache_size, min_probability=floor, **rows)
+        det = KeyDetector(model, g, device=device, cache_size=cfg.cache_size, min_probability=floor, **rows)
         t0 = time.perf_counter()
         for i in range(0, n, args.chunk):
             part = slice(i, i + args.chunk)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     result["unique_windows"] = uniq.shape[0]
 
     def distinct(anchor: Any = None) -> float:
-        det = KeyDetector(model, g, device, cache_size=0, anchor=anchor, **rows)
+        det = KeyDetector(model, g, device=device, cache_size=0, anchor=anchor, **rows)
         det.score(u)
         t0 = time.perf_counter()
         det.score(u)
