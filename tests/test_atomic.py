@@ -95,3 +95,13 @@ def test_torch_save_goes_through_it(tmp_path):
     with atomic_write(target) as f:
         torch.save({"w": torch.arange(5)}, f)
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(5))
+
+
+def test_file_gets_the_mode_an_ordinary_write_gives(tmp_path):
+    # mkstemp's owner-only mode would lock out an operator or a sidecar reading the model files.
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    written = write_bytes(tmp_path / "CURRENT", b"v1\n")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    write_bytes(written, b"v2\n")  # and again when it replaces a file
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)

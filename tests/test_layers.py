@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,58 @@ def test_full_and_lazy_parsers_agree_on_every_command():
     assert set(full.choices) == set(lazy.choices)
     helps = {a.dest: a.help for a in full._choices_actions}
     assert helps == {a.dest: a.help for a in lazy._choices_actions}
+
+
+def test_the_full_parser_builds_every_command_of_the_table():
+    # A table entry whose module does not register it would parse as a bare placeholder (no handler).
+    from deeplog_siem.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    placeholders = [name for name, p in sub.choices.items() if p.get_default("placeholder")]
+    assert placeholders == []
+    assert all(p.get_default("func") or p._subparsers for p in sub.choices.values())
+
+
+def test_help_lists_commands_in_the_table_order_whatever_argv_names(capsys):
+    from deeplog_siem.cli import main
+    from deeplog_siem.commands import COMMANDS
+
+    orders = []
+    for argv in (["--help"], ["-h", "train"], ["--help", "config"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        at = {c.name: re.search(rf"^    {re.escape(c.name)}(\s|$)", out, re.M).start() for c in COMMANDS}
+        orders.append(sorted(at, key=at.__getitem__))
+    assert orders[0] == orders[1] == orders[2]
+
+
+def test_no_top_level_or_group_option_takes_a_value():
+    # The lazy parser reads argv's command words as the words that do not start with "-": true only while
+    # no option above a command's own parser takes a value.
+    from deeplog_siem.cli import build_parser
+
+    parser = build_parser()
+    groups = [parser]
+    for p in next(a for a in parser._actions if a.dest == "command").choices.values():
+        groups += [p] if p._subparsers else []
+    for g in groups:
+        for a in g._actions:
+            assert not a.option_strings or a.nargs == 0, (g.prog, a.option_strings)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["train", "-c", "config"], ("train", "config")),
+        (["--debug", "config", "check", "F"], ("config", "check", "F")),
+        (["detect", "--config=config", "--once"], ("detect",)),
+        (["workflow", "list", "-c", "hdfs"], ("workflow", "list", "hdfs")),
+    ],
+)
+def test_argv_names_its_command_first(argv, words):
+    from deeplog_siem.commands import Wanted
+
+    wanted = Wanted.from_argv(argv)
+    assert wanted.words == words
+    assert wanted.wants(words[0]) and not wanted.wants("setup")

@@ -5,7 +5,8 @@ file with a unique name in the target's own folder (same file system, so the ren
 exit the data is flushed and fsynced, the file renamed over `path` and the folder fsynced, so a crash leaves
 either the old file or the new one, never a torn one, and two processes writing the same path never share
 a temporary file. On an exception the temporary file is removed and `path` is untouched. `write_bytes` and
-`write_text` are the one-shot forms. Folders are created as needed.
+`write_text` are the one-shot forms. Folders are created as needed. The file gets the mode a plain write
+would give it (0666 less the umask), not mkstemp's owner-only one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+# The process's umask, read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
@@ -24,7 +29,16 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        # mkstemp makes the file readable by its owner only: give it the mode an ordinary write would, so an
+        # operator or a sidecar under another user can still read the model files.
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -1,8 +1,9 @@
 """cli: the `deeplog-siem` command line.
 
 Contract: argv -> exit code. Every `DeeplogError` becomes one line on stderr (`error: ...`) and exit code 2;
-no traceback reaches the user unless `--debug` is given; Ctrl-C is exit code 130. Only this module
-configures logging. The commands themselves live in `deeplog_siem.commands` (runtime) and
+no traceback reaches the user unless `--debug` is given; Ctrl-C is exit code 130. Only the command
+line configures logging (`commands.console.setup_logging`, called here and, once a command has read its
+configuration, by `commands.common.load`). The commands themselves live in `deeplog_siem.commands` (runtime) and
 `deeplog_lab.commands` (lab); the parser imports only the module of the command being run.
 """
 

@@ -8,8 +8,8 @@ Contract:
 - `restore_drain(drain, state)`: replaces the clusters, tree and counter of a freshly built `drain` with
   those of `state`. The tree's tokens are converted with `str` and its ids with `int`; a tree that names a
   cluster `state` does not hold, or a counter below the highest cluster id, raises ValueError (a tree of
-  the wrong shape TypeError or ValueError), and then `drain` is left as it was. The drain must not bound its cluster count
-  (`max_clusters=None`): its clusters are a plain dict.
+  the wrong shape TypeError or ValueError), and then `drain` is left as it was. The drain must not bound
+  its cluster count (`max_clusters=None`): its clusters are a plain dict.
 - `ClusterState.template`: the template text drain3 gives for those tokens (`LogCluster.get_template`).
 
 Why this module exists: drain3's public API learns (`add_log_message`), matches (`match`) and lists
@@ -24,14 +24,17 @@ tests/test_adapters.py checks each one, so a drain3 that changes them fails ther
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
-import drain3
 from drain3.drain import Drain, LogCluster, Node
 
-# drain3 0.9.11 has no __version__; the templater state records this text all the same.
-DRAIN3_VERSION: str = getattr(drain3, "__version__", "0.9.11")
+# drain3 has no __version__; the installed distribution's version is what the templater state records.
+try:
+    DRAIN3_VERSION: str = importlib.metadata.version("drain3")
+except importlib.metadata.PackageNotFoundError:  # drain3 imported from a source tree, not installed
+    DRAIN3_VERSION = "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deeplog_siem.commands import Subparsers, add_parser
-from deeplog_siem.commands._common import add_config_arg, connect, load
+from deeplog_siem.commands.common import add_config_arg, connect, load
 from deeplog_siem.commands.console import print_json, progress
 
 if TYPE_CHECKING:

@@ -131,9 +131,23 @@ def add_commands(sub: Subparsers, commands: Sequence[Command], wanted: Wanted) -
                 _add_missing(sub, [x for x in commands if x.module == c.module])
             else:
                 register(sub, wanted)
+            if c.name not in sub.choices:
+                # A table entry its module does not register would only ever parse as a placeholder.
+                raise RuntimeError(f"{c.module}.{c.register} did not register the command {c.name!r}")
     for c in commands:
         if c.name not in sub.choices:  # listed by --help; never parsed, as argv did not name it
             sub.add_parser(c.name, help=c.help).set_defaults(placeholder=True)
+    _in_table_order(sub, [c.name for c in commands])
+
+
+def _in_table_order(sub: Subparsers, names: Sequence[str]) -> None:
+    """--help and "invalid choice" list the commands in the table's order, whichever were built first."""
+    rank = {name: i for i, name in enumerate(names)}
+    sub._choices_actions.sort(key=lambda a: rank.get(a.dest, len(rank)))
+    # argparse keeps one dict for both its parser map and `choices`: reorder it in place.
+    ordered = sorted(sub.choices.items(), key=lambda item: rank.get(item[0], len(rank)))
+    sub.choices.clear()
+    sub.choices.update(ordered)
 
 
 def _registrar(c: Command) -> Callable[[Subparsers, Wanted], None] | None:

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import load_config
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
-from ._common import add_config_arg, connect, load, report_run
+from .common import add_config_arg, connect, load, report_run
 from .console import print_json
 
 

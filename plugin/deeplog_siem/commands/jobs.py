@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
-from ._common import add_config_arg, connect, load, report_run
+from .common import add_config_arg, connect, load, report_run
 from .console import progress
 
 log = logging.getLogger(__name__)

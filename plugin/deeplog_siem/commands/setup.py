@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from . import Subparsers, Wanted, add_parser
-from ._common import add_config_arg, connect, load
+from .common import add_config_arg, connect, load
 from .console import print_json
 
 

@@ -15,7 +15,7 @@ from ..artifacts import ModelStore
 from ..errors import DeeplogError
 from ..workflow import WORKFLOWS_FILE, WorkflowModel, render_dot, render_svg, render_text
 from . import WORKFLOW_COMMANDS, Subparsers, Wanted, add_commands, add_parser
-from ._common import add_config_arg, load
+from .common import add_config_arg, load
 
 
 def _workflow_model(args: argparse.Namespace) -> tuple[str, WorkflowModel]:

@@ -34,9 +34,10 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def connect(cfg: Config) -> Clients:
-    from ..es import connect  # the Elasticsearch client: only for the commands that talk to the cluster
+    # The Elasticsearch client is imported only by the commands that talk to the cluster.
+    from ..es import connect as es_connect
 
-    return connect(cfg.elasticsearch)
+    return es_connect(cfg.elasticsearch)
 
 
 def report_run(summary: Any, cfg: Config, as_json: bool) -> int:
