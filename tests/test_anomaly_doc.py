@@ -283,3 +283,15 @@ def test_the_kibana_objects_use_only_fields_the_document_writes():
     ]
     assert unknown == []
     assert not _typed(AnomalyDoc, ["deeplog", "key", "nonexistent"])
+
+
+def test_a_number_out_of_float_range_is_an_invalid_document():
+    # JSON has no bound on integers: json.loads gives a Python int that no float can hold.
+    for path in (("deeplog", "score"), ("deeplog", "parameter", "error")):
+        src = copy.deepcopy(_source(_built()[-1]))
+        node = src
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = json.loads("1" + "0" * 400)
+        with pytest.raises(InvalidAnomaly, match=re.escape(".".join(path)) + ": number out of range"):
+            AnomalyDoc.from_source(src)

@@ -261,9 +261,16 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
             _fail(path, f"expected an object, got {type(value).__name__}")
         return dict(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(path, f"expected a finite number, got {value!r:.40}")
-        return float(value)
+        try:
+            # float() first: JSON allows integers no float can hold, and math.isfinite raises on those.
+            number = float(value)
+        except OverflowError:
+            _fail(path, "number out of range")
+        if not math.isfinite(number):
+            _fail(path, f"expected a finite number, got {value!r:.40}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(path, f"expected an integer, got {value!r:.40}")

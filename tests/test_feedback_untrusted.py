@@ -1,0 +1,88 @@
+"""The feedback job on anomaly documents other tools changed (real server): whatever a document holds, the job
+gives each one a verdict and never crashes the run.
+
+- A number too large for a float (JSON allows any integer) is a malformed document, not a crash.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
+from deeplog_siem.artifacts import KEYMODEL, ModelStore
+from deeplog_siem.config import Config, ModelConfig
+from deeplog_siem.es import Clients
+from deeplog_siem.feedback import UNSUPPORTED, apply_feedback
+from deeplog_siem.model import save_checkpoint, train_key_model
+from deeplog_siem.samples import NORMAL_SAMPLE, build_normal_sample
+from deeplog_siem.setup_assets import create_indices
+
+from . import _synthetic as syn
+
+MODEL = {"window": 4, "top_g": 2, "threads": 1, "device": "cpu"}
+HUGE = 10**400  # valid JSON, out of a float's range
+
+
+def _published(clients: Clients, cfg: Config) -> str:
+    """A small key model of the synthetic workflow, with its normal sample, published -> its version."""
+    create_indices(clients, cfg)
+    mcfg = ModelConfig(window=4, top_g=2, epochs=2, hidden=8, embedding=4, batch_size=128, threads=1)
+    vocab = syn.vocabulary()
+    sessions = syn.sessions(60)
+    model, _ = train_key_model(sessions, len(vocab), mcfg, progress=lambda m: None)
+    store = ModelStore(cfg.model.dir)
+    version, path = store.create()
+    save_checkpoint(path / KEYMODEL, model, vocab, {})
+    build_normal_sample(sessions, mcfg, 1000, 1000).save(path / NORMAL_SAMPLE)
+    store.publish(version)
+    return version
+
+
+def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
+    """A key anomaly document of `version` as the detection job writes it, marked a false positive."""
+    ctx = DocContext(
+        vocab=syn.vocabulary(),
+        model_version=version,
+        run_id="r1",
+        index="anomalies",
+        message_field="message",
+        top_g=2,
+        min_probability=0.0,
+    )
+    event = EventRef("logs", f"doc-{actual}", "2008-11-09T20:36:15.000Z", "line", "h1")
+    built = key_anomaly(
+        ctx,
+        SessionEvent(event, "s1", len(window), window),
+        KeyVerdict("log_key", actual, 0.001, 5, [(syn.C, 0.9)]),
+    )
+    src = {k: v for k, v in built.items() if not k.startswith("_")}
+    AnomalyDoc.from_source(src)  # the form the job reads
+    src["deeplog"]["feedback"] = "false_positive"
+    return src
+
+
+def _post(clients: Clients, cfg: Config, docs: dict[str, dict[str, Any]]) -> None:
+    for doc_id, src in docs.items():
+        clients.es.index(index=cfg.output.anomalies_index, id=doc_id, document=src)
+    clients.es.indices.refresh(index=cfg.output.anomalies_index)
+
+
+def _deeplog(clients: Clients, cfg: Config, doc_id: str) -> dict[str, Any]:
+    return clients.es.get(index=cfg.output.anomalies_index, id=doc_id)["_source"]["deeplog"]
+
+
+def test_a_number_out_of_float_range_is_a_malformed_document_not_a_crash(clients, make_config):
+    cfg = make_config(model=MODEL)
+    version = _published(clients, cfg)
+    good = _key_source(version, [syn.A, syn.B], syn.G)
+    huge = copy.deepcopy(good)
+    # `expected` is stored, not indexed: the cluster keeps any number there as it was written.
+    huge["deeplog"]["expected"][0]["probability"] = HUGE
+    _post(clients, cfg, {"huge": huge})
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok", summary.error
+    assert dict(summary.feedback) == {"found": 1, UNSUPPORTED: 1}
+    d = _deeplog(clients, cfg, "huge")
+    assert d["feedback_status"] == UNSUPPORTED
+    assert "deeplog.expected[0].probability: number out of range" in d["feedback_error"]
