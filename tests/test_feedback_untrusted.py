@@ -2,6 +2,8 @@
 gives each one a verdict and never crashes the run.
 
 - A number too large for a float (JSON allows any integer) is a malformed document, not a crash.
+- A key id outside the current vocabulary is resolved by its template text or reported as not in the model,
+  even with the text `vocab.template` gives such an id (`<UNK>`), never handed to the model.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, S
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.config import Config, ModelConfig
 from deeplog_siem.es import Clients
-from deeplog_siem.feedback import UNSUPPORTED, apply_feedback
+from deeplog_siem.feedback import UNSUPPORTED, apply_feedback, pair_of
 from deeplog_siem.model import save_checkpoint, train_key_model
 from deeplog_siem.samples import NORMAL_SAMPLE, build_normal_sample
 from deeplog_siem.setup_assets import create_indices
@@ -86,3 +88,30 @@ def test_a_number_out_of_float_range_is_a_malformed_document_not_a_crash(clients
     d = _deeplog(clients, cfg, "huge")
     assert d["feedback_status"] == UNSUPPORTED
     assert "deeplog.expected[0].probability: number out of range" in d["feedback_error"]
+
+
+def test_key_ids_outside_the_vocabulary_are_not_handed_to_the_model(clients, make_config):
+    cfg = make_config(model=MODEL)
+    version = _published(clients, cfg)
+    docs = {}
+    for name, where in (("target", "key"), ("window", "window")):
+        for bad in (10**6, -5):
+            src = _key_source(version, [syn.A, syn.B], syn.G)
+            d = src["deeplog"]
+            if where == "key":
+                d["key"].update(id=bad, template="<UNK>")
+            else:
+                d["window"] = {"key_ids": [syn.A, bad], "templates": ["event A <*>", "<UNK>"]}
+            docs[f"{name}-{bad}"] = src
+            # The feedback job's reading of the same document, without the cluster.
+            doc = AnomalyDoc.from_source(src)
+            assert "not in the current model" in pair_of(doc, syn.vocabulary(), 4)
+    _post(clients, cfg, docs)
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok", summary.error
+    assert dict(summary.feedback) == {"found": 4, UNSUPPORTED: 4}
+    assert ModelStore(cfg.model.dir).current()[0] == version
+    for doc_id in docs:
+        d = _deeplog(clients, cfg, doc_id)
+        assert d["feedback_status"] == UNSUPPORTED
+        assert "not in the current model's vocabulary" in d["feedback_error"], doc_id

@@ -212,12 +212,13 @@ def copy_version(src: Any, dst: Any) -> None:
 
 
 def _resolve(key_id: int, template: str, vocab: Vocabulary, index: dict[str, int]) -> int | None:
-    """A key id of an anomaly document -> the id of the same template in this model's vocabulary."""
+    """A key id of an anomaly document -> the id of the same template in this model's vocabulary, or None.
+
+    The id is trusted only inside the vocabulary's template range: `vocab.template` answers an id beyond it
+    with the `<UNK>` text, so a tampered id with that text would otherwise reach the model's embedding."""
     if key_id == EOS:
         return EOS
-    if key_id < NUM_RESERVED:
-        return None
-    if vocab.template(key_id) == template:
+    if NUM_RESERVED <= key_id < len(vocab) and vocab.template(key_id) == template:
         return key_id
     return index.get(template)
 
