@@ -213,10 +213,59 @@ def json_name(f: dataclasses.Field) -> str:
     return f.metadata.get("name", f.name)
 
 
+# The encoder runs once per anomaly document on the scoring thread: it looks each dataclass's fields up once
+# (`_plan`), and tests exact types before the general checks, since nearly every value is a plain scalar.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_VALUE, _SCALAR_ITEMS, _OTHER = 0, 1, 2
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[str, str, int], ...]:
+    """(attribute, JSON name, kind) of each field of a document dataclass, in field order; the kind, from the
+    type hint, picks the fast path (a value that does not fit it takes the general one)."""
+    hints = field_types(cls)
+    plan = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if tp in _SCALARS:
+            kind = _VALUE
+        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in _SCALARS:
+            kind = _SCALAR_ITEMS
+        else:
+            kind = _OTHER
+        plan.append((f.name, json_name(f), kind))
+    return tuple(plan)
+
+
+def _encode_fields(obj: Any, plan: tuple[tuple[str, str, int], ...]) -> dict[str, Any]:
+    """A dataclass -> its JSON object; a field that is None is left out."""
+    out: dict[str, Any] = {}
+    for attr, name, kind in plan:
+        v = getattr(obj, attr)
+        if v is None:
+            continue
+        t = type(v)
+        if kind == _VALUE and t in _SCALARS:
+            out[name] = v
+        elif kind == _SCALAR_ITEMS and (t is tuple or t is list):
+            out[name] = [x if type(x) in _SCALARS else _encode(x) for x in v]
+        else:
+            out[name] = _encode(v)
+    return out
+
+
 def _encode(value: Any) -> Any:
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is tuple or t is list:
+        return [_encode(v) for v in value]
+    if t is dict:
+        return dict(value)
     if dataclasses.is_dataclass(value):
-        pairs = ((json_name(f), _encode(getattr(value, f.name))) for f in dataclasses.fields(value))
-        return {k: v for k, v in pairs if v is not None}
+        return _encode_fields(value, _plan(t))
     if isinstance(value, (tuple, list)):
         return [_encode(v) for v in value]
     if isinstance(value, Mapping):
