@@ -4,6 +4,7 @@ gives each one a verdict and never crashes the run.
 - A number too large for a float (JSON allows any integer) is a malformed document, not a crash.
 - A key id outside the current vocabulary is resolved by its template text or reported as not in the model,
   even with the text `vocab.template` gives such an id (`<UNK>`), never handed to the model.
+- The job reads the `deeplog` object alone: a document whose other fields another tool changed is learned.
 """
 
 from __future__ import annotations
@@ -11,11 +12,19 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
+from deeplog_siem.anomaly import (
+    AnomalyDoc,
+    Details,
+    DocContext,
+    EventRef,
+    KeyVerdict,
+    SessionEvent,
+    key_anomaly,
+)
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.config import Config, ModelConfig
 from deeplog_siem.es import Clients
-from deeplog_siem.feedback import UNSUPPORTED, apply_feedback, pair_of
+from deeplog_siem.feedback import APPLIED, UNSUPPORTED, _pending, apply_feedback, pair_of
 from deeplog_siem.model import save_checkpoint, train_key_model
 from deeplog_siem.samples import NORMAL_SAMPLE, build_normal_sample
 from deeplog_siem.setup_assets import create_indices
@@ -29,9 +38,11 @@ HUGE = 10**400  # valid JSON, out of a float's range
 def _published(clients: Clients, cfg: Config) -> str:
     """A small key model of the synthetic workflow, with its normal sample, published -> its version."""
     create_indices(clients, cfg)
-    mcfg = ModelConfig(window=4, top_g=2, epochs=2, hidden=8, embedding=4, batch_size=128, threads=1)
+    mcfg = ModelConfig(
+        window=4, top_g=2, epochs=30, hidden=16, embedding=8, batch_size=32, threads=1, learning_rate=0.01
+    )
     vocab = syn.vocabulary()
-    sessions = syn.sessions(60)
+    sessions = syn.sessions(100)
     model, _ = train_key_model(sessions, len(vocab), mcfg, progress=lambda m: None)
     store = ModelStore(cfg.model.dir)
     version, path = store.create()
@@ -104,7 +115,7 @@ def test_key_ids_outside_the_vocabulary_are_not_handed_to_the_model(clients, mak
                 d["window"] = {"key_ids": [syn.A, bad], "templates": ["event A <*>", "<UNK>"]}
             docs[f"{name}-{bad}"] = src
             # The feedback job's reading of the same document, without the cluster.
-            doc = AnomalyDoc.from_source(src)
+            doc = Details.from_source(src)
             assert "not in the current model" in pair_of(doc, syn.vocabulary(), 4)
     _post(clients, cfg, docs)
     summary = apply_feedback(cfg, clients)
@@ -115,3 +126,24 @@ def test_key_ids_outside_the_vocabulary_are_not_handed_to_the_model(clients, mak
         d = _deeplog(clients, cfg, doc_id)
         assert d["feedback_status"] == UNSUPPORTED
         assert "not in the current model's vocabulary" in d["feedback_error"], doc_id
+
+
+def test_a_document_changed_outside_its_deeplog_object_is_still_learned(clients, make_config):
+    cfg = make_config(model=MODEL)
+    version = _published(clients, cfg)
+    # The cleanup step the workflow sometimes takes: a pattern normal data does not contradict.
+    src = _key_source(version, [syn.A, syn.B, syn.C, syn.D, syn.E], syn.G)
+    # Wrong types for the document's form, accepted by the mapping (a field left out, an object's fields).
+    src["message"] = ["forwarded", "twice"]
+    src["host"] = {"name": ["h1", "h2"]}
+    src["rule"] = {"name": "renamed by another tool"}
+    del src["@timestamp"]
+    _post(clients, cfg, {"changed": src})
+    # What the job fetches of a pending document: its `deeplog` object, not the raw event.
+    assert [set(h["_source"]) for h in _pending(clients, cfg)] == [{"deeplog"}]
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok", summary.error
+    d = _deeplog(clients, cfg, "changed")
+    assert d["feedback_status"] == APPLIED, d.get("feedback_error")
+    assert dict(summary.feedback) == {"found": 1, APPLIED: 1}
+    assert ModelStore(cfg.model.dir).current()[0] == d["feedback_model_version"] != version

@@ -6,7 +6,7 @@ Contract:
   `SessionInfo`, `KeyInfo`, `WindowInfo`, `ExpectedKey`, `ParameterInfo`) is the only spelling of the schema
   in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty
   nested object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the
-  cluster. What is read back is untrusted (responders and other tools update these documents): a missing
+  cluster (`Details.from_source(dict)` reads its `deeplog` object alone). What is read back is untrusted (responders and other tools update these documents): a missing
   required field or a value of the wrong type raises `InvalidAnomaly` with the field's path and the reason,
   never another exception; unknown fields are ignored. `Feedback` is the responders' and the feedback job's
   part of `deeplog` (`feedback`, `feedback_status`, ...), read leniently by `Feedback.from_source`: a wrong
@@ -146,6 +146,16 @@ class Details:
     parameter: ParameterInfo | None = None  # parameter anomalies only
     # `workflow.Diagnosis.fields()`: that module owns its form (mapped `dynamic: true`).
     workflow: dict[str, Any] | None = None
+
+    @classmethod
+    def from_source(cls, source: Any) -> Details:
+        """The `deeplog` object of a document read back, alone: what the rest of the document holds is not
+        read (other tools may change it), and errors carry the same paths as `AnomalyDoc.from_source`."""
+        if not isinstance(source, Mapping):
+            _fail("", f"expected an object, got {type(source).__name__}")
+        if "deeplog" not in source:
+            _fail("deeplog", "missing")
+        return _decode(cls, source["deeplog"], "deeplog")
 
 
 @dataclass(frozen=True, slots=True)
