@@ -249,6 +249,8 @@ def test_a_message_with_hundreds_of_numbers_is_tracked_in_training_and_detection
     data = TrainingSet(True)
     data.add(rows)
     assert data.series[(5, 5)] == [(1.0, *numbers)] * 2
+    # Training keeps no document reference per event: only detection reports a session's last document.
+    assert data.tracker.get("s1").last_ref == ""  # type: ignore[union-attr]
     tr = SessionTracker(window=2, idle_timeout_s=60, max_sessions=10, ttl_s=600)
     for i in range(3):
         assert tr.observe("s1", 5, numbers, 100.0 + i, wall=0.0).vector == (float(i > 0), *numbers)

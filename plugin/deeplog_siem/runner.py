@@ -139,14 +139,15 @@ class EventReader:
         return out
 
 
-def observe(tracker: SessionTracker, rows: list[EventRow]) -> list[Observed]:
-    """Append the rows to their sessions -> each event's history and parameter vector."""
+def observe(tracker: SessionTracker, rows: list[EventRow], *, refs: bool = True) -> list[Observed]:
+    """Append the rows to their sessions -> each event's history and parameter vector. `refs`: keep each
+    session's last document (`index/id`, for detection's end-of-session anomaly); training has no use for it."""
     return tracker.observe_many(
         [r.sid for r in rows],
         [r.event.key for r in rows],
         [r.event.numbers for r in rows],
         [r.ts for r in rows],
-        refs=[f"{r.doc.index}/{r.doc.id}" for r in rows],
+        refs=[f"{r.doc.index}/{r.doc.id}" for r in rows] if refs else None,
     )
 
 
@@ -187,7 +188,7 @@ class TrainingSet:
         if not self.with_params:
             return
         series, series_times = self.series, self.series_times
-        for r, o in zip(rows, observe(self.tracker, rows), strict=True):
+        for r, o in zip(rows, observe(self.tracker, rows, refs=False), strict=True):
             s = series_key(o, r.event.key)
             series[s].append(o.vector)
             series_times[s].append(r.ts)
