@@ -317,3 +317,32 @@ def test_frozen_server_fails_the_run_daemon_goes_on_and_catches_up(es_section, m
         server.stop()
     assert not daemon.is_alive()
     assert gc.isenabled()  # failed runs turned the garbage collector back on (gcpause)
+
+
+def test_a_training_run_that_fails_partway_records_the_documents_it_read(
+    clients, es_section, prefix, sample, tmp_path
+):
+    """Training's read counts page by page: a run that fails after some pages records them, as detection
+    does. The failure: progress goes to stderr, and a closed pipe there (`... 2>&1 | head`) raises."""
+    cfg = parse_config(config_data(es_section, prefix, tmp_path, source={"page_size": 500}))
+    lines = render(sample.train[:1200], seed=31)
+    assert len(lines) > 20000
+    index_docs(clients, list(documents(lines, f"{prefix}-train", run="train")))
+    said: list[str] = []
+
+    def progress(message: str) -> None:
+        said.append(message)
+        if "documents" in message:  # the reader's first report, after 20000 documents
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        train(cfg, clients, index=f"{prefix}-train", progress=progress)
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    (run,) = [
+        h["_source"]["deeplog"]["run"]
+        for h in clients.es.search(
+            index=cfg.output.runs_index, query={"term": {"deeplog.run.job": "train"}}, size=10
+        )["hits"]["hits"]
+    ]
+    assert run["status"] == "failed"
+    assert said[-1].startswith("  20000 documents") and run["docs_read"] == 20000

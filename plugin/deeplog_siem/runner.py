@@ -195,15 +195,24 @@ class TrainingSet:
 
 
 def read_training(
-    config: Config, source: Source, templater: Templater, *, span: Span, progress: Progress = _quiet
+    config: Config,
+    source: Source,
+    templater: Templater,
+    *,
+    span: Span,
+    progress: Progress = _quiet,
+    summary: RunSummary | None = None,
 ) -> tuple[TrainingSet, int, Counter[str]]:
-    """Read the training logs -> (what training learns from, documents read, skipped by reason)."""
+    """Read the training logs -> (what training learns from, documents read, skipped by reason). `summary`
+    counts them page by page, so a run that fails partway records what it read."""
     reader = EventReader(templater, SessionKeyer(config.source), config)
     data = TrainingSet(config.params.enabled)
-    skipped: Counter[str] = Counter()
+    skipped: Counter[str] = summary.skipped if summary is not None else Counter()
     docs = 0
     for page in source.pages(start=span.start, end=span.end):
         docs += len(page)
+        if summary is not None:
+            summary.docs_read += len(page)
         data.add(reader.rows(page, skipped, learn=True))
         if docs % 20000 < len(page):
             progress(
@@ -226,10 +235,14 @@ def train(
         src_cfg = replace(config.source, index=index) if index else config.source
         templater = Templater(config.templater)
         progress(f"reading training logs from {src_cfg.index} ...")
-        data, summary.docs_read, skipped = read_training(
-            config, Source(clients, src_cfg), templater, span=Span(start, end), progress=progress
+        data, _, skipped = read_training(
+            config,
+            Source(clients, src_cfg),
+            templater,
+            span=Span(start, end),
+            progress=progress,
+            summary=summary,
         )
-        summary.skipped = skipped
         if not data.sessions:
             raise DeeplogError(
                 f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
