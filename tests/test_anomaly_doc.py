@@ -163,7 +163,9 @@ def test_feedback_fields_are_read_leniently():
     assert Feedback.from_source({"deeplog": {"feedback": "false_positive", "feedback_by": "a"}}) == Feedback(
         feedback="false_positive", feedback_by="a"
     )
-    assert Feedback.from_source({"deeplog": {"feedback": ["fp"]}}).feedback == "['fp']"
+    # Kept as read, so the job reports it as the responder wrote it.
+    assert Feedback.from_source({"deeplog": {"feedback": ["fp"]}}).feedback == ["fp"]
+    assert Feedback.from_source({"deeplog": {"feedback": 1, "feedback_by": True}}) == Feedback(1, True)
     assert Feedback.from_source({"deeplog": "x"}) == Feedback() == Feedback.from_source([])
 
 

@@ -117,7 +117,7 @@ def test_false_positive_is_learned_and_a_true_anomaly_stays_flagged(
     assert d["feedback_status"] == APPLIED and d["feedback_model_version"] == new and d["feedback_applied_at"]
     assert _doc(clients, tp)["feedback_status"] == RECORDED
     bad = _doc(clients, other)
-    assert bad["feedback_status"] == INVALID and "'fp'" in bad["feedback_error"]
+    assert bad["feedback_status"] == INVALID and 'invalid feedback "fp"' in bad["feedback_error"]
     # Lineage: the new version names its parent and the feedback it holds.
     _, _, header = load_checkpoint(Path(cfg.model.dir) / new / KEYMODEL)
     assert header["meta"]["lineage"]["parent"] == version

@@ -5,6 +5,7 @@ gives each one a verdict and never crashes the run.
 - A key id outside the current vocabulary is resolved by its template text or reported as not in the model,
   even with the text `vocab.template` gives such an id (`<UNK>`), never handed to the model.
 - The job reads the `deeplog` object alone: a document whose other fields another tool changed is learned.
+- A verdict that is not one of the two words is reported as JSON, as the responder wrote it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from deeplog_siem.anomaly import (
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.config import Config, ModelConfig
 from deeplog_siem.es import Clients
-from deeplog_siem.feedback import APPLIED, UNSUPPORTED, _pending, apply_feedback, pair_of
+from deeplog_siem.feedback import APPLIED, INVALID, UNSUPPORTED, _pending, apply_feedback, pair_of
 from deeplog_siem.model import save_checkpoint, train_key_model
 from deeplog_siem.samples import NORMAL_SAMPLE, build_normal_sample
 from deeplog_siem.setup_assets import create_indices
@@ -147,3 +148,21 @@ def test_a_document_changed_outside_its_deeplog_object_is_still_learned(clients,
     assert d["feedback_status"] == APPLIED, d.get("feedback_error")
     assert dict(summary.feedback) == {"found": 1, APPLIED: 1}
     assert ModelStore(cfg.model.dir).current()[0] == d["feedback_model_version"] != version
+
+
+def test_an_invalid_verdict_is_reported_as_it_was_written(clients, make_config):
+    cfg = make_config(model=MODEL)
+    version = _published(clients, cfg)
+    verdicts = {"one": (1, "1"), "yes": (True, "true"), "text": ("fp", '"fp"'), "list": (["fp"], '["fp"]')}
+    docs = {}
+    for doc_id, (value, _) in verdicts.items():
+        docs[doc_id] = _key_source(version, [syn.A, syn.B], syn.G)
+        docs[doc_id]["deeplog"]["feedback"] = value
+    _post(clients, cfg, docs)
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok", summary.error
+    assert dict(summary.feedback) == {"found": 4, INVALID: 4}
+    for doc_id, (_, said) in verdicts.items():
+        d = _deeplog(clients, cfg, doc_id)
+        assert d["feedback_status"] == INVALID
+        assert d["feedback_error"] == f"invalid feedback {said}: use false_positive or true_positive"

@@ -190,33 +190,32 @@ class AnomalyDoc:
         return _decode(cls, source, "")
 
 
+# A feedback field as read back: text as written, or whatever JSON value a responder or tool put there
+# (text first: it is what the job writes and the index template maps).
+FeedbackValue = str | int | float | bool | list[Any] | dict[str, Any] | None
+
+
 @dataclass(frozen=True, slots=True)
 class Feedback:
     """The feedback fields of `deeplog` (README "Feedback"): responders set the first three, the feedback
     job the rest."""
 
-    feedback: str | None = None
-    feedback_by: str | None = None
-    feedback_comment: str | None = None
-    feedback_status: str | None = None
-    feedback_applied_at: str | None = field(default=None, metadata={"es": "date"})
-    feedback_model_version: str | None = None
-    feedback_error: str | None = None
+    feedback: FeedbackValue = None
+    feedback_by: FeedbackValue = None
+    feedback_comment: FeedbackValue = None
+    feedback_status: FeedbackValue = None
+    feedback_applied_at: FeedbackValue = None
+    feedback_model_version: FeedbackValue = None
+    feedback_error: FeedbackValue = None
 
     @classmethod
     def from_source(cls, source: Any) -> Feedback:
-        """Lenient: a value that is not text is kept as its JSON-like repr, so the job can say what is wrong
-        with it; a document without `deeplog` has no feedback."""
+        """Lenient: every value is kept as read, text or not, so the job can say what is wrong with one (as
+        JSON: `json.dumps`); a document without `deeplog` has no feedback."""
         d = source.get("deeplog") if isinstance(source, Mapping) else None
         if not isinstance(d, Mapping):
             return cls()
-        return cls(
-            **{
-                f.name: (v if isinstance(v, str) or v is None else repr(v))
-                for f in dataclasses.fields(cls)
-                for v in [d.get(f.name)]
-            }
-        )
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
 
 
 def json_name(f: dataclasses.Field) -> str:

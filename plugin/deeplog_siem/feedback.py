@@ -29,6 +29,7 @@ Contract:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import shutil
@@ -733,7 +734,8 @@ def _sort(run: _Run, parent: _Parent, hits: Sequence[dict[str, Any]]) -> tuple[l
     for h in hits:
         verdict = Feedback.from_source(h["_source"]).feedback
         if verdict not in VERDICTS:
-            err = f"invalid feedback {verdict!r}: use {' or '.join(VERDICTS)}"
+            # As JSON, the form the responder wrote it in: 1, true, "fp".
+            err = f"invalid feedback {json.dumps(verdict)}: use {' or '.join(VERDICTS)}"
             run.updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
             fbc[INVALID] += 1
             continue
