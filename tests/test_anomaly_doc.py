@@ -57,7 +57,13 @@ def _built() -> list[dict[str, Any]]:
     ev2 = EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16.000Z", "?", None)
     wf = {"name": "wf1", "reason": "diverged", "step_allowed": False}
     ctx = DocContext(
-        vocab=vocab, model_version="v1", run_id="r1", index="anoms", message_field="message", top_g=2
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index="anoms",
+        message_field="message",
+        top_g=2,
+        min_probability=0.0,
     )
     floor = dataclasses.replace(ctx, min_probability=0.001)
     exp = [(a, 0.7123456789), (EOS, 0.2)]
@@ -297,3 +303,12 @@ def test_a_number_out_of_float_range_is_an_invalid_document():
         node[path[-1]] = json.loads("1" + "0" * 400)
         with pytest.raises(InvalidAnomaly, match=re.escape(".".join(path)) + ": number out of range"):
             AnomalyDoc.from_source(src)
+
+
+def test_the_detector_settings_a_summary_cites_are_required():
+    base = {"vocab": Vocabulary(), "model_version": "v1", "run_id": "r1", "index": "a", "message_field": "m"}
+    for missing in ("top_g", "min_probability"):
+        given = {"top_g": 2, "min_probability": 0.001}
+        del given[missing]
+        with pytest.raises(TypeError, match=missing):
+            DocContext(**base, **given)

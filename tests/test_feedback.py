@@ -271,7 +271,15 @@ def test_normal_sample_round_trip_and_damage(tmp_path):
 
 def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> Details:
     """A key anomaly document as the detection job writes it, read back as the feedback job reads it."""
-    ctx = DocContext(vocab=vocab, model_version="v1", run_id="r1", index="anomalies", message_field="message")
+    ctx = DocContext(
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index="anomalies",
+        message_field="message",
+        top_g=9,
+        min_probability=0.0,
+    )
     event = EventRef("logs", "doc-1", "2008-11-09T20:36:15.000Z", "line", None)
     built = key_anomaly(
         ctx, SessionEvent(event, "s1", len(window), window), KeyVerdict(kind, actual, 0.001, 9, [])

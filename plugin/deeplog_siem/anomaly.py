@@ -364,8 +364,10 @@ class DocContext:
     index: str  # the anomalies index
     message_field: str
     session_field: str | None = None
-    top_g: int = 0
-    min_probability: float = 0.0
+    # The detector's settings, which the documents' summaries cite: required, since a default would make a
+    # document give a wrong reason for its verdict.
+    top_g: int
+    min_probability: float
 
     def query(self, session_id: str) -> str:
         return session_query(self.session_field, session_id, self.message_field)
