@@ -346,3 +346,23 @@ def test_a_training_run_that_fails_partway_records_the_documents_it_read(
     ]
     assert run["status"] == "failed"
     assert said[-1].startswith("  20000 documents") and run["docs_read"] == 20000
+
+
+def test_a_detection_run_has_no_writer_until_it_runs_and_leaves_no_thread(
+    clients, es_section, prefix, model_dir, sample
+):
+    from deeplog_siem.runner import DetectionRun, Job, Span
+    from deeplog_siem.runs import RunSummary
+
+    cfg = parse_config(config_data(es_section, prefix, model_dir))
+    summary = RunSummary(run_id="r1", job="detect")
+    run = DetectionRun.open(Job(cfg, clients, summary), Detection.load(cfg), Span())
+    assert run.writer is None
+    with pytest.raises(RuntimeError, match="starts with `run`"):
+        run.active_writer()
+    lines = render(sample.test[:5], seed=41, start=EPOCH + timedelta(days=1))
+    index_docs(clients, stamped(lines, cfg.source.index, "one", datetime.now(UTC) - timedelta(minutes=1)))
+    run.run(None, lambda message: None)
+    assert summary.docs_read > 0 and run.writer is not None
+    names = {t.name for t in threading.enumerate() if t.is_alive()}
+    assert not names & {"deeplog-source", "deeplog-sink-writer"}

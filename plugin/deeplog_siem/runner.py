@@ -472,7 +472,7 @@ class DetectionRun:
         self.tracker = _tracker(config, det.window, state.sessions)
         self.reader = EventReader(det.templater, SessionKeyer(config.source), config)
         self.source = Source(job.clients, config.source)
-        self.writer: sink.BackgroundWriter  # started by `run`, which closes it
+        self.writer: sink.BackgroundWriter | None = None  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
         src = config.source
@@ -486,6 +486,12 @@ class DetectionRun:
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
         )
+
+    def active_writer(self) -> sink.BackgroundWriter:
+        """The writer of the run in progress."""
+        if self.writer is None:
+            raise RuntimeError("the detection run's writer starts with `run`")
+        return self.writer
 
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
@@ -501,16 +507,19 @@ class DetectionRun:
         config, summary, span = self.config, self.summary, self.span
         # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
-        pages = Prefetch(
-            self.source.pages(self.state.checkpoint, start=span.start, end=span.end),
-            depth=depth,
-            name="deeplog-source",
-        )
-        self.writer = sink.BackgroundWriter(self.clients)
+        # The writer first, and the reader inside the `try` that closes both: whichever fails to start, no
+        # thread is left running.
+        writer = self.writer = sink.BackgroundWriter(self.clients)
+        pages: Prefetch[list[SourceDoc]] | None = None
         # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
         collect_due = False
         with gcpause.paused():
             try:
+                pages = Prefetch(
+                    self.source.pages(self.state.checkpoint, start=span.start, end=span.end),
+                    depth=depth,
+                    name="deeplog-source",
+                )
                 while True:
                     if len(self.chunk.pending_rows) >= IDLE_SCORE_BATCH and not pages.ready():
                         # The reader is behind: score what is pending instead of waiting, so less is left to
@@ -542,8 +551,9 @@ class DetectionRun:
                 # closes no session (the last page filled the previous chunk).
                 self.commit_chunk(close_all=span.close_sessions, saved=summary.docs_read > 0)
             finally:
-                pages.close()
-                self.writer.close()
+                if pages is not None:
+                    pages.close()
+                writer.close()
 
     def finish(self) -> None:
         summary, tracker = self.summary, self.tracker
@@ -618,7 +628,7 @@ class DetectionRun:
         # One write per scoring pass, key and parameter anomalies together: each bulk request costs the
         # server (the embedded one stalls on every tenth bulk request to an index).
         chunk.anomalies.extend(found)
-        self.writer.submit(found)
+        self.active_writer().submit(found)
 
     def _score_params(self, rows: list[EventRow], observed: list[Observed]) -> list[dict[str, Any]]:
         """Parameter vectors of the accepted events, each against the last vectors of its (previous key, key)
@@ -674,7 +684,7 @@ class DetectionRun:
         if closed:
             ended = self._score_ended(closed)
             chunk.anomalies.extend(ended)
-            self.writer.submit(ended)
+            self.active_writer().submit(ended)
         with Timer(summary, "write"):
             result = self._save()
         # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
@@ -700,7 +710,7 @@ class DetectionRun:
             self.det.version,
         )
         prepared = prepare_state(nxt)
-        result = self.writer.flush()
+        result = self.active_writer().flush()
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
         state.checkpoint, state.sessions, state.model_version = (
             nxt.checkpoint,
