@@ -366,3 +366,19 @@ def test_a_detection_run_has_no_writer_until_it_runs_and_leaves_no_thread(
     assert summary.docs_read > 0 and run.writer is not None
     names = {t.name for t in threading.enumerate() if t.is_alive()}
     assert not names & {"deeplog-source", "deeplog-sink-writer"}
+
+
+def test_a_run_ended_by_ctrl_c_is_recorded_interrupted(clients, es_section, prefix, tmp_path):
+    from deeplog_siem.runs import RunSummary, recorded
+
+    cfg = parse_config(config_data(es_section, prefix, tmp_path))
+    summary = RunSummary(run_id=uuid.uuid4().hex, job="detect")
+    with pytest.raises(KeyboardInterrupt), recorded(clients, cfg, summary):
+        summary.docs_read = 7
+        raise KeyboardInterrupt
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    doc = clients.es.get(index=cfg.output.runs_index, id=summary.run_id)["_source"]
+    assert doc["deeplog"]["run"]["status"] == "interrupted" and doc["deeplog"]["run"]["docs_read"] == 7
+    assert (
+        doc["error"]["message"] == "KeyboardInterrupt" and "KeyboardInterrupt" in doc["error"]["stack_trace"]
+    )
