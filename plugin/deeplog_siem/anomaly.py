@@ -4,13 +4,14 @@ one typed form of that document, which the detection job writes and the feedback
 Contract:
 - `AnomalyDoc` (frozen dataclasses nested as the document is: `deeplog` is a `Details`, with `SourceInfo`,
   `SessionInfo`, `KeyInfo`, `WindowInfo`, `ExpectedKey`, `ParameterInfo`) is the only spelling of the schema
-  in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty
-  nested object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the
-  cluster (`Details.from_source(dict)` reads its `deeplog` object alone). What is read back is untrusted (responders and other tools update these documents): a missing
-  required field or a value of the wrong type raises `InvalidAnomaly` with the field's path and the reason,
-  never another exception; unknown fields are ignored. `Feedback` is the responders' and the feedback job's
-  part of `deeplog` (`feedback`, `feedback_status`, ...), read leniently by `Feedback.from_source`: a wrong
-  value there is a verdict the feedback job reports, not a malformed document.
+  in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty nested
+  object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the cluster
+  (`Details.from_source(dict)` reads its `deeplog` object alone). What is read back is untrusted (responders
+  and other tools update these documents): a missing required field or a value of the wrong type raises
+  `InvalidAnomaly` with the field's path and the reason, never another exception; unknown fields are ignored.
+  `Feedback` is the responders' and the feedback job's part of `deeplog` (`feedback`, `feedback_status`, ...),
+  read leniently by `Feedback.from_source`: a wrong value there is a verdict the feedback job reports, not a
+  malformed document.
 - `key_anomaly(ctx, event, verdict, workflow=None) -> dict` builds the bulk action (`_index`, `_id` and the
   source) for an event the log-key model did not expect (types `log_key`, `unseen_key`, `session_end`): what
   happened, what was expected with which probability, the window of preceding events, the session and a

@@ -614,7 +614,8 @@ class _Run:
         self.summary.feedback[status] += len(hits)
 
     def published(self, new_version: str, hits: Sequence[dict[str, Any]]) -> None:
-        """After a version is published: the crash hook, the summary, then the documents' `applied` updates."""
+        """After a version is published: the crash hook, the summary, then the documents' `applied`
+        updates."""
         if self.after_publish is not None:
             self.after_publish(new_version)
         self.summary.model_version = new_version

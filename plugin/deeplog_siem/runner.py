@@ -141,7 +141,8 @@ class EventReader:
 
 def observe(tracker: SessionTracker, rows: list[EventRow], *, refs: bool = True) -> list[Observed]:
     """Append the rows to their sessions -> each event's history and parameter vector. `refs`: keep each
-    session's last document (`index/id`, for detection's end-of-session anomaly); training has no use for it."""
+    session's last document (`index/id`, for detection's end-of-session anomaly); training has no use for
+    it."""
     return tracker.observe_many(
         [r.sid for r in rows],
         [r.event.key for r in rows],
@@ -432,9 +433,9 @@ def run_once(
         det = detection or Detection.load(config)
         summary.model_version = det.version
         span = Span(start, end, close_sessions)
-        job = DetectionRun.open(Job(config, clients, summary), det, span)
-        job.run(stop, progress)
-        job.finish()
+        run = DetectionRun.open(Job(config, clients, summary), det, span)
+        run.run(stop, progress)
+        run.finish()
         return summary
 
 
@@ -511,7 +512,8 @@ class DetectionRun:
         # thread is left running.
         writer = self.writer = sink.BackgroundWriter(self.clients)
         pages: Prefetch[list[SourceDoc]] | None = None
-        # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
+        # The collector's full passes over a chunk's live documents would cost much of the job's CPU
+        # (gcpause).
         collect_due = False
         with gcpause.paused():
             try:
