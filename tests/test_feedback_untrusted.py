@@ -6,23 +6,28 @@ gives each one a verdict and never crashes the run.
   even with the text `vocab.template` gives such an id (`<UNK>`), never handed to the model.
 - The job reads the `deeplog` object alone: a document whose other fields another tool changed is learned.
 - A verdict that is not one of the two words is reported as JSON, as the responder wrote it.
+- A document's model version names a version in the model store or none: a path out of the store is not read.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
+from deeplog_siem import paramfeedback
 from deeplog_siem.anomaly import (
     AnomalyDoc,
     Details,
     DocContext,
     EventRef,
     KeyVerdict,
+    ParamVerdict,
     SessionEvent,
     key_anomaly,
+    parameter_anomaly,
 )
-from deeplog_siem.artifacts import KEYMODEL, ModelStore
+from deeplog_siem.artifacts import KEYMODEL, PARAMMODEL, ModelStore
 from deeplog_siem.config import Config, ModelConfig
 from deeplog_siem.es import Clients
 from deeplog_siem.feedback import APPLIED, INVALID, UNSUPPORTED, _pending, apply_feedback, pair_of
@@ -166,3 +171,45 @@ def test_an_invalid_verdict_is_reported_as_it_was_written(clients, make_config):
         d = _deeplog(clients, cfg, doc_id)
         assert d["feedback_status"] == INVALID
         assert d["feedback_error"] == f"invalid feedback {said}: use false_positive or true_positive"
+
+
+def test_a_model_version_outside_the_store_is_not_read(clients, make_config, tmp_path):
+    cfg = make_config(model=MODEL)
+    version = _published(clients, cfg)
+    store = ModelStore(cfg.model.dir)
+    # The job checks only that the current version has a parameter model before widening a threshold.
+    (store.dir / version / PARAMMODEL).write_bytes(b"")
+    # Scales a document must not be able to point the job at: outside the store.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    paramfeedback.save(outside, {(syn.A, syn.B): 1000.0})
+    ctx = DocContext(
+        vocab=syn.vocabulary(),
+        model_version=version,
+        run_id="r1",
+        index="anomalies",
+        message_field="message",
+        top_g=2,
+        min_probability=0.0,
+    )
+    verdict = ParamVerdict(
+        key=syn.B, dims=[0], observed=[5.0], predicted=[1.0], low=[0.5], high=[1.5], error=5.0, threshold=3.29
+    )
+    docs = {}
+    relative = Path("..") / Path(*[".."] * (len(store.dir.parts) - 1)) / outside.relative_to("/")
+    for name, pointed in (("absolute", str(outside)), ("relative", str(relative))):
+        assert (store.dir / pointed).resolve() == outside.resolve()
+        event = EventRef("logs", f"doc-{name}", "2008-11-09T20:36:15.000Z", "line", "h1")
+        built = parameter_anomaly(ctx, SessionEvent(event, "s1", 1, [syn.A]), verdict)
+        src = {k: v for k, v in built.items() if not k.startswith("_")}
+        src["deeplog"].update(model_version=pointed, feedback="false_positive")
+        docs[name] = src
+    _post(clients, cfg, docs)
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok", summary.error
+    assert dict(summary.feedback) == {"found": 2, APPLIED: 2}
+    new = store.current()[0]
+    assert new != version and _deeplog(clients, cfg, "absolute")["feedback_model_version"] == new
+    # Widened from the base bound, as for a version the store does not hold: just above the marked error.
+    scale = paramfeedback.load(store.dir / new)[(syn.A, syn.B)]
+    assert 5.0 / 3.29 < scale < 2.0

@@ -655,11 +655,14 @@ def _widen(run: _Run, pfps: Sequence[_PFp]) -> None:
     model, vocab, header = load_checkpoint(path / KEYMODEL)
     scales = paramfeedback.load(path)
     then: dict[str, dict[tuple[int, int], float]] = {}  # model version -> its scales, read once
+    # The version comes from the document, which anyone may have changed: only a version listed in the store
+    # is read, so an absolute path or `..` cannot point the job at files outside it.
+    known = set(store.versions())
     for f in pfps:
         # The document's threshold is that version's (possibly widened) bound: scale from the base bound.
         v = f.doc.model_version
         if v not in then:
-            then[v] = paramfeedback.load(store.dir / v) if v and (store.dir / v).is_dir() else {}
+            then[v] = paramfeedback.load(store.dir / v) if v in known else {}
         need = then[v].get(f.series, 1.0) * f.scale
         scales[f.series] = max(scales.get(f.series, 1.0), need)
     meta = header["meta"]
