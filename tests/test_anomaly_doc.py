@@ -57,7 +57,13 @@ def _built() -> list[dict[str, Any]]:
     ev2 = EventRef("logs-hdfs", "doc-2", "2008-11-09T20:36:16.000Z", "?", None)
     wf = {"name": "wf1", "reason": "diverged", "step_allowed": False}
     ctx = DocContext(
-        vocab=vocab, model_version="v1", run_id="r1", index="anoms", message_field="message", top_g=2
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index="anoms",
+        message_field="message",
+        top_g=2,
+        min_probability=0.0,
     )
     floor = dataclasses.replace(ctx, min_probability=0.001)
     exp = [(a, 0.7123456789), (EOS, 0.2)]
@@ -163,7 +169,9 @@ def test_feedback_fields_are_read_leniently():
     assert Feedback.from_source({"deeplog": {"feedback": "false_positive", "feedback_by": "a"}}) == Feedback(
         feedback="false_positive", feedback_by="a"
     )
-    assert Feedback.from_source({"deeplog": {"feedback": ["fp"]}}).feedback == "['fp']"
+    # Kept as read, so the job reports it as the responder wrote it.
+    assert Feedback.from_source({"deeplog": {"feedback": ["fp"]}}).feedback == ["fp"]
+    assert Feedback.from_source({"deeplog": {"feedback": 1, "feedback_by": True}}) == Feedback(1, True)
     assert Feedback.from_source({"deeplog": "x"}) == Feedback() == Feedback.from_source([])
 
 
@@ -283,3 +291,24 @@ def test_the_kibana_objects_use_only_fields_the_document_writes():
     ]
     assert unknown == []
     assert not _typed(AnomalyDoc, ["deeplog", "key", "nonexistent"])
+
+
+def test_a_number_out_of_float_range_is_an_invalid_document():
+    # JSON has no bound on integers: json.loads gives a Python int that no float can hold.
+    for path in (("deeplog", "score"), ("deeplog", "parameter", "error")):
+        src = copy.deepcopy(_source(_built()[-1]))
+        node = src
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = json.loads("1" + "0" * 400)
+        with pytest.raises(InvalidAnomaly, match=re.escape(".".join(path)) + ": number out of range"):
+            AnomalyDoc.from_source(src)
+
+
+def test_the_detector_settings_a_summary_cites_are_required():
+    base = {"vocab": Vocabulary(), "model_version": "v1", "run_id": "r1", "index": "a", "message_field": "m"}
+    for missing in ("top_g", "min_probability"):
+        given = {"top_g": 2, "min_probability": 0.001}
+        del given[missing]
+        with pytest.raises(TypeError, match=missing):
+            DocContext(**base, **given)

@@ -593,6 +593,7 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
         index=cfg.output.anomalies_index,
         message_field="message",
         top_g=2,
+        min_probability=0.0,
     )
     event = EventRef("logs-hdfs", "doc-1", "2008-11-09T20:36:15.000Z", "081109 203615 ...", "10.0.0.1")
     window = [0, 0, k_alloc, k_recv]

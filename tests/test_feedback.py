@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
-from deeplog_siem.anomaly import AnomalyDoc, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
+from deeplog_siem.anomaly import Details, DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
 from deeplog_siem.artifacts import ANCHOR, KEYMODEL, ModelStore
 from deeplog_siem.cli import main
 from deeplog_siem.config import FeedbackConfig, ModelConfig
@@ -117,7 +117,7 @@ def test_false_positive_is_learned_and_a_true_anomaly_stays_flagged(
     assert d["feedback_status"] == APPLIED and d["feedback_model_version"] == new and d["feedback_applied_at"]
     assert _doc(clients, tp)["feedback_status"] == RECORDED
     bad = _doc(clients, other)
-    assert bad["feedback_status"] == INVALID and "'fp'" in bad["feedback_error"]
+    assert bad["feedback_status"] == INVALID and 'invalid feedback "fp"' in bad["feedback_error"]
     # Lineage: the new version names its parent and the feedback it holds.
     _, _, header = load_checkpoint(Path(cfg.model.dir) / new / KEYMODEL)
     assert header["meta"]["lineage"]["parent"] == version
@@ -269,26 +269,32 @@ def test_normal_sample_round_trip_and_damage(tmp_path):
         NormalSample.load(tmp_path / NORMAL_SAMPLE)
 
 
-def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> AnomalyDoc:
+def _key_doc(vocab, window: list[int], actual: int, kind: str = "log_key") -> Details:
     """A key anomaly document as the detection job writes it, read back as the feedback job reads it."""
-    ctx = DocContext(vocab=vocab, model_version="v1", run_id="r1", index="anomalies", message_field="message")
+    ctx = DocContext(
+        vocab=vocab,
+        model_version="v1",
+        run_id="r1",
+        index="anomalies",
+        message_field="message",
+        top_g=9,
+        min_probability=0.0,
+    )
     event = EventRef("logs", "doc-1", "2008-11-09T20:36:15.000Z", "line", None)
     built = key_anomaly(
         ctx, SessionEvent(event, "s1", len(window), window), KeyVerdict(kind, actual, 0.001, 9, [])
     )
-    return AnomalyDoc.from_source({k: v for k, v in built.items() if not k.startswith("_")})
+    return Details.from_source({k: v for k, v in built.items() if not k.startswith("_")})
 
 
-def _with_key(doc: AnomalyDoc, key_id: int, template: str) -> AnomalyDoc:
-    return replace(
-        doc, deeplog=replace(doc.deeplog, key=replace(doc.deeplog.key, id=key_id, template=template))
-    )
+def _with_key(doc: Details, key_id: int, template: str) -> Details:
+    return replace(doc, key=replace(doc.key, id=key_id, template=template))
 
 
 def test_pair_of_maps_templates_and_explains_what_it_cannot_learn():
     vocab = syn.vocabulary()
     doc = _key_doc(vocab, [syn.A, syn.B], syn.G)
-    assert doc.deeplog.window.templates == ("event A <*>", "event B <*>")
+    assert doc.window.templates == ("event A <*>", "event B <*>")
     assert pair_of(doc, vocab, 4) == ([0, 0, syn.A, syn.B], syn.G)
     # Ids from another vocabulary: the template text decides.
     moved = _with_key(doc, 99, "event C <*>")

@@ -317,3 +317,68 @@ def test_frozen_server_fails_the_run_daemon_goes_on_and_catches_up(es_section, m
         server.stop()
     assert not daemon.is_alive()
     assert gc.isenabled()  # failed runs turned the garbage collector back on (gcpause)
+
+
+def test_a_training_run_that_fails_partway_records_the_documents_it_read(
+    clients, es_section, prefix, sample, tmp_path
+):
+    """Training's read counts page by page: a run that fails after some pages records them, as detection
+    does. The failure: progress goes to stderr, and a closed pipe there (`... 2>&1 | head`) raises."""
+    cfg = parse_config(config_data(es_section, prefix, tmp_path, source={"page_size": 500}))
+    lines = render(sample.train[:1200], seed=31)
+    assert len(lines) > 20000
+    index_docs(clients, list(documents(lines, f"{prefix}-train", run="train")))
+    said: list[str] = []
+
+    def progress(message: str) -> None:
+        said.append(message)
+        if "documents" in message:  # the reader's first report, after 20000 documents
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):
+        train(cfg, clients, index=f"{prefix}-train", progress=progress)
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    (run,) = [
+        h["_source"]["deeplog"]["run"]
+        for h in clients.es.search(
+            index=cfg.output.runs_index, query={"term": {"deeplog.run.job": "train"}}, size=10
+        )["hits"]["hits"]
+    ]
+    assert run["status"] == "failed"
+    assert said[-1].startswith("  20000 documents") and run["docs_read"] == 20000
+
+
+def test_a_detection_run_has_no_writer_until_it_runs_and_leaves_no_thread(
+    clients, es_section, prefix, model_dir, sample
+):
+    from deeplog_siem.runner import DetectionRun, Job, Span
+    from deeplog_siem.runs import RunSummary
+
+    cfg = parse_config(config_data(es_section, prefix, model_dir))
+    summary = RunSummary(run_id="r1", job="detect")
+    run = DetectionRun.open(Job(cfg, clients, summary), Detection.load(cfg), Span())
+    assert run.writer is None
+    with pytest.raises(RuntimeError, match="starts with `run`"):
+        run.active_writer()
+    lines = render(sample.test[:5], seed=41, start=EPOCH + timedelta(days=1))
+    index_docs(clients, stamped(lines, cfg.source.index, "one", datetime.now(UTC) - timedelta(minutes=1)))
+    run.run(None, lambda message: None)
+    assert summary.docs_read > 0 and run.writer is not None
+    names = {t.name for t in threading.enumerate() if t.is_alive()}
+    assert not names & {"deeplog-source", "deeplog-sink-writer"}
+
+
+def test_a_run_ended_by_ctrl_c_is_recorded_interrupted(clients, es_section, prefix, tmp_path):
+    from deeplog_siem.runs import RunSummary, recorded
+
+    cfg = parse_config(config_data(es_section, prefix, tmp_path))
+    summary = RunSummary(run_id=uuid.uuid4().hex, job="detect")
+    with pytest.raises(KeyboardInterrupt), recorded(clients, cfg, summary):
+        summary.docs_read = 7
+        raise KeyboardInterrupt
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    doc = clients.es.get(index=cfg.output.runs_index, id=summary.run_id)["_source"]
+    assert doc["deeplog"]["run"]["status"] == "interrupted" and doc["deeplog"]["run"]["docs_read"] == 7
+    assert (
+        doc["error"]["message"] == "KeyboardInterrupt" and "KeyboardInterrupt" in doc["error"]["stack_trace"]
+    )

@@ -229,3 +229,35 @@ def test_parameter_series_histories_are_carried_across_runs() -> None:
         )
         == 0
     )
+
+
+def test_a_message_with_hundreds_of_numbers_is_tracked_in_training_and_detection() -> None:
+    from deeplog_siem.runner import EventRow, TrainingSet
+    from deeplog_siem.source import SourceDoc
+    from deeplog_siem.templater import ParsedEvent
+
+    numbers = tuple(float(i) for i in range(300))
+    rows = [
+        EventRow(
+            SourceDoc("logs", f"d{i}", (i,), {}),
+            "s1",
+            ParsedEvent(5, "t" + " <NUM>" * 300, tuple(map(str, numbers)), numbers),
+            100.0 + i,
+        )
+        for i in range(3)
+    ]
+    data = TrainingSet(True)
+    data.add(rows)
+    assert data.series[(5, 5)] == [(1.0, *numbers)] * 2
+    # Training keeps no document reference per event: only detection reports a session's last document.
+    assert data.tracker.get("s1").last_ref == ""  # type: ignore[union-attr]
+    tr = SessionTracker(window=2, idle_timeout_s=60, max_sessions=10, ttl_s=600)
+    for i in range(3):
+        assert tr.observe("s1", 5, numbers, 100.0 + i, wall=0.0).vector == (float(i > 0), *numbers)
+    blob = json.loads(json.dumps(tr.to_dict()))
+    assert blob["sessions"]["s1"][1] == [301, 301]
+    back = SessionTracker.from_dict(blob, **_ARGS)
+    assert back.get("s1").vectors() == tr.get("s1").vectors()  # type: ignore[union-attr]
+    # Tails saved with one byte per vector length load as before.
+    old = {"version": 1, "sessions": {"s": [[5, 6], [1, 2], [0.0, 1.0, 7.0], 3.0, 4.0, 2, "i/d"]}}
+    assert SessionTracker.from_dict(old, **_ARGS).get("s").vectors() == [(0.0,), (1.0, 7.0)]  # type: ignore[union-attr]

@@ -4,13 +4,14 @@ one typed form of that document, which the detection job writes and the feedback
 Contract:
 - `AnomalyDoc` (frozen dataclasses nested as the document is: `deeplog` is a `Details`, with `SourceInfo`,
   `SessionInfo`, `KeyInfo`, `WindowInfo`, `ExpectedKey`, `ParameterInfo`) is the only spelling of the schema
-  in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty
-  nested object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the
-  cluster. What is read back is untrusted (responders and other tools update these documents): a missing
-  required field or a value of the wrong type raises `InvalidAnomaly` with the field's path and the reason,
-  never another exception; unknown fields are ignored. `Feedback` is the responders' and the feedback job's
-  part of `deeplog` (`feedback`, `feedback_status`, ...), read leniently by `Feedback.from_source`: a wrong
-  value there is a verdict the feedback job reports, not a malformed document.
+  in code. `to_source() -> dict` is the JSON the job writes (a field that is None is left out; an empty nested
+  object stays `{}`), `AnomalyDoc.from_source(dict) -> AnomalyDoc` reads a document back from the cluster
+  (`Details.from_source(dict)` reads its `deeplog` object alone). What is read back is untrusted (responders
+  and other tools update these documents): a missing required field or a value of the wrong type raises
+  `InvalidAnomaly` with the field's path and the reason, never another exception; unknown fields are ignored.
+  `Feedback` is the responders' and the feedback job's part of `deeplog` (`feedback`, `feedback_status`, ...),
+  read leniently by `Feedback.from_source`: a wrong value there is a verdict the feedback job reports, not a
+  malformed document.
 - `key_anomaly(ctx, event, verdict, workflow=None) -> dict` builds the bulk action (`_index`, `_id` and the
   source) for an event the log-key model did not expect (types `log_key`, `unseen_key`, `session_end`): what
   happened, what was expected with which probability, the window of preceding events, the session and a
@@ -147,6 +148,16 @@ class Details:
     # `workflow.Diagnosis.fields()`: that module owns its form (mapped `dynamic: true`).
     workflow: dict[str, Any] | None = None
 
+    @classmethod
+    def from_source(cls, source: Any) -> Details:
+        """The `deeplog` object of a document read back, alone: what the rest of the document holds is not
+        read (other tools may change it), and errors carry the same paths as `AnomalyDoc.from_source`."""
+        if not isinstance(source, Mapping):
+            _fail("", f"expected an object, got {type(source).__name__}")
+        if "deeplog" not in source:
+            _fail("deeplog", "missing")
+        return _decode(cls, source["deeplog"], "deeplog")
+
 
 @dataclass(frozen=True, slots=True)
 class AnomalyDoc:
@@ -180,43 +191,91 @@ class AnomalyDoc:
         return _decode(cls, source, "")
 
 
+# A feedback field as read back: text as written, or whatever JSON value a responder or tool put there
+# (text first: it is what the job writes and the index template maps).
+FeedbackValue = str | int | float | bool | list[Any] | dict[str, Any] | None
+
+
 @dataclass(frozen=True, slots=True)
 class Feedback:
     """The feedback fields of `deeplog` (README "Feedback"): responders set the first three, the feedback
     job the rest."""
 
-    feedback: str | None = None
-    feedback_by: str | None = None
-    feedback_comment: str | None = None
-    feedback_status: str | None = None
-    feedback_applied_at: str | None = field(default=None, metadata={"es": "date"})
-    feedback_model_version: str | None = None
-    feedback_error: str | None = None
+    feedback: FeedbackValue = None
+    feedback_by: FeedbackValue = None
+    feedback_comment: FeedbackValue = None
+    feedback_status: FeedbackValue = None
+    feedback_applied_at: FeedbackValue = None
+    feedback_model_version: FeedbackValue = None
+    feedback_error: FeedbackValue = None
 
     @classmethod
     def from_source(cls, source: Any) -> Feedback:
-        """Lenient: a value that is not text is kept as its JSON-like repr, so the job can say what is wrong
-        with it; a document without `deeplog` has no feedback."""
+        """Lenient: every value is kept as read, text or not, so the job can say what is wrong with one (as
+        JSON: `json.dumps`); a document without `deeplog` has no feedback."""
         d = source.get("deeplog") if isinstance(source, Mapping) else None
         if not isinstance(d, Mapping):
             return cls()
-        return cls(
-            **{
-                f.name: (v if isinstance(v, str) or v is None else repr(v))
-                for f in dataclasses.fields(cls)
-                for v in [d.get(f.name)]
-            }
-        )
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
 
 
 def json_name(f: dataclasses.Field) -> str:
     return f.metadata.get("name", f.name)
 
 
+# The encoder runs once per anomaly document on the scoring thread: it looks each dataclass's fields up once
+# (`_plan`), and tests exact types before the general checks, since nearly every value is a plain scalar.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_VALUE, _SCALAR_ITEMS, _OTHER = 0, 1, 2
+
+
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[str, str, int], ...]:
+    """(attribute, JSON name, kind) of each field of a document dataclass, in field order; the kind, from the
+    type hint, picks the fast path (a value that does not fit it takes the general one)."""
+    hints = field_types(cls)
+    plan = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if tp in _SCALARS:
+            kind = _VALUE
+        elif typing.get_origin(tp) is tuple and typing.get_args(tp)[0] in _SCALARS:
+            kind = _SCALAR_ITEMS
+        else:
+            kind = _OTHER
+        plan.append((f.name, json_name(f), kind))
+    return tuple(plan)
+
+
+def _encode_fields(obj: Any, plan: tuple[tuple[str, str, int], ...]) -> dict[str, Any]:
+    """A dataclass -> its JSON object; a field that is None is left out."""
+    out: dict[str, Any] = {}
+    for attr, name, kind in plan:
+        v = getattr(obj, attr)
+        if v is None:
+            continue
+        t = type(v)
+        if kind == _VALUE and t in _SCALARS:
+            out[name] = v
+        elif kind == _SCALAR_ITEMS and (t is tuple or t is list):
+            out[name] = [x if type(x) in _SCALARS else _encode(x) for x in v]
+        else:
+            out[name] = _encode(v)
+    return out
+
+
 def _encode(value: Any) -> Any:
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is tuple or t is list:
+        return [_encode(v) for v in value]
+    if t is dict:
+        return dict(value)
     if dataclasses.is_dataclass(value):
-        pairs = ((json_name(f), _encode(getattr(value, f.name))) for f in dataclasses.fields(value))
-        return {k: v for k, v in pairs if v is not None}
+        return _encode_fields(value, _plan(t))
     if isinstance(value, (tuple, list)):
         return [_encode(v) for v in value]
     if isinstance(value, Mapping):
@@ -261,9 +320,16 @@ def _decode(tp: Any, value: Any, path: str) -> Any:
             _fail(path, f"expected an object, got {type(value).__name__}")
         return dict(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(path, f"expected a finite number, got {value!r:.40}")
-        return float(value)
+        try:
+            # float() first: JSON allows integers no float can hold, and math.isfinite raises on those.
+            number = float(value)
+        except OverflowError:
+            _fail(path, "number out of range")
+        if not math.isfinite(number):
+            _fail(path, f"expected a finite number, got {value!r:.40}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(path, f"expected an integer, got {value!r:.40}")
@@ -299,8 +365,10 @@ class DocContext:
     index: str  # the anomalies index
     message_field: str
     session_field: str | None = None
-    top_g: int = 0
-    min_probability: float = 0.0
+    # The detector's settings, which the documents' summaries cite: required, since a default would make a
+    # document give a wrong reason for its verdict.
+    top_g: int
+    min_probability: float
 
     def query(self, session_id: str) -> str:
         return session_query(self.session_field, session_id, self.message_field)

@@ -7,20 +7,20 @@ Contract:
   (`applied` | `recorded` | `invalid` | `unsupported` | `rejected`), `deeplog.feedback_applied_at`,
   `deeplog.feedback_model_version` and `deeplog.feedback_error`.
 - `apply_feedback(config, clients) -> FeedbackSummary` (`deeplog-siem feedback apply`, and the scheduler's
-  feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has
-  since been corrected) -> (1) those whose id is already in the current model's lineage are marked applied
-  without training (a run that crashed after publishing); (2) invalid values, true positives, documents
-  that do not have the anomaly document's form (`anomaly.AnomalyDoc.from_source`: `unsupported`, with the
-  field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the false positives' (window -> actual key)
-  pairs fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
-  windows in every step, until every pair is within the top g and above the probability floor, at most
-  `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the
-  lineage started from: `detector`); (4) the update is rejected when it raises the false-alarm rate on the
-  held-out normal windows by more than `feedback.tolerance`, or the alarm rate on the detection job's
-  sample of recent live traffic (`recent`) by more than that plus two standard errors; (5) else a new model
-  version is published whose checkpoint meta holds the lineage (parent version, feedback ids applied, time,
-  run id), with the trained model as its anchor (`anchor.pt`), and only then are the documents marked
-  applied. One run document in the runs index (job `feedback`).
+  feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has since
+  been corrected) -> (1) those whose id is already in the current model's lineage are marked applied without
+  training (a run that crashed after publishing); (2) invalid values, true positives, documents whose
+  `deeplog` object does not have the anomaly document's form (`anomaly.Details.from_source`: `unsupported`,
+  with the field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the
+  false positives' (window -> actual key) pairs fine-tune the current key model (`finetune`: a small learning
+  rate, a replay batch of normal training windows in every step, until every pair is within the top g and
+  above the probability floor, at most `feedback.max_steps` steps; every verdict is the detection job's,
+  anchored to the trained model the lineage started from: `detector`); (4) the update is rejected when it
+  raises the false-alarm rate on the held-out normal windows by more than `feedback.tolerance`, or the alarm
+  rate on the detection job's sample of recent live traffic (`recent`) by more than that plus two standard
+  errors; (5) else a new model version is published whose checkpoint meta holds the lineage (parent version,
+  feedback ids applied, time, run id), with the trained model as its anchor (`anchor.pt`), and only then are
+  the documents marked applied. One run document in the runs index (job `feedback`).
 - Exactly once: a feedback id is in the lineage of the published version before its document is marked; a
   crash between the two is repaired by step (1) of the next run, and a crash before publishing leaves the
   current model untouched, so the next run applies the feedback to the same parent again.
@@ -29,6 +29,7 @@ Contract:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import shutil
@@ -42,7 +43,7 @@ from typing import Any
 import torch
 
 from . import paramfeedback, sink
-from .anomaly import AnomalyDoc, Feedback, InvalidAnomaly
+from .anomaly import Details, Feedback, InvalidAnomaly
 from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
@@ -162,6 +163,8 @@ def _pending(clients: Clients, config: Config) -> list[dict[str, Any]]:
         query=pending_query(),
         sort=[{"@timestamp": {"order": "asc", "unmapped_type": "date"}}],
         size=config.feedback.max_per_run,
+        # The job reads nothing else: the raw event's message and the rest stay on the server.
+        source_includes=["deeplog"],
     )
     return res["hits"]["hits"]
 
@@ -212,19 +215,19 @@ def copy_version(src: Any, dst: Any) -> None:
 
 
 def _resolve(key_id: int, template: str, vocab: Vocabulary, index: dict[str, int]) -> int | None:
-    """A key id of an anomaly document -> the id of the same template in this model's vocabulary."""
+    """A key id of an anomaly document -> the id of the same template in this model's vocabulary, or None.
+
+    The id is trusted only inside the vocabulary's template range: `vocab.template` answers an id beyond it
+    with the `<UNK>` text, so a tampered id with that text would otherwise reach the model's embedding."""
     if key_id == EOS:
         return EOS
-    if key_id < NUM_RESERVED:
-        return None
-    if vocab.template(key_id) == template:
+    if NUM_RESERVED <= key_id < len(vocab) and vocab.template(key_id) == template:
         return key_id
     return index.get(template)
 
 
-def pair_of(doc: AnomalyDoc, vocab: Vocabulary, window: int) -> tuple[list[int], int] | str:
+def pair_of(d: Details, vocab: Vocabulary, window: int) -> tuple[list[int], int] | str:
     """The anomaly's (window [h] left-padded, actual key) in this vocabulary, or why it has none."""
-    d = doc.deeplog
     if d.anomaly_type not in LEARNABLE:
         return (
             f"{d.anomaly_type} anomalies cannot be learned from feedback (retrain to learn new log templates)"
@@ -559,7 +562,7 @@ class _Fp:
 @dataclass
 class _PFp:
     hit: dict[str, Any]
-    doc: AnomalyDoc
+    doc: Details
     series: tuple[int, int]
     # The factor on the bound in effect when it was detected (its error / that threshold, plus a margin); that
     # bound may already have been widened by earlier feedback (see `_widen`).
@@ -570,11 +573,10 @@ class _PFp:
 WIDEN_MARGIN = 1.05
 
 
-def series_of(doc: AnomalyDoc, vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
+def series_of(d: Details, vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
     """A parameter anomaly's (previous key, key) series in this vocabulary and the threshold scale that
     accepts it, or why there is none."""
     index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
-    d = doc.deeplog
     ids, texts = d.window.key_ids, d.window.templates
     if len(ids) != len(texts):
         return "the anomaly document has no usable window"
@@ -612,7 +614,8 @@ class _Run:
         self.summary.feedback[status] += len(hits)
 
     def published(self, new_version: str, hits: Sequence[dict[str, Any]]) -> None:
-        """After a version is published: the crash hook, the summary, then the documents' `applied` updates."""
+        """After a version is published: the crash hook, the summary, then the documents' `applied`
+        updates."""
         if self.after_publish is not None:
             self.after_publish(new_version)
         self.summary.model_version = new_version
@@ -652,11 +655,14 @@ def _widen(run: _Run, pfps: Sequence[_PFp]) -> None:
     model, vocab, header = load_checkpoint(path / KEYMODEL)
     scales = paramfeedback.load(path)
     then: dict[str, dict[tuple[int, int], float]] = {}  # model version -> its scales, read once
+    # The version comes from the document, which anyone may have changed: only a version listed in the store
+    # is read, so an absolute path or `..` cannot point the job at files outside it.
+    known = set(store.versions())
     for f in pfps:
         # The document's threshold is that version's (possibly widened) bound: scale from the base bound.
-        v = f.doc.deeplog.model_version
+        v = f.doc.model_version
         if v not in then:
-            then[v] = paramfeedback.load(store.dir / v) if v and (store.dir / v).is_dir() else {}
+            then[v] = paramfeedback.load(store.dir / v) if v in known else {}
         need = then[v].get(f.series, 1.0) * f.scale
         scales[f.series] = max(scales.get(f.series, 1.0), need)
     meta = header["meta"]
@@ -732,7 +738,8 @@ def _sort(run: _Run, parent: _Parent, hits: Sequence[dict[str, Any]]) -> tuple[l
     for h in hits:
         verdict = Feedback.from_source(h["_source"]).feedback
         if verdict not in VERDICTS:
-            err = f"invalid feedback {verdict!r}: use {' or '.join(VERDICTS)}"
+            # As JSON, the form the responder wrote it in: 1, true, "fp".
+            err = f"invalid feedback {json.dumps(verdict)}: use {' or '.join(VERDICTS)}"
             run.updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
             fbc[INVALID] += 1
             continue
@@ -743,12 +750,13 @@ def _sort(run: _Run, parent: _Parent, hits: Sequence[dict[str, Any]]) -> tuple[l
             fbc["true_positive"] += 1
             continue
         try:
-            doc = AnomalyDoc.from_source(h["_source"])
+            # Only the `deeplog` object: the job uses nothing else, and other tools may change the rest.
+            doc = Details.from_source(h["_source"])
         except InvalidAnomaly as e:
             # Unsupported, not invalid: the verdict is fine, and an invalid one is read again every run.
             run.mark_all([h], UNSUPPORTED, f"the anomaly document is malformed ({e})")
             continue
-        if doc.deeplog.anomaly_type == "parameter":
+        if doc.anomaly_type == "parameter":
             widen = series_of(doc, parent.vocab)
             if isinstance(widen, str) or not (parent.path / PARAMMODEL).is_file():
                 why = widen if isinstance(widen, str) else "the current model version has no parameter model"

@@ -1,10 +1,11 @@
 """paramfeedback: false-positive feedback on parameter anomalies -> per-series threshold scales, and back.
 
 Contract: `load(version_dir) -> {(previous key, key): scale}` (empty when none was learnt) and
-`save(version_dir, scales)` (atomically: a crash leaves the old file or the new one). A scale s >= 1 widens that series' error bound from the parameter model's
-threshold t to s * t: the feedback job sets it just above the error of a vector a responder marked as normal,
-and detection (`runner`) applies it, so the same value is not flagged again while other series keep their
-bounds. Stored as JSON next to the parameter model (`param_feedback.json`, see models/README.md).
+`save(version_dir, scales)` (atomically: a crash leaves the old file or the new one). A scale s >= 1 widens
+that series' error bound from the parameter model's threshold t to s * t: the feedback job sets it just above
+the error of a vector a responder marked as normal, and detection (`runner`) applies it, so the same value is
+not flagged again while other series keep their bounds. Stored as JSON next to the parameter model
+(`param_feedback.json`, see models/README.md).
 """
 
 from __future__ import annotations

@@ -139,14 +139,16 @@ class EventReader:
         return out
 
 
-def observe(tracker: SessionTracker, rows: list[EventRow]) -> list[Observed]:
-    """Append the rows to their sessions -> each event's history and parameter vector."""
+def observe(tracker: SessionTracker, rows: list[EventRow], *, refs: bool = True) -> list[Observed]:
+    """Append the rows to their sessions -> each event's history and parameter vector. `refs`: keep each
+    session's last document (`index/id`, for detection's end-of-session anomaly); training has no use for
+    it."""
     return tracker.observe_many(
         [r.sid for r in rows],
         [r.event.key for r in rows],
         [r.event.numbers for r in rows],
         [r.ts for r in rows],
-        refs=[f"{r.doc.index}/{r.doc.id}" for r in rows],
+        refs=[f"{r.doc.index}/{r.doc.id}" for r in rows] if refs else None,
     )
 
 
@@ -187,22 +189,31 @@ class TrainingSet:
         if not self.with_params:
             return
         series, series_times = self.series, self.series_times
-        for r, o in zip(rows, observe(self.tracker, rows), strict=True):
+        for r, o in zip(rows, observe(self.tracker, rows, refs=False), strict=True):
             s = series_key(o, r.event.key)
             series[s].append(o.vector)
             series_times[s].append(r.ts)
 
 
 def read_training(
-    config: Config, source: Source, templater: Templater, *, span: Span, progress: Progress = _quiet
+    config: Config,
+    source: Source,
+    templater: Templater,
+    *,
+    span: Span,
+    progress: Progress = _quiet,
+    summary: RunSummary | None = None,
 ) -> tuple[TrainingSet, int, Counter[str]]:
-    """Read the training logs -> (what training learns from, documents read, skipped by reason)."""
+    """Read the training logs -> (what training learns from, documents read, skipped by reason). `summary`
+    counts them page by page, so a run that fails partway records what it read."""
     reader = EventReader(templater, SessionKeyer(config.source), config)
     data = TrainingSet(config.params.enabled)
-    skipped: Counter[str] = Counter()
+    skipped: Counter[str] = summary.skipped if summary is not None else Counter()
     docs = 0
     for page in source.pages(start=span.start, end=span.end):
         docs += len(page)
+        if summary is not None:
+            summary.docs_read += len(page)
         data.add(reader.rows(page, skipped, learn=True))
         if docs % 20000 < len(page):
             progress(
@@ -225,10 +236,14 @@ def train(
         src_cfg = replace(config.source, index=index) if index else config.source
         templater = Templater(config.templater)
         progress(f"reading training logs from {src_cfg.index} ...")
-        data, summary.docs_read, skipped = read_training(
-            config, Source(clients, src_cfg), templater, span=Span(start, end), progress=progress
+        data, _, skipped = read_training(
+            config,
+            Source(clients, src_cfg),
+            templater,
+            span=Span(start, end),
+            progress=progress,
+            summary=summary,
         )
-        summary.skipped = skipped
         if not data.sessions:
             raise DeeplogError(
                 f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
@@ -418,9 +433,9 @@ def run_once(
         det = detection or Detection.load(config)
         summary.model_version = det.version
         span = Span(start, end, close_sessions)
-        job = DetectionRun.open(Job(config, clients, summary), det, span)
-        job.run(stop, progress)
-        job.finish()
+        run = DetectionRun.open(Job(config, clients, summary), det, span)
+        run.run(stop, progress)
+        run.finish()
         return summary
 
 
@@ -458,7 +473,7 @@ class DetectionRun:
         self.tracker = _tracker(config, det.window, state.sessions)
         self.reader = EventReader(det.templater, SessionKeyer(config.source), config)
         self.source = Source(job.clients, config.source)
-        self.writer: sink.BackgroundWriter  # started by `run`, which closes it
+        self.writer: sink.BackgroundWriter | None = None  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
         src = config.source
@@ -472,6 +487,12 @@ class DetectionRun:
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
         )
+
+    def active_writer(self) -> sink.BackgroundWriter:
+        """The writer of the run in progress."""
+        if self.writer is None:
+            raise RuntimeError("the detection run's writer starts with `run`")
+        return self.writer
 
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
@@ -487,16 +508,20 @@ class DetectionRun:
         config, summary, span = self.config, self.summary, self.span
         # Read ahead about one scoring batch, so the reader keeps going while a batch is scored.
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
-        pages = Prefetch(
-            self.source.pages(self.state.checkpoint, start=span.start, end=span.end),
-            depth=depth,
-            name="deeplog-source",
-        )
-        self.writer = sink.BackgroundWriter(self.clients)
-        # The collector's full passes over a chunk's live documents would cost much of the job's CPU (gcpause).
+        # The writer first, and the reader inside the `try` that closes both: whichever fails to start, no
+        # thread is left running.
+        writer = self.writer = sink.BackgroundWriter(self.clients)
+        pages: Prefetch[list[SourceDoc]] | None = None
+        # The collector's full passes over a chunk's live documents would cost much of the job's CPU
+        # (gcpause).
         collect_due = False
         with gcpause.paused():
             try:
+                pages = Prefetch(
+                    self.source.pages(self.state.checkpoint, start=span.start, end=span.end),
+                    depth=depth,
+                    name="deeplog-source",
+                )
                 while True:
                     if len(self.chunk.pending_rows) >= IDLE_SCORE_BATCH and not pages.ready():
                         # The reader is behind: score what is pending instead of waiting, so less is left to
@@ -528,8 +553,9 @@ class DetectionRun:
                 # closes no session (the last page filled the previous chunk).
                 self.commit_chunk(close_all=span.close_sessions, saved=summary.docs_read > 0)
             finally:
-                pages.close()
-                self.writer.close()
+                if pages is not None:
+                    pages.close()
+                writer.close()
 
     def finish(self) -> None:
         summary, tracker = self.summary, self.tracker
@@ -604,7 +630,7 @@ class DetectionRun:
         # One write per scoring pass, key and parameter anomalies together: each bulk request costs the
         # server (the embedded one stalls on every tenth bulk request to an index).
         chunk.anomalies.extend(found)
-        self.writer.submit(found)
+        self.active_writer().submit(found)
 
     def _score_params(self, rows: list[EventRow], observed: list[Observed]) -> list[dict[str, Any]]:
         """Parameter vectors of the accepted events, each against the last vectors of its (previous key, key)
@@ -660,7 +686,7 @@ class DetectionRun:
         if closed:
             ended = self._score_ended(closed)
             chunk.anomalies.extend(ended)
-            self.writer.submit(ended)
+            self.active_writer().submit(ended)
         with Timer(summary, "write"):
             result = self._save()
         # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
@@ -686,7 +712,7 @@ class DetectionRun:
             self.det.version,
         )
         prepared = prepare_state(nxt)
-        result = self.writer.flush()
+        result = self.active_writer().flush()
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
         state.checkpoint, state.sessions, state.model_version = (
             nxt.checkpoint,

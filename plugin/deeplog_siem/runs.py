@@ -155,12 +155,18 @@ def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
 
 @contextmanager
 def recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[RunSummary]:
-    """Time a run and record it, failed or not; a failure is re-raised after it is recorded."""
+    """Time a run and record it, failed or not; a failure is re-raised after it is recorded. A run ended by
+    what is not an error (Ctrl-C, SystemExit) is recorded `interrupted` and re-raised, so its run document
+    does not say `ok` for work it did not finish."""
     t0 = time.perf_counter()
     try:
         yield summary
     except Exception as e:
         summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
+        raise
+    except BaseException as e:
+        summary.status, summary.error = "interrupted", str(e) or type(e).__name__
+        summary.stack_trace = traceback.format_exc()
         raise
     finally:
         summary.durations_ms["total"] = int((time.perf_counter() - t0) * 1000)

@@ -5,7 +5,7 @@ until `stop` is set (the CLI sets it on SIGTERM/SIGINT): detection every `detect
 feedback job (`feedback.apply_feedback`) every `feedback_interval_seconds`, and retraining on `retrain_cron`
 when configured. One instance of each job at a time, missed runs coalesced,
 `misfire_grace_seconds` of tolerance, a warning when a run takes longer than its interval. A failed run is
-recorded in the runs index by the runner and logged here; the daemon keeps going. On stop, a detection run
+recorded in the runs index (`runs.recorded`) and logged here; the daemon keeps going. On stop, a detection run
 finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends.
 """
 
@@ -48,7 +48,7 @@ class DetectJob:
             self.detection = None
         try:
             run_once(self.config, self.clients, detection=self.detection, stop=self.stop)
-        except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+        except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
             log.error("detection run failed: %s", e)
         elapsed = time.monotonic() - t0
         if elapsed > self.config.schedule.detect_interval_seconds:
@@ -64,7 +64,7 @@ def retrain_job(config: Config, clients: Clients) -> None:
     try:
         summary = train(config, clients, start=start)
         log.info("retrained: model version %s from %s sessions", summary.version, summary.sessions)
-    except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+    except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("retraining failed: %s", e)
 
 
@@ -73,7 +73,7 @@ def feedback_job(config: Config, clients: Clients) -> None:
 
     try:
         apply_feedback(config, clients)
-    except Exception as e:  # noqa: BLE001 - recorded by the runner; the schedule must go on
+    except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("feedback run failed: %s", e)
 
 

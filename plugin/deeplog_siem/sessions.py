@@ -115,7 +115,9 @@ class SessionTail:
 
     def __init__(self, last_ts: float, touched: float) -> None:
         self.keys = array("i")  # last keys, oldest first
-        self.dims = array("B")  # length of each event's vector (time gap + numbers), aligned with keys
+        # Length of each event's vector (time gap + numbers), aligned with keys: "I", not a byte, since a
+        # message may carry more than 255 numbers.
+        self.dims = array("I")
         self.values = array("d")  # the vectors, concatenated
         self.last_ts = last_ts  # event time of the last event (seconds)
         self.touched = touched  # wall-clock time the job last updated this session
@@ -158,7 +160,7 @@ class SessionTail:
         t = cls(float(last_ts), float(touched))
         t.count, t.last_ref = int(count), str(last_ref)
         t.keys = array("i", (int(k) for k in keys))
-        t.dims = array("B", (int(d) for d in dims))
+        t.dims = array("I", (int(d) for d in dims))
         t.values = array("d", (float(v) for v in values))
         if len(t.keys) != len(t.dims) or sum(t.dims) != len(t.values):
             raise ValueError("keys, dims and values do not line up")

@@ -56,7 +56,13 @@ def _docs(n: int, index: str) -> list[dict[str, Any]]:
     rng = random.Random(0)
     keys = list(range(3, len(vocab)))
     ctx = DocContext(
-        vocab=vocab, model_version="v1", run_id="bench", index=index, message_field="message", top_g=9
+        vocab=vocab,
+        model_version="v1",
+        run_id="bench",
+        index=index,
+        message_field="message",
+        top_g=9,
+        min_probability=0.0,
     )
     out = []
     for i in range(n):
