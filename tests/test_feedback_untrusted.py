@@ -58,9 +58,9 @@ def _published(clients: Clients, cfg: Config) -> str:
     return version
 
 
-def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
-    """A key anomaly document of `version` as the detection job writes it, marked a false positive."""
-    ctx = DocContext(
+def _context(version: str) -> DocContext:
+    """What the detection job's documents of `version` share, for the synthetic model."""
+    return DocContext(
         vocab=syn.vocabulary(),
         model_version=version,
         run_id="r1",
@@ -69,6 +69,11 @@ def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
         top_g=2,
         min_probability=0.0,
     )
+
+
+def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
+    """A key anomaly document of `version` as the detection job writes it, marked a false positive."""
+    ctx = _context(version)
     event = EventRef("logs", f"doc-{actual}", "2008-11-09T20:36:15.000Z", "line", "h1")
     built = key_anomaly(
         ctx,
@@ -183,15 +188,7 @@ def test_a_model_version_outside_the_store_is_not_read(clients, make_config, tmp
     outside = tmp_path / "outside"
     outside.mkdir()
     paramfeedback.save(outside, {(syn.A, syn.B): 1000.0})
-    ctx = DocContext(
-        vocab=syn.vocabulary(),
-        model_version=version,
-        run_id="r1",
-        index="anomalies",
-        message_field="message",
-        top_g=2,
-        min_probability=0.0,
-    )
+    ctx = _context(version)
     verdict = ParamVerdict(
         key=syn.B, dims=[0], observed=[5.0], predicted=[1.0], low=[0.5], high=[1.5], error=5.0, threshold=3.29
     )

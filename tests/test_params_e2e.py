@@ -174,6 +174,7 @@ def test_training_fits_the_vectors_detection_computes(clients, make_config, pref
     does not parse is skipped by both, as `bad_timestamp`), the same key sequences, the same parameter
     vectors per (previous key, key) series."""
     from deeplog_siem.runner import Span, read_training
+    from deeplog_siem.runs import RunSummary
     from deeplog_siem.sessions import SessionTail
     from deeplog_siem.source import Source
     from deeplog_siem.templater import Templater
@@ -215,10 +216,11 @@ def test_training_fits_the_vectors_detection_computes(clients, make_config, pref
     )
     t = train(cfg, clients)
     assert t.skipped == {"bad_timestamp": 1}
-    data, docs, skipped = read_training(
-        cfg, Source(clients, cfg.source), Templater(cfg.templater), span=Span()
+    read = RunSummary(run_id="check", job="train")
+    data = read_training(
+        cfg, Source(clients, cfg.source), Templater(cfg.templater), span=Span(), summary=read
     )
-    assert docs == len(lines) + 1 and skipped == {"bad_timestamp": 1}
+    assert read.docs_read == len(lines) + 1 and read.skipped == {"bad_timestamp": 1}
 
     summary = run_once(cfg, clients)
     assert summary.status == "ok" and summary.skipped == {"bad_timestamp": 1}

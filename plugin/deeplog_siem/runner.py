@@ -201,25 +201,22 @@ def read_training(
     templater: Templater,
     *,
     span: Span,
+    summary: RunSummary,
     progress: Progress = _quiet,
-    summary: RunSummary | None = None,
-) -> tuple[TrainingSet, int, Counter[str]]:
-    """Read the training logs -> (what training learns from, documents read, skipped by reason). `summary`
-    counts them page by page, so a run that fails partway records what it read."""
+) -> TrainingSet:
+    """Read the training logs -> what training learns from. The documents read and skipped (by reason) are
+    counted in `summary` page by page, so a run that fails partway records what it read."""
     reader = EventReader(templater, SessionKeyer(config.source), config)
     data = TrainingSet(config.params.enabled)
-    skipped: Counter[str] = summary.skipped if summary is not None else Counter()
-    docs = 0
     for page in source.pages(start=span.start, end=span.end):
-        docs += len(page)
-        if summary is not None:
-            summary.docs_read += len(page)
-        data.add(reader.rows(page, skipped, learn=True))
-        if docs % 20000 < len(page):
+        summary.docs_read += len(page)
+        data.add(reader.rows(page, summary.skipped, learn=True))
+        if summary.docs_read % 20000 < len(page):
             progress(
-                f"  {docs} documents, {len(data.sessions)} sessions, {templater.num_templates} templates"
+                f"  {summary.docs_read} documents, {len(data.sessions)} sessions, "
+                f"{templater.num_templates} templates"
             )
-    return data, docs, skipped
+    return data
 
 
 def train(
@@ -236,17 +233,17 @@ def train(
         src_cfg = replace(config.source, index=index) if index else config.source
         templater = Templater(config.templater)
         progress(f"reading training logs from {src_cfg.index} ...")
-        data, _, skipped = read_training(
+        data = read_training(
             config,
             Source(clients, src_cfg),
             templater,
             span=Span(start, end),
-            progress=progress,
             summary=summary,
+            progress=progress,
         )
         if not data.sessions:
             raise DeeplogError(
-                f"no usable training logs in {src_cfg.index} (skipped: {dict(skipped) or 'none'})"
+                f"no usable training logs in {src_cfg.index} (skipped: {dict(summary.skipped) or 'none'})"
             )
         progress(
             f"training the log-key model on {len(data.sessions)} sessions ({summary.docs_read} events) ..."
@@ -259,7 +256,7 @@ def train(
             docs=summary.docs_read,
             sessions=len(data.sessions),
             templates=templater.num_templates,
-            skipped=dict(skipped),
+            skipped=dict(summary.skipped),
             report=report,
         )
 
