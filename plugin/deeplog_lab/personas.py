@@ -3,7 +3,8 @@
 Contract: `start_persona(flavour, upstream) -> PersonaProxy` starts a local HTTP proxy (loopback, free port,
 daemon threads) that forwards to `upstream` (the lenient embedded server) and answers the way the named
 product does where the two products differ; `PersonaProxy.calls` records every call as a `Call`,
-`recording()` yields a list that receives the calls made inside the block, and `stop()` ends the proxy.
+`recording()` yields a list that receives the calls made inside the block, `refusing(path_part)` fails the
+matching requests while inside the block, and `stop()` ends the proxy.
 
 Both personas:
 - refuse the other product's endpoints the way the product refuses an unknown endpoint: 400 with
@@ -257,6 +258,16 @@ class _Persona:
     def __init__(self, upstream: str) -> None:
         self.upstream = _Upstream(upstream)
         self._lock = threading.Lock()
+        self.refused: tuple[str, int] | None = None
+
+    def reply(self, req: _Request) -> _Reply:
+        refused = self.refused
+        if refused is not None and refused[0] in req.path:
+            return self.stamp(_error(refused[1], "persona_fault", f"{req.path} refused by the persona"))
+        return self.answer(req)
+
+    def stamp(self, reply: _Reply) -> _Reply:
+        return reply
 
     def answer(self, req: _Request) -> _Reply:
         raise NotImplementedError
@@ -303,7 +314,9 @@ class ElasticsearchPersona(_Persona):
         self.policies: dict[str, dict[str, Any]] = {}
 
     def answer(self, req: _Request) -> _Reply:
-        reply = self._route(req)
+        return self.stamp(self._route(req))
+
+    def stamp(self, reply: _Reply) -> _Reply:
         reply.headers = [(k, v) for k, v in reply.headers if k.lower() != "x-elastic-product"]
         reply.headers.append(("X-Elastic-Product", "Elasticsearch"))
         return reply
@@ -509,7 +522,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=self._body(),
         )
         try:
-            reply = self.server.persona.answer(req)
+            reply = self.server.persona.reply(req)
         except Exception as e:  # noqa: BLE001 - the client sees a 502 rather than a dropped connection
             log.warning("persona could not answer %s %s: %s", req.method, req.path, e)
             reply = _error(502, "persona_upstream_error", str(e))
@@ -568,6 +581,16 @@ class PersonaProxy:
         finally:
             with self._lock:
                 self._recorders.remove(sink)
+
+    @contextmanager
+    def refusing(self, path_part: str, status: int = 503) -> Iterator[None]:
+        """Answer every request whose path contains `path_part` with `status` while inside the block: a
+        fault between the product and the cluster."""
+        self._persona.refused = (path_part, status)
+        try:
+            yield
+        finally:
+            self._persona.refused = None
 
     def stop(self) -> None:
         self._server.shutdown()
