@@ -5,6 +5,10 @@ By default the embedded osmem-server is started through the product's own code p
 DEEPLOG_TEST_ES_PASSWORD, DEEPLOG_TEST_ES_API_KEY, DEEPLOG_TEST_ES_CA_CERTS, DEEPLOG_TEST_ES_VERIFY=false) runs
 the same suite against a real Elasticsearch or OpenSearch cluster; every test works in indices named with a
 per-test prefix and deletes them afterwards.
+
+The `persona` fixtures put a strict Elasticsearch or OpenSearch stand-in (`deeplog_lab.personas`) in front of
+the embedded server, so the product's Elasticsearch and OpenSearch paths both run without either product.
+With DEEPLOG_TEST_ES_URL set they skip: the real cluster is tested directly.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from deeplog_lab.personas import PersonaProxy, start_persona
 from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import Config, ElasticsearchConfig, parse_config
 from deeplog_siem.es import Clients, connect
 
 REPO = Path(__file__).resolve().parents[1]
+PERSONAS = ("elasticsearch", "opensearch")
 DATA = shared_data_dir()
 
 
@@ -107,5 +113,49 @@ def make_config(es_section: dict, prefix: str, tmp_path: Path):
 
     def build(**sections: dict) -> Config:
         return parse_config(config_data(es_section, prefix, tmp_path / "models", **sections))
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def personas(es_url: str) -> Iterator[dict[str, PersonaProxy]]:
+    """Both personas in front of the embedded server, started once per run."""
+    if real_cluster():
+        pytest.skip(
+            "personas stand in for Elasticsearch and OpenSearch in front of the embedded server; "
+            "with DEEPLOG_TEST_ES_URL the real cluster is tested directly"
+        )
+    started = {flavour: start_persona(flavour, es_url) for flavour in PERSONAS}
+    try:
+        yield started
+    finally:
+        for proxy in started.values():
+            proxy.stop()
+
+
+@pytest.fixture(scope="session", params=PERSONAS, ids=PERSONAS)
+def persona(request: pytest.FixtureRequest, personas: dict[str, PersonaProxy]) -> PersonaProxy:
+    """Each persona in turn."""
+    return personas[request.param]
+
+
+@pytest.fixture(scope="session")
+def persona_section(es_section: dict, persona: PersonaProxy) -> dict:
+    return {**es_section, "hosts": [persona.url]}
+
+
+@pytest.fixture(scope="session")
+def persona_clients(persona_section: dict) -> Iterator[Clients]:
+    c = connect(ElasticsearchConfig(**{**persona_section, "hosts": tuple(persona_section["hosts"])}))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_persona_config(persona_section: dict, prefix: str, tmp_path: Path):
+    """`make_config` for the persona: `elasticsearch.hosts` is the persona's URL."""
+
+    def build(**sections: dict) -> Config:
+        return parse_config(config_data(persona_section, prefix, tmp_path / "models", **sections))
 
     return build

@@ -2,20 +2,26 @@
 
 Contract: `ElasticsearchConfig -> Clients` (one `elasticsearch.Elasticsearch` client plus the detected
 flavour and version), or `ConnectionFailed` with a message that names the host and what to fix (unreachable,
-bad credentials, TLS). Against OpenSearch the client uses `PlainJsonNode`, because OpenSearch refuses the
-official client's `application/vnd.elasticsearch+json; compatible-with=N` media types.
+bad credentials, TLS, a server that is neither product). Against OpenSearch the client uses `OpenSearchNode`:
+OpenSearch refuses the official client's `application/vnd.elasticsearch+json; compatible-with=N` media types
+and sends no `X-Elastic-Product` header, whose absence makes the client refuse every 2xx reply.
+
+The official client is adapted at the node rather than replaced by opensearch-py: every stage uses its
+APIs, `helpers.streaming_bulk` and `ApiError`, and the two products differ only in media types, the product
+header and a few endpoints, which a node and the flavour checks cover in one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import elastic_transport
-from elastic_transport import Urllib3HttpNode
-from elasticsearch import Elasticsearch
+from elastic_transport import HttpHeaders, Urllib3HttpNode
+from elasticsearch import Elasticsearch, UnsupportedProductError
 
 from .config import ElasticsearchConfig
 from .errors import ConnectionFailed
@@ -23,6 +29,7 @@ from .errors import ConnectionFailed
 log = logging.getLogger(__name__)
 
 Flavour = Literal["elasticsearch", "opensearch"]
+PRODUCT_HEADER = "x-elastic-product"
 
 
 class PlainJsonNode(Urllib3HttpNode):
@@ -38,6 +45,25 @@ class PlainJsonNode(Urllib3HttpNode):
                 if value and "vnd.elasticsearch+" in value:
                     headers[name] = "application/x-ndjson" if "x-ndjson" in value else "application/json"
         return super().perform_request(method, target, body=body, headers=headers, **kw)
+
+
+class OpenSearchNode(PlainJsonNode):
+    """`PlainJsonNode` whose replies carry the product header the official client checks for.
+
+    Only used once the root endpoint has reported OpenSearch (or `elasticsearch.flavour: opensearch` says
+    so): the client's check would otherwise refuse the first 2xx reply of every client and `.options()`
+    copy, since OpenSearch never sends `X-Elastic-Product`.
+    """
+
+    def perform_request(
+        self, method: str, target: str, body: bytes | None = None, headers: Any = None, **kw: Any
+    ):
+        response = super().perform_request(method, target, body=body, headers=headers, **kw)
+        if PRODUCT_HEADER in response.meta.headers:
+            return response
+        stamped = HttpHeaders(response.meta.headers)
+        stamped[PRODUCT_HEADER] = "Elasticsearch"
+        return response._replace(meta=dataclasses.replace(response.meta, headers=stamped))
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,10 @@ def _supports(es: Elasticsearch, method: str, path: str) -> bool:
         return False
 
 
-def _client(cfg: ElasticsearchConfig, plain_json: bool) -> Elasticsearch:
+def _client(
+    cfg: ElasticsearchConfig, plain_json: bool, *, node_class: type[Urllib3HttpNode] | None = None
+) -> Elasticsearch:
+    """A client for `cfg`; `plain_json` selects the OpenSearch node, `node_class` any other."""
     kwargs: dict[str, Any] = {
         "request_timeout": cfg.request_timeout,
         "max_retries": cfg.max_retries,
@@ -82,8 +111,9 @@ def _client(cfg: ElasticsearchConfig, plain_json: bool) -> Elasticsearch:
         kwargs["api_key"] = cfg.api_key
     elif cfg.username is not None:
         kwargs["basic_auth"] = (cfg.username, cfg.password)
-    if plain_json:
-        kwargs["node_class"] = PlainJsonNode
+    node_class = node_class or (OpenSearchNode if plain_json else None)
+    if node_class is not None:
+        kwargs["node_class"] = node_class
     return Elasticsearch(list(cfg.hosts), **kwargs)
 
 
@@ -115,16 +145,26 @@ def connect(cfg: ElasticsearchConfig) -> Clients:
     """Connect, detect the flavour from the root endpoint, and fail early with an actionable message."""
     hosts = ", ".join(cfg.hosts)
     # The root endpoint answers with plain JSON on both flavours; probe with the plain node, then build
-    # the client the flavour needs.
-    probe = _client(cfg, plain_json=True).options(max_retries=0)
+    # the client the flavour needs. The client refuses a 2xx reply without the product header (OpenSearch)
+    # but keeps its body: the flavour is read from that body.
+    probe = _client(cfg, plain_json=True, node_class=PlainJsonNode).options(max_retries=0)
     try:
-        info = probe.info().body
+        reply = probe.info()
+        info, product = reply.body, reply.meta.headers.get(PRODUCT_HEADER)
+    except UnsupportedProductError as e:
+        info, product = e.body, None
     except Exception as e:  # noqa: BLE001 - translated to an actionable message
         raise ConnectionFailed(_explain(e, hosts, cfg)) from None
     finally:
         probe.close()
-    version = info.get("version", {}) if isinstance(info, dict) else {}
+    version = info.get("version") if isinstance(info, dict) else None
+    version = version if isinstance(version, dict) else {}
     detected: Flavour = "opensearch" if version.get("distribution") == "opensearch" else "elasticsearch"
+    if cfg.flavour == "auto" and detected == "elasticsearch" and product != "Elasticsearch":
+        raise ConnectionFailed(
+            f"{hosts} is neither Elasticsearch (no X-Elastic-Product header) nor OpenSearch "
+            "(no version.distribution 'opensearch' at /); if it is OpenSearch, set elasticsearch.flavour: opensearch"
+        )
     flavour: Flavour = detected if cfg.flavour == "auto" else cfg.flavour
     if flavour != detected:
         log.warning("elasticsearch.flavour is %s but %s reports %s", cfg.flavour, hosts, detected)
