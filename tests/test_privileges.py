@@ -1,129 +1,87 @@
 """The privileges the README grants match the requests the commands make.
 
-Each command runs through the CLI against the embedded server behind a recording proxy (a plain HTTP
-forwarder, below); every recorded request must have an entry in `deeplog_siem.privileges`, be declared for
-its command and index there, and need no privilege the README's table withholds from that command.
+Each command runs through the CLI against each strict persona (Elasticsearch, OpenSearch) in front of the
+embedded server, which records every request; every recorded request must have an entry in
+`deeplog_siem.privileges`, be declared for its command and index there, and need no privilege the README's
+table withholds from that command.
 """
 
 from __future__ import annotations
 
-import http.client
 import re
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from pathlib import Path
 
 import pytest
 import yaml
 
+from deeplog_lab.personas import Call, PersonaProxy
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem import privileges as P
 from deeplog_siem.cli import main
 from deeplog_siem.config import parse_config
 from deeplog_siem.scheduler import build_scheduler
 
-from .conftest import REPO, config_data
+from .conftest import PERSONAS, REPO, config_data
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
-@dataclass(frozen=True)
-class Call:
-    method: str
-    path: str
-    status: int
-
-
-class Recorder:
-    """Forwards every request to `upstream` unchanged and records its method, path and status."""
-
-    def __init__(self, upstream: str) -> None:
-        up = urlsplit(upstream)
-        self.calls: list[Call] = []
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def forward(self) -> None:
-                n = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(n) if n else None
-                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                recorder.calls.append(Call(self.command, self.path, resp.status))
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dataclass
 class Scenario:
+    flavour: str
     calls: dict[str, list[Call]]
     indices: dict[str, str]  # index name -> target (source, anomalies, ...)
 
 
-@pytest.fixture(scope="module")
-def scenario(es_url: str, es_section: dict, clients, tmp_path_factory) -> Iterator[Scenario]:
+@pytest.fixture(scope="module", params=PERSONAS, ids=PERSONAS)
+def scenario(
+    request: pytest.FixtureRequest,
+    personas: dict[str, PersonaProxy],
+    es_section: dict,
+    clients,
+    tmp_path_factory,
+) -> Iterator[Scenario]:
     """setup, train, detect, feedback mark/apply, model and workflow commands, each recorded apart."""
-    recorder = Recorder(es_url)
+    persona = personas[request.param]
     tmp = tmp_path_factory.mktemp("privileges")
     prefix = f"p{uuid.uuid4().hex[:10]}"
-    data = config_data(
-        {**es_section, "hosts": [recorder.url]},
-        prefix,
-        tmp / "models",
-        model={"epochs": 2, "patience": 1, "threads": 1, "device": "cpu"},
-        # Retention makes setup look for a lifecycle API (ILM or ISM).
-        retention={"anomalies_days": 30},
-    )
-    cfg_file = tmp / "deeplog.yml"
-    cfg_file.write_text(yaml.safe_dump(data), encoding="utf-8")
-    cfg = parse_config(data)
+    model = {"epochs": 2, "patience": 1, "threads": 1, "device": "cpu"}
+    section = {**es_section, "hosts": [persona.url]}
+    files: dict[str, Path] = {}
+    indices: dict[str, str] = {}
+    # Retention (a lifecycle API, rollover aliases) gets indices of its own, used by setup alone.
+    for name, extra in (("plain", {}), ("retention", {"retention": {"anomalies_days": 30}})):
+        data = config_data(section, f"{prefix}{name[0]}", tmp / "models", model=model, **extra)
+        files[name] = tmp / f"{name}.yml"
+        files[name].write_text(yaml.safe_dump(data), encoding="utf-8")
+        c = parse_config(data)
+        o = c.output
+        indices |= {
+            c.source.index: "source",
+            o.anomalies_index: "anomalies",
+            o.runs_index: "runs",
+            o.workflows_index: "workflows",
+            o.state_index: "state",
+        }
+        if name == "plain":
+            cfg = c
     out = cfg.output
-    indices = {
-        cfg.source.index: "source",
-        out.anomalies_index: "anomalies",
-        out.runs_index: "runs",
-        out.workflows_index: "workflows",
-        out.state_index: "state",
-    }
     sample = load_sample()
     calls: dict[str, list[Call]] = {}
 
-    def run(command: str, *argv: str, ok: bool = True) -> None:
-        recorder.calls.clear()
-        rc = main([*command.split(), *argv, "-c", str(cfg_file)])
-        assert rc == 0 or not ok, f"{command} exited {rc}"
-        calls.setdefault(command, []).extend(recorder.calls)
+    def run(command: str, *argv: str, config: str = "plain") -> None:
+        with persona.recording() as made:
+            rc = main([*command.split(), *argv, "-c", str(files[config])])
+        assert rc == 0, f"{command} exited {rc}"
+        calls.setdefault(command, []).extend(made)
 
     try:
+        run("setup", config="retention")
         run("setup")
         index_lines(clients, cfg.source.index, render(sample.train[:60], seed=11), run="train")
         clients.es.indices.refresh(index=cfg.source.index)
@@ -143,9 +101,8 @@ def scenario(es_url: str, es_section: dict, clients, tmp_path_factory) -> Iterat
         run("model restore", versions[0])
         run("workflow list")
         run("workflow show", "w1")
-        yield Scenario(calls, indices)
+        yield Scenario(persona.flavour, calls, indices)
     finally:
-        recorder.stop()
         clients.es.options(ignore_status=404).indices.delete(index=f"{prefix}*", expand_wildcards="all")
 
 
@@ -168,6 +125,9 @@ def _needs(scenario: Scenario, command: str) -> list[tuple[str, str, Call]]:
             f"{command}: {call.method} {call.path} has no entry in deeplog_siem.privileges"
         )
         ep, params = found
+        assert scenario.flavour in ep.flavours, (
+            f"{command}: {call.method} {call.path} is not an {scenario.flavour} API"
+        )
         if ep.scope == "cluster":
             scopes = [None]
         elif "index" in params:
@@ -290,3 +250,15 @@ def test_the_table_matches_the_paths_it_documents():
 def test_config_privileges_prints_the_table(capsys):
     assert main(["config", "privileges"]) == 0
     assert capsys.readouterr().out == P.render_markdown()
+
+
+def test_setup_with_retention_calls_its_flavours_lifecycle_api(scenario):
+    names = {P.match(c.method, c.path)[0].name for c in scenario.calls["setup"]}
+    want = {"ILM status", "ILM policy put"} if scenario.flavour == "elasticsearch" else {"ISM policy put"}
+    assert want <= names, sorted(names)
+    pit = [
+        c.path for c in scenario.calls["train"] if P.match(c.method, c.path)[0].name == "point in time open"
+    ]
+    assert pit and all(
+        p.endswith("/_pit" if scenario.flavour == "elasticsearch" else "/point_in_time") for p in pit
+    )
