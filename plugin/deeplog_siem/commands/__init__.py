@@ -67,7 +67,11 @@ COMMANDS: tuple[Command, ...] = (
         "drift scenario on generated logs: FP rate and recall before/after feedback on 10%% of the FPs",
         LAB,
     ),
-    Command("config", "print the example configuration or validate a configuration file", _runtime("config")),
+    Command(
+        "config",
+        "print the example configuration or the privileges table, or validate a configuration file",
+        _runtime("config"),
+    ),
     Command("server", "run the embedded in-memory server (demo/tests) until Ctrl-C or SIGTERM", LAB),
     Command("replay", "render HDFS key sequences as realistic raw HDFS logs and index them", LAB),
     Command("train", "learn templates and the log-key model from the source index", _runtime("jobs")),
