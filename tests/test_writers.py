@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
-from deeplog_siem import sink
+from deeplog_siem import artifacts, sink
 from deeplog_siem.anomaly import DocContext, EventRef, KeyVerdict, SessionEvent, key_anomaly
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.config import parse_config
@@ -23,7 +24,7 @@ from deeplog_siem.setup_assets import create_indices
 from deeplog_siem.state import load_state
 from deeplog_siem.vocab import Vocabulary
 
-from .conftest import REPO, config_data
+from .conftest import config_data
 
 MODEL = {"epochs": 3, "threads": 1, "device": "cpu"}
 
@@ -191,7 +192,7 @@ def test_a_training_killed_midway_leaves_no_version(tmp_path):
         [sys.executable, "-c", _KILLED_TRAINING, str(store.dir)],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(REPO / "plugin")},
+        env={"PYTHONPATH": str(Path(artifacts.__file__).parents[1])},  # the code under test
         timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL
