@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+
 import pytest
 
 from deeplog_siem.errors import StateConflict
 from deeplog_siem.runs import RunSummary, recorded
 from deeplog_siem.source import Checkpoint
-from deeplog_siem.state import load_state, release_lease, save_state, take_lease
+from deeplog_siem.state import lease_owner, load_state, release_lease, save_state, take_lease
 
 
 def _at(n: int) -> Checkpoint:
@@ -81,3 +86,25 @@ def test_a_run_with_rejected_documents_is_degraded_not_ok(clients, make_config):
     clients.es.indices.refresh(index=cfg.output.runs_index)
     run = clients.es.get(index=cfg.output.runs_index, id="r-degraded")["_source"]["deeplog"]["run"]
     assert (run["status"], run["bulk_failures"]) == ("degraded", 2)
+
+
+def test_the_lease_of_a_process_of_this_host_that_is_gone_is_taken_over_at_once(clients, prefix):
+    index = f"{prefix}-state"
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = f"{socket.gethostname()}:{int(ended.stdout)}:run-of-a-killed-job"
+    take_lease(clients, index, "detect", owner=dead, lease_s=600)
+    restarted = take_lease(clients, index, "detect", owner=lease_owner("r2"), lease_s=600)
+    assert restarted.lease.owner == lease_owner("r2")
+    # A run of this very process that is still going holds its lease against another run (a thread) ...
+    with pytest.raises(StateConflict):
+        take_lease(clients, index, "detect", owner=lease_owner("r3"), lease_s=600)
+    # ... and one that ended without giving it back (its release could not be written) does not.
+    outdated = replace(restarted)
+    save_state(clients, index, restarted)
+    release_lease(clients, index, outdated)  # refused: the state changed since that copy
+    assert load_state(clients, index, "detect").lease.owner == lease_owner("r2")
+    assert take_lease(
+        clients, index, "detect", owner=lease_owner("r4"), lease_s=60
+    ).lease.owner == lease_owner("r4")

@@ -21,8 +21,6 @@ Contracts:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import uuid
 from collections import Counter, defaultdict
@@ -53,7 +51,7 @@ from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
-from .state import JobState, prepare_state, release_lease, save_state, take_lease
+from .state import JobState, lease_owner, prepare_state, release_lease, save_state, take_lease
 from .templater import ParsedEvent, Templater
 from .timefmt import epoch_seconds, iso_utc, utc_now
 from .vocab import EOS, UNK, Vocabulary
@@ -503,12 +501,11 @@ class DetectionRun:
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
         """Load the state and take its lease: `StateConflict` while another process runs on it."""
         job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
-        owner = f"{socket.gethostname()}:{os.getpid()}:{job.summary.run_id}"
         state = take_lease(
             job.clients,
             job.config.output.state_index,
             job_name,
-            owner=owner,
+            owner=lease_owner(job.summary.run_id),
             lease_s=job.config.schedule.lease_seconds,
         )
         if span.backfill:

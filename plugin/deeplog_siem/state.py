@@ -12,8 +12,10 @@ saved as): `if_seq_no`/`if_primary_term`, or a create when there was none. If an
 between, `StateConflict` is raised and nothing is saved, so a checkpoint never moves backwards.
 `take_lease(clients, index, job, owner=, lease_s=)` loads the state and marks it held by `owner` until
 `lease_s` seconds from now (renewed by every save); while another owner's lease runs it raises
-`StateConflict` naming that owner, so a second process stops before reading anything. `release_lease`
-clears the lease at the end of a run (best effort: a lease left behind by a killed process just expires).
+`StateConflict` naming that owner, so a second process stops before reading anything. A lease whose owner
+(`lease_owner(run_id)`: host, process id, run id) is a process of this host that is gone is taken over at
+once, so a job restarted after a crash does not wait for it to expire. `release_lease` clears the lease at
+the end of a run (best effort: a lease left behind on another host expires).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -36,6 +40,8 @@ from .timefmt import epoch_seconds, iso_utc, utc_now
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+# Owners of the leases runs of this process hold now: another run of this process (a thread) is alive.
+_LIVE: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -155,17 +161,47 @@ def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str
     state.seq_no, state.primary_term = int(resp["_seq_no"]), int(resp["_primary_term"])
 
 
+def lease_owner(run_id: str) -> str:
+    """The lease owner of run `run_id` of this process: host, process id and run id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+
+
+def _gone(owner: str) -> bool:
+    """Whether `owner` is a run of a process of this host that no longer exists (or of this process that
+    has ended); a process elsewhere cannot be checked."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner not in _LIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def take_lease(clients: Clients, index: str, job: str, *, owner: str, lease_s: float) -> JobState:
     """The job's state, held by `owner` for `lease_s` seconds (renewed by each save); `StateConflict` while
     another owner's lease runs."""
     state = load_state(clients, index, job)
     held = state.lease
     if held is not None and held.owner != owner:
-        if held.expires_at > time.time():
+        if held.expires_at > time.time() and not _gone(held.owner):
             raise _conflict(index, job, f"is held by {held.owner} until {iso_utc(held.expires_at)}")
-        log.warning("state %s/%s: taking over the expired lease of %s", index, job, held.owner)
+        log.warning(
+            "state %s/%s: taking over the lease of %s (expired or its process is gone)",
+            index,
+            job,
+            held.owner,
+        )
     state.lease, state.lease_s = Lease(owner, time.time() + lease_s), lease_s
     save_state(clients, index, state)
+    _LIVE.add(owner)
     return state
 
 
@@ -174,6 +210,7 @@ def release_lease(clients: Clients, index: str, state: JobState) -> None:
     (the lease expires on its own)."""
     if state.lease is None or state.seq_no is None or state.primary_term is None:
         return
+    _LIVE.discard(state.lease.owner)
     try:
         resp = clients.es.update(
             index=index,
