@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -637,3 +638,28 @@ def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, pr
         clients.es.index(index=d["_index"], id=d["_id"], document=body, refresh=True)
     assert clients.es.count(index=cfg.output.anomalies_index)["count"] == 4
     assert clients.es.count(index=cfg.output.runs_index)["count"] == 1
+
+
+def _keywords(mapping: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every keyword mapping under `mapping`: properties, multi-fields and dynamic templates."""
+    if mapping.get("type") == "keyword":
+        yield path, mapping
+    for name, sub in (mapping.get("properties") or {}).items():
+        yield from _keywords(sub, f"{path}.{name}" if path else name)
+    for name, sub in (mapping.get("fields") or {}).items():
+        yield from _keywords(sub, f"{path}.{name}")
+    for entry in mapping.get("dynamic_templates") or []:
+        for name, spec in entry.items():
+            yield from _keywords(spec.get("mapping") or {}, f"dynamic_templates.{name}")
+
+
+def test_every_keyword_of_every_template_is_bounded(make_config):
+    # Elasticsearch refuses a document whose keyword value exceeds 32766 bytes: a long host name or session id
+    # would drop its own anomaly. ignore_above counts characters (up to 4 bytes each in UTF-8).
+    for cfg in (make_config(), make_config(retention={"anomalies_days": 30, "runs_days": 7})):
+        for lifecycle in (None, "ilm", "ism"):
+            for name, body in index_templates(cfg, lifecycle).items():
+                found = list(_keywords(body["template"]["mappings"]))
+                assert found, name
+                unbounded = [p for p, m in found if not 0 < m.get("ignore_above", 0) <= 32766 // 4]
+                assert not unbounded, f"{name}: keyword fields without a bound: {unbounded}"

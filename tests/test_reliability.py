@@ -192,7 +192,7 @@ def test_sigkill_mid_backlog_then_restart_equals_an_uninterrupted_run(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             got = clients.es.options(ignore_status=404).get(index=cfg.output.state_index, id="detect")
-            if got.get("found"):
+            if got.get("found") and got["_source"]["deeplog"]["state"].get("checkpoint"):  # a chunk committed
                 break
             time.sleep(0.02)
         assert proc.poll() is None, (

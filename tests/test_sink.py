@@ -73,3 +73,38 @@ def test_background_writer_raises_at_flush_when_the_server_is_gone(unreachable_c
         assert w.flush().written == 0
     finally:
         w.close()
+
+
+def _alias(clients, name: str, mappings: dict | None = None) -> None:
+    """`name` as a rollover alias (what `setup` makes with retention on): writes go to NAME-000001."""
+    clients.es.indices.create(
+        index=f"{name}-000001", aliases={name: {"is_write_index": True}}, mappings=mappings or {}
+    )
+
+
+def test_writes_through_a_rollover_alias_are_acknowledged(clients, prefix):
+    # The acknowledgements name the concrete index (NAME-000001), not the alias the documents were sent to.
+    alias = f"{prefix}-anomalies"
+    _alias(clients, alias, {"dynamic": "strict", "properties": {"n": {"type": "long"}}})
+    docs = [*_docs(alias, 3), {"_index": alias, "_id": "bad", "n": "not a number"}]
+    result = sink.write(clients, docs, attempts=2, backoff_s=0.01, refresh=True)
+    assert (result.written, result.existing, dict(result.rejected)) == (3, 0, {"mapper_parsing_exception": 1})
+    assert clients.es.count(index=alias)["count"] == 3
+
+
+def test_create_leaves_an_existing_document_as_it_is(clients, prefix):
+    alias = f"{prefix}-anomalies"
+    _alias(clients, alias)
+    first = sink.write(clients, _docs(alias, 2), op="create")
+    assert (first.written, first.existing) == (2, 0)
+    concrete = f"{alias}-000001"
+    clients.es.update(index=concrete, id="d0", doc={"verdict": "false_positive"}, refresh=True)
+    # Written again (a backfill, a re-read after a failed commit): d0 keeps its verdict, d2 is new.
+    again = sink.write(clients, [{**d, "n": -1} for d in _docs(alias, 3)], op="create", attempts=1)
+    assert (again.written, again.existing, again.failed) == (1, 2, 0)
+    kept = clients.es.get(index=concrete, id="d0")["_source"]
+    assert kept == {"n": 0, "verdict": "false_positive"}
+    # A document's own operation wins over `op`.
+    forced = sink.write(clients, [{**_docs(alias, 1)[0], "_op_type": "index", "n": 5}], op="create")
+    assert (forced.written, forced.existing) == (1, 0)
+    assert clients.es.get(index=concrete, id="d0")["_source"] == {"n": 5}

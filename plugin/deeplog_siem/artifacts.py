@@ -1,8 +1,11 @@
 """artifacts: versioned model directories under `model.dir`, and which one is current.
 
-Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh directory to write a model version
-into; `publish(version)` makes it current atomically (the `CURRENT` file, `atomic.write_text`), so a
-crash during training never leaves a half-written model in use; `current() -> (version, path)` or
+Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh staging directory (a hidden temporary
+name in the store) to write a model version into; `publish(version)` renames it to its version name and
+makes it current atomically (the `CURRENT` file, `atomic.write_text`), so a version is visible only once
+complete and a crash (SIGKILL included) during training never leaves a half-written model listed or in use.
+A staging directory is held (an flock) by the process writing it; `create` removes those whose process is
+gone; `current() -> (version, path)` or
 `ArtifactError` telling the user to train first; `restore(version)` makes an earlier version current again;
 `lock()` serialises writers (the feedback job) across processes. Each version directory holds the templater
 state (`templater/`), the key model checkpoint (`keymodel.pt`, whose meta carries the lineage of feedback
@@ -15,15 +18,21 @@ detection job keeps its sample of recent windows (`recent_windows.pt`, `deeplog_
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from .atomic import write_text
+from .atomic import fsync_dir, write_text
 from .errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 KEYMODEL = "keymodel.pt"
 # In a feedback version: the trained key model it descends from (the detector's anchor, README "Feedback").
@@ -32,22 +41,79 @@ PARAMMODEL = "parammodel.pt"
 # Per-series widening of the parameter model's threshold learnt from false-positive feedback (README "Feedback").
 PARAM_FEEDBACK = "param_feedback.json"
 TEMPLATER = "templater"
+STAGING = ".staging-"
+_OWNER = ".owner"
+# A staging directory without its owner file is one being created (or one a crash left right then): removed
+# only once it is this old.
+_UNOWNED_GRACE_S = 3600.0
 
 
 class ModelStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
+        self._owned: dict[str, Any] = {}  # version -> its staging directory's locked owner file
 
     def create(self) -> tuple[str, Path]:
+        """A new version's name and its staging directory, held by this process until `publish`."""
+        self.clean_staging()
         version = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-        path = self.dir / version
+        path = self._staging(version)
         path.mkdir(parents=True, exist_ok=False)
+        owner = open(path / _OWNER, "w")  # noqa: SIM115 - held open (and locked) until publish
+        fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._owned[version] = owner
         return version, path
 
+    def _staging(self, version: str) -> Path:
+        return self.dir / f"{STAGING}{version}"
+
     def publish(self, version: str) -> None:
-        if not (self.dir / version / KEYMODEL).is_file():
+        """Make `version` current; a version still in staging is moved to its name first."""
+        stage, final = self._staging(version), self.dir / version
+        if stage.is_dir() and not final.exists():
+            if not (stage / KEYMODEL).is_file():
+                raise ArtifactError(
+                    f"model version {version} in {self.dir} has no {KEYMODEL}; not publishing it"
+                )
+            (stage / _OWNER).unlink(missing_ok=True)
+            os.rename(stage, final)
+            fsync_dir(self.dir)
+            owner = self._owned.pop(version, None)
+            if owner is not None:
+                owner.close()
+        if not (final / KEYMODEL).is_file():
             raise ArtifactError(f"model version {version} in {self.dir} has no {KEYMODEL}; not publishing it")
         write_text(self.dir / "CURRENT", version + "\n")
+
+    def clean_staging(self) -> list[str]:
+        """Remove staging directories no live process holds (their writer was killed) -> their names."""
+        removed = []
+        for path in self.dir.glob(f"{STAGING}*") if self.dir.is_dir() else []:
+            if path.is_dir() and self._abandoned(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+                log.warning(
+                    "model store %s: removed %s, left unfinished by a process that is gone",
+                    self.dir,
+                    path.name,
+                )
+        return removed
+
+    @staticmethod
+    def _abandoned(path: Path) -> bool:
+        try:
+            f = open(path / _OWNER)  # noqa: SIM115 - closed below, after the lock test
+        except FileNotFoundError:
+            try:
+                return time.time() - path.stat().st_mtime > _UNOWNED_GRACE_S
+            except FileNotFoundError:
+                return False  # published or removed meanwhile
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its writer is alive
+            return True
 
     def current(self) -> tuple[str, Path]:
         pointer = self.dir / "CURRENT"

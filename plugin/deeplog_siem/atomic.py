@@ -5,7 +5,7 @@ file with a unique name in the target's own folder (same file system, so the ren
 exit the data is flushed and fsynced, the file renamed over `path` and the folder fsynced, so a crash leaves
 either the old file or the new one, never a torn one, and two processes writing the same path never share
 a temporary file. On an exception the temporary file is removed and `path` is untouched. `write_bytes` and
-`write_text` are the one-shot forms. Folders are created as needed. The file gets the mode a plain write
+`write_text` are the one-shot forms; `fsync_dir(folder)` makes a rename in `folder` durable. Folders are created as needed. The file gets the mode a plain write
 would give it (0666 less the umask), not mkstemp's owner-only one.
 """
 
@@ -46,7 +46,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(p.parent)
+    fsync_dir(p.parent)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -59,7 +59,8 @@ def write_text(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of `directory` (a rename into it) durable; a no-op where it cannot be opened."""
     # The rename is durable only once the folder's entry is; some file systems refuse to open a folder.
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -381,10 +381,12 @@ class ScheduleConfig:
     retrain_lookback_days: int = 7
     misfire_grace_seconds: int = 30
     chunk_size: int = 20000
+    lease_seconds: int = 600
 
     def validate(self, key: str) -> None:
         for name in (
             "detect_interval_seconds",
+            "lease_seconds",
             "feedback_interval_seconds",
             "misfire_grace_seconds",
             "chunk_size",

@@ -35,3 +35,7 @@ class SinkError(DeeplogError):
 
 class KibanaError(DeeplogError):
     """Kibana / OpenSearch Dashboards could not be reached or refused the saved-objects import."""
+
+
+class StateConflict(DeeplogError):
+    """Another process holds or has changed a job's state: this one stops without saving over it."""

@@ -51,7 +51,7 @@ from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
-from .state import JobState, load_state, prepare_state, save_state
+from .state import JobState, lease_owner, prepare_state, release_lease, save_state, take_lease
 from .templater import ParsedEvent, Templater
 from .timefmt import epoch_seconds, iso_utc, utc_now
 from .vocab import EOS, UNK, Vocabulary
@@ -302,7 +302,10 @@ def _fit(
         pm, p_report = ParameterModel.fit(data.series, config.params, data.series_times)
         pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
         out |= {"params": p_report.to_dict()}
-    store.publish(version)
+    # Under the store's lock: a feedback run holds it from reading CURRENT to publishing its child version,
+    # so it cannot publish over this newer version afterwards.
+    with store.lock():
+        store.publish(version)
     publish_workflows(job.clients, config, version, workflows)
     return version, out
 
@@ -431,8 +434,11 @@ def run_once(
         summary.model_version = det.version
         span = Span(start, end, close_sessions)
         run = DetectionRun.open(Job(config, clients, summary), det, span)
-        run.run(stop, progress)
-        run.finish()
+        try:
+            run.run(stop, progress)
+            run.finish()
+        finally:
+            run.release()
         return summary
 
 
@@ -493,11 +499,22 @@ class DetectionRun:
 
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
+        """Load the state and take its lease: `StateConflict` while another process runs on it."""
         job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
-        state = load_state(job.clients, job.config.output.state_index, job_name)
+        state = take_lease(
+            job.clients,
+            job.config.output.state_index,
+            job_name,
+            owner=lease_owner(job.summary.run_id),
+            lease_s=job.config.schedule.lease_seconds,
+        )
         if span.backfill:
             state.checkpoint, state.sessions = None, {}
         return cls(job, det, span, state)
+
+    def release(self) -> None:
+        """Give the state's lease back (best effort: a lease left behind expires)."""
+        release_lease(self.clients, self.config.output.state_index, self.state)
 
     def run(self, stop: threading.Event | None, progress: Progress) -> None:
         """Read, score and commit chunk by chunk until the source is exhausted or `stop` is set (then the
@@ -507,7 +524,9 @@ class DetectionRun:
         depth = max(2, SCORE_BATCH // config.source.page_size + 1)
         # The writer first, and the reader inside the `try` that closes both: whichever fails to start, no
         # thread is left running.
-        writer = self.writer = sink.BackgroundWriter(self.clients)
+        # Create-if-absent: an anomaly written before (a backfill, a chunk read again after a failed commit)
+        # keeps its document, and with it the responders' verdicts.
+        writer = self.writer = sink.BackgroundWriter(self.clients, op="create")
         pages: Prefetch[list[SourceDoc]] | None = None
         # The collector's full passes over a chunk's live documents would cost much of the job's CPU
         # (gcpause).
@@ -691,6 +710,7 @@ class DetectionRun:
         summary.processed += chunk.processed
         summary.skipped.update(chunk.skipped)
         summary.rejected.update(result.rejected)
+        summary.already_written += result.existing
         for a in chunk.anomalies:
             summary.anomalies[a["deeplog"]["anomaly_type"]] += 1
         if chunk.first is not None and chunk.newest is not None:
@@ -702,21 +722,18 @@ class DetectionRun:
         state = self.state
         # The new state is built (checkpoint, packed tails) while the last writes are in flight: after the
         # last page this wait is the job's tail, not overlapped with any reading.
-        nxt = JobState(
-            state.job,
-            advance(state.checkpoint, self.chunk.docs, self.source.overlap_ms),
-            self.tracker.to_dict(),
-            self.det.version,
+        nxt = replace(
+            state,
+            checkpoint=advance(state.checkpoint, self.chunk.docs, self.source.overlap_ms),
+            sessions=self.tracker.to_dict(),
+            model_version=self.det.version,
         )
         prepared = prepare_state(nxt)
         result = self.active_writer().flush()
-        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents.
-        state.checkpoint, state.sessions, state.model_version = (
-            nxt.checkpoint,
-            nxt.sessions,
-            nxt.model_version,
-        )
-        save_state(self.clients, self.config.output.state_index, state, prepared)
+        # Only now, with every anomaly acknowledged, may the checkpoint move past these documents; and only
+        # over the state this run read (StateConflict if another process saved since).
+        save_state(self.clients, self.config.output.state_index, nxt, prepared)
+        self.state = nxt
         return result
 
     def _score_ended(self, closed: list[tuple[str, SessionTail]]) -> list[dict[str, Any]]:

@@ -1,13 +1,16 @@
 """runs: the summary of one job run, its run document and its one summary log line.
 
 Contract: `RunSummary` holds a run's figures (documents read, processed and skipped by reason, sessions,
-anomalies by type, rejected writes, stage durations, window, lag, model version, error); `document(index)`
+anomalies by type, rejected writes, documents already written by an earlier run, stage durations, window,
+lag, model version, error); `document(index)`
 -> the run document (`deeplog.run.*`, README "Run documents"), `line()` -> the summary log line.
 `extra_fields()` and `extra_line()` are what a job adds of its own (the feedback job's figures: see
 `feedback.FeedbackSummary`). `record_run(clients, config, summary)` writes the document and logs the line;
 a failure to record is logged, never raised, and the document waits to go with the next run's.
 `recorded(clients, config, summary)` is the context manager every job runs inside: it times the run and
-records it, failed or not; a failure is recorded with its message and stack trace, then re-raised.
+records it, failed or not; a failure is recorded with its message and stack trace, then re-raised. A run
+that ends without an error but with documents the server refused for good is `degraded`, never `ok`; a run
+that lost its job state to another process (`StateConflict`) is `conflict`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from . import sink
 from .config import Config
+from .errors import StateConflict
 from .es import Clients
 from .timefmt import utc_now
 
@@ -43,6 +47,8 @@ class RunSummary:
     sessions: int = 0
     anomalies: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
+    # Anomalies found again (a backfill, a re-read chunk) whose document existed: kept, verdicts and all.
+    already_written: int = 0
     durations_ms: Counter[str] = field(default_factory=Counter)
     window_start: Any = None
     window_end: Any = None
@@ -74,6 +80,7 @@ class RunSummary:
             f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, "
+            + (f"{self.already_written} already written, " if self.already_written else "")
             + (f"{self.sessions_evicted} sessions evicted, " if self.sessions_evicted else "")
             + (f"lag {self.lag_seconds:.1f} s, " if self.lag_seconds is not None else "")
             + f"model {self.model_version}, {secs:.1f} s"
@@ -104,6 +111,7 @@ class RunSummary:
                     "anomalies": dict(self.anomalies),
                     "anomalies_total": self.anomalies_total,
                     "bulk_failures": sum(self.rejected.values()),
+                    "already_written": self.already_written,
                     "duration_ms": dict(self.durations_ms),
                     "lag_seconds": self.lag_seconds,
                     "model_version": self.model_version,
@@ -161,6 +169,11 @@ def recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[
     t0 = time.perf_counter()
     try:
         yield summary
+        if summary.status == "ok" and summary.rejected:
+            summary.status = "degraded"
+    except StateConflict as e:
+        summary.status, summary.error, summary.stack_trace = "conflict", str(e), None
+        raise
     except Exception as e:
         summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
         raise

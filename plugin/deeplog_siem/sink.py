@@ -1,7 +1,11 @@
 """sink: documents -> an index, every one acknowledged or accounted for.
 
-Contract: `write(clients, docs) -> WriteResult`. Each document carries `_index` and a deterministic `_id`,
-so writing the same results twice overwrites instead of duplicating. Transient failures (429, 5xx, lost
+Contract: `write(clients, docs, op=...) -> WriteResult`. Each document carries `_index` (an index or a
+rollover alias) and a deterministic `_id`; its bulk operation is its own `_op_type`, else `op`. With
+`op="create"` a document whose id exists already is left as it is (responders' verdicts on an anomaly
+survive any reprocessing) and counted in `WriteResult.existing`, neither a failure nor retried. Each
+acknowledgement is matched to its document by its position in the request, since the server names the
+concrete index behind an alias, not the alias the document was sent to. Transient failures (429, 5xx, lost
 connections) are retried with backoff; documents the server rejects for good (a mapping conflict, say)
 are counted by reason in `WriteResult.rejected` and logged; if transient failures remain after the
 retries, `SinkError` is raised and the caller must not advance its checkpoint.
@@ -18,9 +22,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from elasticsearch import helpers
+from elasticsearch import ApiError, helpers
 
 from .errors import SinkError
 from .es import Clients
@@ -28,16 +32,23 @@ from .es import Clients
 log = logging.getLogger(__name__)
 
 _TRANSIENT = {429, 500, 502, 503, 504}
+Op = Literal["index", "create"]
 
 
 @dataclass
 class WriteResult:
     written: int = 0
+    existing: int = 0  # `create` documents whose id was there already: left as they were
     rejected: Counter[str] = field(default_factory=Counter)  # reason -> count, permanent failures
 
     @property
     def failed(self) -> int:
         return sum(self.rejected.values())
+
+    def add(self, other: WriteResult) -> None:
+        self.written += other.written
+        self.existing += other.existing
+        self.rejected.update(other.rejected)
 
 
 def _reason(info: dict[str, Any]) -> str:
@@ -47,41 +58,36 @@ def _reason(info: dict[str, Any]) -> str:
     return str(err or f"status_{info.get('status')}")
 
 
+def _status(e: ApiError) -> int:
+    try:
+        return int(e.meta.status)
+    except (TypeError, ValueError):
+        return 0
+
+
 def write(
     clients: Clients,
     docs: Iterable[dict[str, Any]],
     *,
+    op: Op = "index",
     chunk_size: int = 500,
     attempts: int = 5,
     backoff_s: float = 1.0,
     refresh: bool = False,
 ) -> WriteResult:
     result = WriteResult()
-    pending = {(d["_index"], d["_id"]): d for d in docs}
-    indices = {k[0] for k in pending}
+    pending = [d if "_op_type" in d else {**d, "_op_type": op} for d in docs]
+    indices = {d["_index"] for d in pending}
     for attempt in range(attempts):
-        try:
-            for ok, item in helpers.streaming_bulk(
-                clients.es,
-                list(pending.values()),
-                chunk_size=chunk_size,
-                max_retries=2,
-                initial_backoff=backoff_s,
-                raise_on_error=False,
-                raise_on_exception=False,
-            ):
-                info = next(iter(item.values()))
-                key = (info.get("_index"), info.get("_id"))
-                status = int(info.get("status", 0) or 0)
-                if ok:
-                    result.written += 1
-                    pending.pop(key, None)
-                elif status not in _TRANSIENT and status != 0:
-                    result.rejected[_reason(info)] += 1
-                    pending.pop(key, None)
-                    log.warning("document %s rejected by %s: %s", key[1], key[0], info.get("error"))
-        except Exception as e:  # noqa: BLE001 - connection-level failure: what is still pending is retried
-            log.warning("bulk write failed (attempt %s/%s): %s", attempt + 1, attempts, e)
+        retry: list[dict[str, Any]] = []
+        for i in range(0, len(pending), chunk_size):
+            chunk = pending[i : i + chunk_size]
+            try:
+                retry += _bulk(clients, chunk, result)
+            except Exception as e:  # noqa: BLE001 - connection-level failure: the chunk is retried
+                log.warning("bulk write failed (attempt %s/%s): %s", attempt + 1, attempts, e)
+                retry += chunk
+        pending = retry
         if not pending:
             break
         time.sleep(backoff_s * 2**attempt)
@@ -90,6 +96,40 @@ def write(
     if refresh and indices:
         clients.es.indices.refresh(index=",".join(sorted(indices)))
     return result
+
+
+def _bulk(clients: Clients, chunk: list[dict[str, Any]], result: WriteResult) -> list[dict[str, Any]]:
+    """One bulk request; its outcome counted in `result` -> the documents to send again (transient)."""
+    operations: list[Any] = []
+    for d in chunk:
+        action, body = helpers.expand_action(d)
+        operations.append(action)
+        if body is not None:
+            operations.append(body)
+    try:
+        items = clients.es.bulk(operations=operations).body["items"]
+    except ApiError as e:
+        status = _status(e)
+        if status in _TRANSIENT or status == 0:
+            raise
+        # The whole request refused (too large, malformed): none of its documents can be written as sent.
+        items = [{d["_op_type"]: {"status": status, "error": {"type": f"bulk_{status}"}}} for d in chunk]
+    if len(items) != len(chunk):
+        raise SinkError(f"bulk response has {len(items)} items for {len(chunk)} documents")
+    retry = []
+    for d, item in zip(chunk, items, strict=True):
+        kind, info = next(iter(item.items()))
+        status = int(info.get("status", 0) or 0)
+        if 200 <= status < 300:
+            result.written += 1
+        elif status == 409 and kind == "create":
+            result.existing += 1
+        elif status in _TRANSIENT or status == 0:
+            retry.append(d)
+        else:
+            result.rejected[_reason(info)] += 1
+            log.warning("document %s rejected by %s: %s", d["_id"], d["_index"], info.get("error"))
+    return retry
 
 
 class BackgroundWriter:
@@ -119,8 +159,7 @@ class BackgroundWriter:
             try:
                 r = write(self._clients, batch, **self._kw)
                 with self._cond:
-                    self._result.written += r.written
-                    self._result.rejected.update(r.rejected)
+                    self._result.add(r)
             except BaseException as e:  # noqa: BLE001 - handed to flush(), raised in the job's thread
                 with self._cond:
                     self._error = self._error or e

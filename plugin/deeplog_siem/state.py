@@ -6,22 +6,50 @@ Contract: `load_state(clients, index, job) -> JobState` (an empty state when non
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
 back by id (a real-time GET), and waiting would add up to a refresh interval to every chunk. The session
 tails are stored compressed in a field the mapping never indexes; they are only read back by this module.
+
+One writer per state: a save is a compare-and-set against the document the state was read from (or last
+saved as): `if_seq_no`/`if_primary_term`, or a create when there was none. If another process saved in
+between, `StateConflict` is raised and nothing is saved, so a checkpoint never moves backwards.
+`take_lease(clients, index, job, owner=, lease_s=)` loads the state and marks it held by `owner` until
+`lease_s` seconds from now (renewed by every save); while another owner's lease runs it raises
+`StateConflict` naming that owner, so a second process stops before reading anything. A lease whose owner
+(`lease_owner(run_id)`: host, process id, run id) is a process of this host that is gone is taken over at
+once, so a job restarted after a crash does not wait for it to expire. `release_lease` clears the lease at
+the end of a run (best effort: a lease left behind on another host expires).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
+import socket
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ArtifactError
+from elasticsearch import ConflictError
+
+from .errors import ArtifactError, StateConflict
 from .es import Clients
 from .source import Checkpoint
-from .timefmt import utc_now
+from .timefmt import epoch_seconds, iso_utc, utc_now
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
+# Owners of the leases runs of this process hold now: another run of this process (a thread) is alive.
+_LIVE: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs the job on this state, and until when (epoch seconds) unless renewed."""
+
+    owner: str
+    expires_at: float
 
 
 @dataclass
@@ -31,6 +59,12 @@ class JobState:
     sessions: dict[str, Any] = field(default_factory=dict)  # the session tracker's to_dict()
     model_version: str | None = None
     updated: str | None = None
+    # The saved document this state was read from or last saved as (None: none yet, a save creates it):
+    # a save succeeds only over that very document.
+    seq_no: int | None = None
+    primary_term: int | None = None
+    lease: Lease | None = None
+    lease_s: float | None = None  # this process's lease, renewed for this long by every save
 
 
 def _pack(obj: Any) -> str:
@@ -41,6 +75,19 @@ def _pack(obj: Any) -> str:
 
 def _unpack(text: str) -> Any:
     return json.loads(zlib.decompress(base64.b64decode(text)))
+
+
+def _lease(raw: Any, where: str) -> Lease | None:
+    """The saved lease, or None when there is none; one that does not read as a lease is ignored (logged),
+    since the document may have been edited by hand."""
+    if raw is None:
+        return None
+    owner = raw.get("owner") if isinstance(raw, dict) else None
+    expires = epoch_seconds(raw.get("expires_at")) if isinstance(raw, dict) else None
+    if not isinstance(owner, str) or expires is None:
+        log.warning("state document %s has an unreadable lease %r; ignoring it", where, raw)
+        return None
+    return Lease(owner, expires)
 
 
 def load_state(clients: Clients, index: str, job: str) -> JobState:
@@ -59,10 +106,14 @@ def load_state(clients: Clients, index: str, job: str) -> JobState:
             sessions=_unpack(d["tails"]) if d.get("tails") else {},
             model_version=d.get("model_version"),
             updated=d.get("updated_at"),
+            seq_no=int(resp["_seq_no"]),
+            primary_term=int(resp["_primary_term"]),
+            lease=_lease(d.get("lease"), f"{index}/{job}"),
         )
-    except (KeyError, ValueError, TypeError, zlib.error) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as e:
         raise ArtifactError(
-            f"state document {index}/{job} is unreadable ({e}); delete it to start from scratch"
+            f"state document {index}/{job} is unreadable ({e}); delete it to start from scratch "
+            "(stop every detector on it first)"
         ) from None
 
 
@@ -78,9 +129,103 @@ def prepare_state(state: JobState) -> dict[str, Any]:
     }
 
 
+def _conflict(index: str, job: str, what: str) -> StateConflict:
+    return StateConflict(
+        f"the state of job {job!r} ({index}/{job}) {what}: another process runs this job on the same state "
+        "(two detectors, or a daemon and a manual run); this run stops without saving over it"
+    )
+
+
+def _cas(state: JobState) -> dict[str, Any]:
+    if state.seq_no is None or state.primary_term is None:
+        return {"op_type": "create"}
+    return {"if_seq_no": state.seq_no, "if_primary_term": state.primary_term}
+
+
 def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str, Any] | None = None) -> None:
-    """Save `state` (or `prepared`, its form from `prepare_state`, which must be of the same state)."""
+    """Save `state` (or `prepared`, its form from `prepare_state`, which must be of the same state) over the
+    document it was read from; `StateConflict` if another process saved in between."""
     now = utc_now()
+    lease = state.lease
+    if lease is not None and state.lease_s is not None:
+        lease = Lease(lease.owner, time.time() + state.lease_s)
     body = {**(prepared if prepared is not None else prepare_state(state)), "updated_at": now}
-    clients.es.index(index=index, id=state.job, document={"@timestamp": now, "deeplog": {"state": body}})
-    state.updated = now
+    body["lease"] = {"owner": lease.owner, "expires_at": iso_utc(lease.expires_at)} if lease else None
+    try:
+        resp = clients.es.index(
+            index=index, id=state.job, document={"@timestamp": now, "deeplog": {"state": body}}, **_cas(state)
+        )
+    except ConflictError:
+        raise _conflict(index, state.job, "was saved by another process since this run read it") from None
+    state.updated, state.lease = now, lease
+    state.seq_no, state.primary_term = int(resp["_seq_no"]), int(resp["_primary_term"])
+
+
+def lease_owner(run_id: str) -> str:
+    """The lease owner of run `run_id` of this process: host, process id and run id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+
+
+def _gone(owner: str) -> bool:
+    """Whether `owner` is a run of a process of this host that no longer exists (or of this process that
+    has ended); a process elsewhere cannot be checked."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner not in _LIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def take_lease(clients: Clients, index: str, job: str, *, owner: str, lease_s: float) -> JobState:
+    """The job's state, held by `owner` for `lease_s` seconds (renewed by each save); `StateConflict` while
+    another owner's lease runs."""
+    state = load_state(clients, index, job)
+    held = state.lease
+    if held is not None and held.owner != owner:
+        if held.expires_at > time.time() and not _gone(held.owner):
+            raise _conflict(index, job, f"is held by {held.owner} until {iso_utc(held.expires_at)}")
+        log.warning(
+            "state %s/%s: taking over the lease of %s (expired or its process is gone)",
+            index,
+            job,
+            held.owner,
+        )
+    state.lease, state.lease_s = Lease(owner, time.time() + lease_s), lease_s
+    save_state(clients, index, state)
+    _LIVE.add(owner)
+    return state
+
+
+def release_lease(clients: Clients, index: str, state: JobState) -> None:
+    """Clear this process's lease, only over the document it last saved; a failure is logged, not raised
+    (the lease expires on its own)."""
+    if state.lease is None or state.seq_no is None or state.primary_term is None:
+        return
+    _LIVE.discard(state.lease.owner)
+    try:
+        resp = clients.es.update(
+            index=index,
+            id=state.job,
+            doc={"deeplog": {"state": {"lease": None}}},
+            if_seq_no=state.seq_no,
+            if_primary_term=state.primary_term,
+        )
+    except ConflictError:
+        log.warning(
+            "state %s/%s changed since this run saved it: its lease is not released here", index, state.job
+        )
+        return
+    except Exception as e:  # noqa: BLE001 - the run is over; its lease expires on its own
+        log.warning("could not release the lease on state %s/%s: %s", index, state.job, e)
+        return
+    state.lease = None
+    state.seq_no, state.primary_term = int(resp["_seq_no"]), int(resp["_primary_term"])
