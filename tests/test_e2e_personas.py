@@ -150,9 +150,6 @@ def test_a_false_positive_is_applied(persona_clients, persona_section, prefix, t
     assert doc["feedback"] == "false_positive" and doc["feedback_status"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bulk acknowledgements through a rollover alias name the concrete index"
-)
 def test_retention_writes_through_rollover_aliases(
     persona, persona_clients, persona_section, prefix, trained, sample, tmp_path
 ):
