@@ -2,7 +2,8 @@
 
 Contract: `ElasticsearchConfig -> Clients` (one `elasticsearch.Elasticsearch` client plus the detected
 flavour and version), or `ConnectionFailed` with a message that names the host and what to fix (unreachable,
-bad credentials, TLS). Against OpenSearch the client uses `PlainJsonNode`, because OpenSearch refuses the
+bad credentials, TLS). No message or log line shows a URL's user information or query values
+(`urls.redact`). Against OpenSearch the client uses `PlainJsonNode`, because OpenSearch refuses the
 official client's `application/vnd.elasticsearch+json; compatible-with=N` media types.
 """
 
@@ -19,6 +20,7 @@ from elasticsearch import Elasticsearch
 
 from .config import ElasticsearchConfig
 from .errors import ConnectionFailed
+from .urls import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,11 @@ def _client(cfg: ElasticsearchConfig, plain_json: bool) -> Elasticsearch:
 
 
 def _explain(e: Exception, hosts: str, cfg: ElasticsearchConfig) -> str:
+    # The message quotes the hosts and the client's own text, and either may hold a URL's credentials.
+    return redact_text(_describe(e, hosts, cfg))
+
+
+def _describe(e: Exception, hosts: str, cfg: ElasticsearchConfig) -> str:
     text = str(e)
     if isinstance(e, elastic_transport.TlsError) or isinstance(getattr(e, "errors", None), ssl.SSLError):
         return (
@@ -127,7 +134,9 @@ def connect(cfg: ElasticsearchConfig) -> Clients:
     detected: Flavour = "opensearch" if version.get("distribution") == "opensearch" else "elasticsearch"
     flavour: Flavour = detected if cfg.flavour == "auto" else cfg.flavour
     if flavour != detected:
-        log.warning("elasticsearch.flavour is %s but %s reports %s", cfg.flavour, hosts, detected)
+        log.warning(
+            "elasticsearch.flavour is %s but %s reports %s", cfg.flavour, redact_text(hosts), detected
+        )
     es = _client(cfg, plain_json=flavour == "opensearch")
-    log.info("connected to %s %s at %s", flavour, version.get("number", "?"), hosts)
+    log.info("connected to %s %s at %s", flavour, version.get("number", "?"), redact_text(hosts))
     return Clients(es=es, flavour=flavour, version=str(version.get("number", "")))
