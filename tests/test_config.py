@@ -75,3 +75,30 @@ def test_config_check_cli(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "section,credentials,sent",
+    [
+        ("elasticsearch", {"username": "u", "password": "p"}, "elasticsearch.username/password"),
+        ("elasticsearch", {"api_key": "k"}, "elasticsearch.api_key"),
+        ("elasticsearch", {"hosts": ["http://u:p@es:9200"]}, "the URL's user name and password"),
+        ("kibana", {"url": "http://kb:5601", "username": "u", "password": "p"}, "kibana.username/password"),
+        ("kibana", {"url": "http://kb:5601", "api_key": "k"}, "kibana.api_key"),
+        ("kibana", {"url": "http://u:p@kb:5601"}, "the URL's user name and password"),
+    ],
+)
+def test_credentials_over_plain_http_are_refused_unless_allowed(section, credentials, sent):
+    key = "elasticsearch.hosts[0]" if section == "elasticsearch" else "kibana.url"
+    base = {"elasticsearch": {"hosts": ["http://es:9200"]}, "source": {"index": "logs", "session_field": "b"}}
+    data = {**base, section: {**base.get(section, {}), **credentials}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    message = str(err.value)
+    assert message.startswith(f"{key}: {sent} would be sent unencrypted"), message
+    assert f"{section}.allow_insecure_http: true" in message and "https://" in message
+    allowed = {**data, section: {**data[section], "allow_insecure_http": True}}
+    assert getattr(parse_config(allowed), section).allow_insecure_http is True
+    secure = {k: v for k, v in credentials.items() if k not in ("hosts", "url")}
+    url = {"elasticsearch": {"hosts": ["https://es:9200"]}, "kibana": {"url": "https://kb:5601"}}[section]
+    assert parse_config({**base, section: {**base.get(section, {}), **url, **secure}})

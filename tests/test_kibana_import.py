@@ -8,6 +8,7 @@ import base64
 import email.parser
 import email.policy
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -20,9 +21,11 @@ import pytest
 
 from deeplog_siem import cli
 from deeplog_siem.config import KibanaConfig
-from deeplog_siem.errors import KibanaError
+from deeplog_siem.errors import ConfigError, KibanaError
 from deeplog_siem.kibana import KibanaClient, install_saved_objects, saved_objects
 from deeplog_siem.setup_assets import run_setup
+
+from .conftest import real_cluster
 
 
 class FakeKibana:
@@ -155,7 +158,7 @@ def kibana() -> Iterator[FakeKibana]:
 
 
 def test_import_request_is_what_kibana_requires(kibana, make_config):
-    cfg = make_config(kibana={"space": "soc", "api_key": "c2VjcmV0"})
+    cfg = make_config(kibana={"space": "soc", "api_key": "c2VjcmV0", "allow_insecure_http": True})
     kibana.auth = "ApiKey c2VjcmV0"
     steps = install_saved_objects(cfg, kibana.url)
     objects = saved_objects(cfg)
@@ -253,10 +256,80 @@ def test_wrong_space_and_missing_xsrf_are_explained(kibana):
         client.import_objects(saved_objects())
 
 
-def test_basic_auth_falls_back_to_the_elasticsearch_credentials(kibana, make_config, es_section):
-    cfg = make_config(kibana={"space": "soc"}, elasticsearch={"username": "elastic", "password": "pw"})
-    kibana.auth = "Basic " + base64.b64encode(b"elastic:pw").decode()
+ES_CREDENTIALS = {"username": "elastic", "password": "pw", "allow_insecure_http": True}
+ES_BASIC = "Basic " + base64.b64encode(b"elastic:pw").decode()
+
+
+def _auth(request: dict[str, Any]) -> str | None:
+    return next((v for k, v in request["headers"].items() if k.lower() == "authorization"), None)
+
+
+def test_elasticsearch_credentials_are_not_sent_to_another_host(kibana, make_config, caplog):
+    """The Kibana URL is another server than the cluster: it gets no elasticsearch credentials."""
+    cfg = make_config(kibana={"space": "soc", "allow_insecure_http": True}, elasticsearch=ES_CREDENTIALS)
+    with caplog.at_level(logging.WARNING, logger="deeplog_siem.kibana"):
+        assert {s.action for s in install_saved_objects(cfg, kibana.url)} == {"imported"}
+    assert kibana.requests and {_auth(r) for r in kibana.requests} == {None}
+    assert "kibana.use_elasticsearch_credentials: true" in caplog.text
+
+
+def test_elasticsearch_credentials_go_to_another_host_only_when_asked(kibana, make_config):
+    cfg = make_config(
+        kibana={"space": "soc", "use_elasticsearch_credentials": True, "allow_insecure_http": True},
+        elasticsearch=ES_CREDENTIALS,
+    )
+    kibana.auth = ES_BASIC
     assert {s.action for s in install_saved_objects(cfg, kibana.url)} == {"imported"}
+    assert {_auth(r) for r in kibana.requests} == {ES_BASIC}
+
+
+def test_elasticsearch_credentials_go_to_the_same_server(kibana, make_config):
+    """A Kibana URL with the scheme, host and port of an elasticsearch host reaches the same server."""
+    es = {**ES_CREDENTIALS, "hosts": [kibana.url + "/"]}
+    cfg = make_config(kibana={"space": "soc", "allow_insecure_http": True}, elasticsearch=es)
+    kibana.auth = ES_BASIC
+    assert {s.action for s in install_saved_objects(cfg, kibana.url)} == {"imported"}
+
+
+def test_credentials_over_plain_http_are_refused_unless_allowed(kibana, make_config):
+    cfg = make_config(
+        kibana={"space": "soc", "use_elasticsearch_credentials": True}, elasticsearch=ES_CREDENTIALS
+    )
+    with pytest.raises(KibanaError, match=r"elasticsearch\.username/password would be sent unencrypted.*"
+                       r"kibana\.allow_insecure_http: true"):  # fmt: skip
+        install_saved_objects(cfg, kibana.url)
+    assert kibana.requests == []  # refused before anything was sent
+    with pytest.raises(ConfigError, match=r"^kibana\.url: kibana\.api_key would be sent unencrypted"):
+        make_config(kibana={"url": kibana.url, "api_key": "c2VjcmV0"})
+    with pytest.raises(
+        KibanaError, match="the Kibana URL's user name and password would be sent unencrypted"
+    ):
+        install_saved_objects(make_config(kibana={"space": "soc"}), kibana.url.replace("://", "://u:p@"))
+    assert kibana.requests == []
+
+
+def test_setup_kibana_url_gets_no_elasticsearch_credentials(
+    clients, kibana, make_config, prefix, tmp_path, es_url
+):
+    """`setup --kibana-url` pointing at another host: the listener records no Authorization header."""
+    if real_cluster():
+        pytest.skip("the embedded server accepts any credentials; a real cluster would refuse these")
+    cfg = make_config()
+    path = tmp_path / "c.yml"
+    path.write_text(json.dumps({
+        "elasticsearch": {"hosts": [es_url], **ES_CREDENTIALS},
+        "source": {"index": cfg.source.index, "session_regex": cfg.source.session_regex},
+        "output": dict(vars(cfg.output)), "kibana": {"space": "soc", "allow_insecure_http": True}}))  # fmt: skip
+    try:
+        assert cli.main(["setup", "--config", str(path), "--kibana-url", kibana.url]) == 0
+    finally:
+        es = clients.es.options(ignore_status=404)
+        for kind in ("anomalies", "runs", "workflows", "state"):
+            es.perform_request(
+                "DELETE", f"/_index_template/{prefix}-{kind}",
+                headers={"accept": "application/json"},
+            )  # fmt: skip
+    assert kibana.imports() and {_auth(r) for r in kibana.requests} == {None}
 
 
 def test_unreachable_kibana():

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .urls import has_userinfo, redact
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -41,6 +42,30 @@ def _check_credentials(key: str, api_key: str | None, username: str | None, pass
     _check(f"{key}.api_key", not (api_key and username), "give either api_key or username/password, not both")
 
 
+def _check_url(key: str, url: str) -> None:
+    _check(key, url.startswith(("http://", "https://")), f"must be an http(s) URL, got {redact(url)!r}")
+
+
+def _check_plain_http(key: str, url: str, section: str, credentials: str | None, allowed: bool) -> None:
+    """Credentials must not cross the network in clear text unless the configuration says so."""
+    if credentials is None and has_userinfo(url):
+        credentials = "the URL's user name and password"
+    if allowed or credentials is None or not url.lower().startswith("http://"):
+        return
+    raise ConfigError(
+        f"{key}: {credentials} would be sent unencrypted to {redact(url)}; use an https:// URL, or set "
+        f"{section}.allow_insecure_http: true where the network to it is trusted"
+    )
+
+
+def _credentials_name(section: str, api_key: str | None, username: str | None) -> str | None:
+    if api_key:
+        return f"{section}.api_key"
+    if username is not None:
+        return f"{section}.username/password"
+    return None
+
+
 @dataclass(frozen=True)
 class ElasticsearchConfig:
     hosts: tuple[str, ...]
@@ -52,18 +77,19 @@ class ElasticsearchConfig:
     request_timeout: float = 30.0
     max_retries: int = 3
     flavour: Literal["auto", "elasticsearch", "opensearch"] = "auto"
+    # Credentials over plain http (a test cluster on a trusted network) must be allowed explicitly.
+    allow_insecure_http: bool = False
 
     def validate(self, key: str) -> None:
         _check(f"{key}.hosts", len(self.hosts) > 0, "must list at least one URL")
         for i, h in enumerate(self.hosts):
-            _check(
-                f"{key}.hosts[{i}]",
-                h.startswith(("http://", "https://")),
-                f"must be an http(s) URL, got {h!r}",
-            )
+            _check_url(f"{key}.hosts[{i}]", h)
         _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
         _check(f"{key}.max_retries", self.max_retries >= 0, f"must be >= 0, got {self.max_retries}")
         _check_credentials(key, self.api_key, self.username, self.password)
+        credentials = _credentials_name(key, self.api_key, self.username)
+        for i, h in enumerate(self.hosts):
+            _check_plain_http(f"{key}.hosts[{i}]", h, key, credentials, self.allow_insecure_http)
         if self.ca_certs is not None:
             _check(f"{key}.ca_certs", Path(self.ca_certs).is_file(), f"file not found: {self.ca_certs}")
 
@@ -456,8 +482,9 @@ class RetentionConfig:
 class KibanaConfig:
     """Where `setup` imports the saved objects (Kibana 7.10+ or OpenSearch Dashboards); optional.
 
-    Without credentials here, the elasticsearch section's credentials are used (Kibana and OpenSearch
-    Dashboards authenticate against the same users).
+    Without credentials here, the elasticsearch section's api_key or username/password are sent only to a
+    Kibana URL with the same scheme, host and port as one of elasticsearch.hosts (the same server), or
+    anywhere with `use_elasticsearch_credentials: true`; otherwise the import goes without credentials.
     """
 
     url: str | None = None
@@ -468,16 +495,16 @@ class KibanaConfig:
     ca_certs: str | None = None
     verify_certs: bool = True
     request_timeout: float = 30.0
+    use_elasticsearch_credentials: bool = False
+    allow_insecure_http: bool = False
 
     def validate(self, key: str) -> None:
-        if self.url is not None:
-            _check(
-                f"{key}.url",
-                self.url.startswith(("http://", "https://")),
-                f"must be an http(s) URL, got {self.url!r}",
-            )
-        _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
         _check_credentials(key, self.api_key, self.username, self.password)
+        if self.url is not None:
+            _check_url(f"{key}.url", self.url)
+            credentials = _credentials_name(key, self.api_key, self.username)
+            _check_plain_http(f"{key}.url", self.url, key, credentials, self.allow_insecure_http)
+        _check(f"{key}.request_timeout", self.request_timeout > 0, f"must be > 0, got {self.request_timeout}")
         if self.space is not None:
             _check(
                 f"{key}.space",

@@ -2,7 +2,8 @@
 
 Contract: `ElasticsearchConfig -> Clients` (one `elasticsearch.Elasticsearch` client plus the detected
 flavour and version), or `ConnectionFailed` with a message that names the host and what to fix (unreachable,
-bad credentials, TLS, a server that is neither product). Against OpenSearch the client uses `OpenSearchNode`:
+bad credentials, TLS, a server that is neither product). No message or log line shows a URL's user
+information or query values (`urls.redact`). Against OpenSearch the client uses `OpenSearchNode`:
 OpenSearch refuses the official client's `application/vnd.elasticsearch+json; compatible-with=N` media types
 and sends no `X-Elastic-Product` header, whose absence makes the client refuse every 2xx reply.
 
@@ -25,6 +26,7 @@ from elasticsearch import Elasticsearch, UnsupportedProductError
 
 from .config import ElasticsearchConfig
 from .errors import ConnectionFailed
+from .urls import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,11 @@ def _client(
 
 
 def _explain(e: Exception, hosts: str, cfg: ElasticsearchConfig) -> str:
+    # The message quotes the hosts and the client's own text, and either may hold a URL's credentials.
+    return redact_text(_describe(e, hosts, cfg))
+
+
+def _describe(e: Exception, hosts: str, cfg: ElasticsearchConfig) -> str:
     text = str(e)
     if isinstance(e, elastic_transport.TlsError) or isinstance(getattr(e, "errors", None), ssl.SSLError):
         return (
@@ -162,12 +169,14 @@ def connect(cfg: ElasticsearchConfig) -> Clients:
     detected: Flavour = "opensearch" if version.get("distribution") == "opensearch" else "elasticsearch"
     if cfg.flavour == "auto" and detected == "elasticsearch" and product != "Elasticsearch":
         raise ConnectionFailed(
-            f"{hosts} is neither Elasticsearch (no X-Elastic-Product header) nor OpenSearch "
+            f"{redact_text(hosts)} is neither Elasticsearch (no X-Elastic-Product header) nor OpenSearch "
             "(no version.distribution 'opensearch' at /); if it is OpenSearch, set elasticsearch.flavour: opensearch"
         )
     flavour: Flavour = detected if cfg.flavour == "auto" else cfg.flavour
     if flavour != detected:
-        log.warning("elasticsearch.flavour is %s but %s reports %s", cfg.flavour, hosts, detected)
+        log.warning(
+            "elasticsearch.flavour is %s but %s reports %s", cfg.flavour, redact_text(hosts), detected
+        )
     es = _client(cfg, plain_json=flavour == "opensearch")
-    log.info("connected to %s %s at %s", flavour, version.get("number", "?"), hosts)
+    log.info("connected to %s %s at %s", flavour, version.get("number", "?"), redact_text(hosts))
     return Clients(es=es, flavour=flavour, version=str(version.get("number", "")))

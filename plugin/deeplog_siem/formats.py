@@ -6,7 +6,8 @@ the preset of `cfg.format`. An unknown format name raises KeyError (the configur
 of PRESETS). Nothing here compiles a pattern: the templater does, and reports a bad one as ConfigError.
 Every preset is covered by tests on real-looking lines of its format; every header, mask and session regex
 here must stay analysable by regex_syntax (tests/test_adapters.py), or the templater's line-shape cache is
-off for that format.
+off for that format. Every regex here runs in linear time on any line, crafted ones included
+(tests/test_formats_redos.py): no two quantifiers may compete for the same characters.
 
 Masks are applied in one left-to-right pass of a single combined regex (the first mask that matches at a
 position wins), so order matters: specific masks (block ids, UUIDs, addresses, paths) come before NUM.
@@ -61,9 +62,11 @@ PRESETS: dict[str, FormatPreset] = {
     ),
     # nova-api.log.1.2017-05-16_13:53:08 2017-05-16 00:00:00.008 25746 INFO nova.osapi_compute.wsgi.server
     #   [req-38101a0b-... 113d3a99c3da401fbd62cc2caa5b96d2 54fdadf51f95476fb0ed4c7e1d23bd6d - - -] ...
+    # The log file name is the first field when it names `.log`: a lookahead checks that and one possessive
+    # run takes the field, so no two quantifiers compete for the same characters on any line.
     "openstack": FormatPreset(
         header_regex=(
-            r"^(?:(?P<logrecord>\S+\.log\S*) )?(?P<date>\d{4}-\d{2}-\d{2}) "
+            r"^(?:(?P<logrecord>(?=\S+?\.log)\S++) )?(?P<date>\d{4}-\d{2}-\d{2}) "
             r"(?P<time>\d{2}:\d{2}:\d{2}(?:\.\d+)?) (?P<pid>\d+) (?P<level>[A-Z]+) (?P<component>\S+) "
             r"(?:\[(?P<context>[^\]]*)\] )?(?P<content>.*)$"
         ),

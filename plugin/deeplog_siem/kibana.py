@@ -8,6 +8,11 @@ Contract:
   `POST {url}[/s/{space}]/api/saved_objects/_import?overwrite=true` (multipart field `file`, xsrf headers of
   both products, API key or basic auth) and returns the per-object outcome; a refused request raises
   `KibanaError` naming the URL and what to fix.
+- Credentials: the kibana section's own (api_key, username/password, or the URL's user information); else
+  the elasticsearch section's api_key or username/password, but only to a URL with the same scheme, host
+  and port as one of elasticsearch.hosts, or anywhere with `kibana.use_elasticsearch_credentials: true`;
+  else none (a warning says so). Credentials for a plain http URL raise `KibanaError` unless
+  `kibana.allow_insecure_http` is true. Messages and logs show the URL through `urls.redact`.
 - `install_saved_objects(cfg, url, dry_run) -> [Step]`: skips the import when every object is already there
   with the same marker (`_bulk_get`), otherwise imports and reports each object's result or error.
 """
@@ -25,6 +30,7 @@ import requests
 from .config import Config, ElasticsearchConfig, KibanaConfig
 from .errors import KibanaError
 from .setup_steps import Step, asset_files, content_hash
+from .urls import has_userinfo, origin, redact, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +137,28 @@ def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
     return etype, f"{message}" + (f" (HTTP {status})" if status else "")
 
 
+def _credentials(
+    url: str, cfg: KibanaConfig, es_cfg: ElasticsearchConfig | None
+) -> tuple[KibanaConfig | ElasticsearchConfig | None, str | None]:
+    """(the section whose credentials go on the session, what is sent, named for a message)."""
+    if cfg.api_key or cfg.username is not None:
+        return cfg, "kibana.api_key" if cfg.api_key else "kibana.username/password"
+    if has_userinfo(url):
+        return None, "the Kibana URL's user name and password"
+    if es_cfg is None or not (es_cfg.api_key or es_cfg.username is not None):
+        return None, None
+    # The elasticsearch credentials go to the servers they were given for, and elsewhere only when asked.
+    same_server = any(origin(h) == origin(url) for h in es_cfg.hosts)
+    if same_server or cfg.use_elasticsearch_credentials:
+        return es_cfg, "elasticsearch.api_key" if es_cfg.api_key else "elasticsearch.username/password"
+    log.warning(
+        "kibana: the elasticsearch credentials are not sent to %s, which is not an elasticsearch host; set "
+        "kibana.api_key or username/password, or kibana.use_elasticsearch_credentials: true",
+        redact(url),
+    )
+    return None, None
+
+
 class KibanaClient:
     """The two saved-objects calls setup needs, with requests."""
 
@@ -139,13 +167,21 @@ class KibanaClient:
     ) -> None:
         cfg = cfg or KibanaConfig()
         self.url = url.rstrip("/")
+        # What messages and logs show: the URL without user information or query values.
+        self.where = redact(self.url)
         self.space = cfg.space
         self.timeout = cfg.request_timeout
+        auth_src, credentials = _credentials(self.url, cfg, es_cfg)
+        if credentials is not None and self.url.lower().startswith("http://") and not cfg.allow_insecure_http:
+            raise KibanaError(
+                f"{credentials} would be sent unencrypted to Kibana at {self.where}; use an https:// URL, or "
+                "set kibana.allow_insecure_http: true where the network to it is trusted"
+            )
         self.session = requests.Session()
         # Kibana checks kbn-xsrf, OpenSearch Dashboards osd-xsrf; each ignores the other's header.
         self.session.headers.update({"kbn-xsrf": "true", "osd-xsrf": "true", "accept": "application/json"})
         self.session.verify = cfg.ca_certs or cfg.verify_certs
-        auth_src: Any = cfg if (cfg.api_key or cfg.username) else es_cfg
+        # requests reads user information in the URL itself; the configured credentials go on the session.
         if auth_src is not None and auth_src.api_key:
             self.session.headers["authorization"] = f"ApiKey {auth_src.api_key}"
         elif auth_src is not None and auth_src.username is not None:
@@ -164,12 +200,13 @@ class KibanaClient:
             return self.session.post(target, timeout=self.timeout, **kw)
         except requests.exceptions.SSLError as e:
             raise KibanaError(
-                f"TLS handshake with {self.url} failed ({str(e)[:200]}); set kibana.ca_certs or "
-                "kibana.verify_certs: false for testing"
+                f"TLS handshake with {self.where} failed ({redact_text(str(e))[:200]}); set kibana.ca_certs "
+                "or kibana.verify_certs: false for testing"
             ) from None
         except requests.RequestException as e:
             raise KibanaError(
-                f"cannot connect to Kibana at {self.url}; check kibana.url / --kibana-url ({str(e)[:200]})"
+                f"cannot connect to Kibana at {self.where}; check kibana.url / --kibana-url "
+                f"({redact_text(str(e))[:200]})"
             ) from None
 
     def _refusal(self, resp: requests.Response, what: str) -> KibanaError:
@@ -178,14 +215,15 @@ class KibanaClient:
             message = body.get("message") or body.get("error") or resp.text
         except ValueError:
             message = resp.text
-        message = str(message)[:300]
+        message = redact_text(str(message))[:300]
         hint = {
-            401: "check kibana.api_key or username/password (the elasticsearch credentials are the default)",
+            401: "check kibana.api_key or username/password (the elasticsearch credentials are sent only to "
+            "an elasticsearch host, or with kibana.use_elasticsearch_credentials: true)",
             403: "the user needs the Saved Objects Management privilege (all) in this space",
-            404: f"is {self.url} Kibana/OpenSearch Dashboards, and does the space {self.space!r} exist?",
+            404: f"is {self.where} Kibana/OpenSearch Dashboards, and does the space {self.space!r} exist?",
         }.get(resp.status_code, "")
         return KibanaError(
-            f"Kibana at {self.url} refused the {what} (HTTP {resp.status_code}: {message})"
+            f"Kibana at {self.where} refused the {what} (HTTP {resp.status_code}: {message})"
             + (f"; {hint}" if hint else "")
         )
 
@@ -195,7 +233,7 @@ class KibanaClient:
         if resp.status_code in (401, 403):
             raise self._refusal(resp, "saved-objects lookup")
         if resp.status_code != 200:
-            log.info("saved-objects _bulk_get unavailable at %s (HTTP %s)", self.url, resp.status_code)
+            log.info("saved-objects _bulk_get unavailable at %s (HTTP %s)", self.where, resp.status_code)
             return None
         found = resp.json().get("saved_objects", [])
         return {(o.get("type"), o.get("id")): o for o in found}
@@ -209,7 +247,7 @@ class KibanaClient:
             body = resp.json()
         except ValueError:
             raise KibanaError(
-                f"Kibana at {self.url} answered the import with non-JSON: {resp.text[:200]}"
+                f"Kibana at {self.where} answered the import with non-JSON: {redact_text(resp.text[:200])}"
             ) from None
         titles = {(o["type"], o["id"]): o["attributes"].get("title", "") for o in objects}
         errors = []
@@ -238,7 +276,7 @@ def install_saved_objects(cfg: Config, url: str, dry_run: bool = False) -> list[
     """Import the saved objects unless they are all up to date; one Step per object."""
     objects = saved_objects(cfg)
     client = KibanaClient(url, cfg.kibana, cfg.elasticsearch)
-    where = f"{client.url}" + (f" space {client.space}" if client.space else "")
+    where = f"{client.where}" + (f" space {client.space}" if client.space else "")
     try:
         existing = client.bulk_get(objects)
         stale = (

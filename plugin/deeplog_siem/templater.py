@@ -4,8 +4,11 @@ Contract:
 - `Templater(cfg, vocab=None)`; `parse(message, learn=...)`, `parse_many(messages, learn=...)` return one
   `ParsedEvent` per message, or None for a message that is skipped (its reason counted in `skipped`:
   "empty", "not_string", "binary"). Nothing raises on bad input. Bytes are decoded as UTF-8; undecodable
-  bytes are replaced and counted in `stats["invalid_utf8"]`; messages longer than `max_message_bytes` are
-  truncated at a character boundary, counted in `stats["truncated"]` and still parsed.
+  bytes are replaced and counted in `stats["invalid_utf8"]`; lone surrogates in a string (broken UTF-16
+  that a JSON escape or a shipper left) are replaced by U+FFFD on entry and counted per message in
+  `stats["invalid_unicode"]`, so templates, parameters and the saved state are valid text; messages longer
+  than `max_message_bytes` are truncated at a character boundary, counted in `stats["truncated"]` and still
+  parsed.
 - Only the content matched by the format's header regex (named group `content`) is templated.
 - Keys are stable: one Drain3 cluster <-> one vocabulary id for life. When Drain3 generalises a template the
   id stays and `Vocabulary.rename` records old and new text. `learn=False` only matches known templates
@@ -71,6 +74,8 @@ _ASCII_DIGIT = re.compile(r"[0-9]")
 # Control characters other than tab/newline/carriage return: a message made of many is not text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(r"\S+")
+# A surrogate code point is never text on its own: JSON escapes and shippers that cut a pair leave them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,9 @@ class Templater:
             page = "\n".join(messages)
         except TypeError:  # something other than str in the page
             return [self._parse_one(m, learn) for m in messages]
+        if not page.isascii() and _SURROGATE.search(page):
+            messages = [self._valid_unicode(m) for m in messages]
+            page = "\n".join(messages)
         if page.count("\n") != n - 1 or "\x00" in page or max(map(len, messages)) > self._fast_max_chars:
             return [self._parse_one(m, learn) for m in messages]
 
@@ -321,9 +329,19 @@ class Templater:
 
     # ------------------------------------------------------------------------------- slow path
 
+    def _valid_unicode(self, text: str) -> str:
+        """`text` with each lone surrogate replaced by U+FFFD, counted per message: templates, parameters and
+        the state file must be text that encodes as UTF-8."""
+        if text.isascii():
+            return text
+        clean, n = _SURROGATE.subn("\ufffd", text)
+        if n:
+            self.stats["invalid_unicode"] += 1
+        return clean
+
     def _parse_one(self, message: Any, learn: bool) -> ParsedEvent | None:
         if isinstance(message, str):
-            text = message
+            text = self._valid_unicode(message)
         elif isinstance(message, (bytes, bytearray, memoryview)):
             raw = bytes(message)
             if b"\x00" in raw:

@@ -45,7 +45,10 @@ def register(sub: Subparsers, wanted: Wanted) -> None:
     p = add_parser(sub, "setup")
     add_config_arg(p)
     p.add_argument(
-        "--kibana-url", metavar="URL", help="Kibana / OpenSearch Dashboards URL (overrides kibana.url)"
+        "--kibana-url",
+        metavar="URL",
+        help="Kibana / OpenSearch Dashboards URL (overrides kibana.url); the elasticsearch credentials go to it "
+        "only when it is an elasticsearch host or with kibana.use_elasticsearch_credentials: true",
     )
     p.add_argument("--dry-run", action="store_true", help="print what would be done, write nothing")
     p.add_argument("--json", action="store_true", help="also print the steps as one JSON line")
