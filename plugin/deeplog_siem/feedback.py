@@ -11,11 +11,17 @@ Contract:
   been corrected) -> (1) those whose id is already in the current model's lineage are marked applied without
   training (a run that crashed after publishing); (2) invalid values, true positives, documents whose
   `deeplog` object does not have the anomaly document's form (`anomaly.Details.from_source`: `unsupported`,
-  with the field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the
-  false positives' (window -> actual key) pairs fine-tune the current key model (`finetune`: a small learning
-  rate, a replay batch of normal training windows in every step, until every pair is within the top g and
-  above the probability floor, at most `feedback.max_steps` steps; every verdict is the detection job's,
-  anchored to the trained model the lineage started from: `detector`); (4) the update is rejected when it
+  with the field and the reason), documents whose learned fields do not match the detection job's seal
+  (`seal.check`: edited, unsealed, or sealed under another key), whose model version is not a version name,
+  or whose threshold widening is not finite or beyond the caps (`paramfeedback.widening`, `capped`: all
+  `invalid`, with the reason naming the field, and not read again until a verdict is set anew), and anomaly
+  types the key model cannot learn are marked and counted; what is learned comes from the sealed fields
+  alone, the verdict from the responder; a document that fails in any other way is `invalid` with the
+  error, and the run goes on with the others; (3) the false positives' (window -> actual key) pairs
+  fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
+  windows in every step, until every pair is within the top g and above the probability floor, at most
+  `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the
+  lineage started from: `detector`); (4) the update is rejected when it
   raises the false-alarm rate on the held-out normal windows by more than `feedback.tolerance`, or the alarm
   rate on the detection job's sample of recent live traffic (`recent`) by more than that plus two standard
   errors; (5) else a new model version is published whose checkpoint meta holds the lineage (parent version,

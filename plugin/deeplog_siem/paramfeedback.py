@@ -7,10 +7,11 @@ the error of a vector a responder marked as normal, and detection (`runner`) app
 not flagged again while other series keep their bounds. Stored as JSON next to the parameter model
 (`param_feedback.json`, see models/README.md).
 
-`widening(error, threshold) -> factor | reason`: the factor on the bound in effect at detection that accepts a
-marked error, finite and at most `MAX_WIDEN`; `capped(scale) -> reason | None` holds a series' scale to
-`MAX_SCALE` over the model's own threshold. A mark that asks for more is refused with the reason, never clipped:
-the responder sees why and the series stays guarded. `save` refuses a non-finite scale, `load` reports one.
+`widening(error, threshold) -> factor | reason`: the factor on the bound in effect at detection that accepts
+a marked error, finite and at most `MAX_WIDEN`; `capped(scale) -> reason | None` holds a series' scale to
+`MAX_SCALE` over the model's own threshold. A mark that asks for more is refused with the reason, never
+clipped: the responder sees why and the series stays guarded. `save` refuses a non-finite scale, `load`
+reports one.
 """
 
 from __future__ import annotations
