@@ -66,6 +66,8 @@ def _built() -> list[dict[str, Any]]:
         min_probability=0.0,
     )
     floor = dataclasses.replace(ctx, min_probability=0.001)
+    # A fixed seal key: the recording pins the seal's form, which documents already written must keep.
+    sealed = dataclasses.replace(ctx, seal_key=bytes(range(32)))
     exp = [(a, 0.7123456789), (EOS, 0.2)]
     w = [0, 0, b, a]
     return [
@@ -82,7 +84,7 @@ def _built() -> list[dict[str, Any]]:
             ctx, SessionEvent(ev2, "blk_1", 5, w), KeyVerdict("log_key", b, 0.0005, 1, exp, 0.0004), wf
         ),
         parameter_anomaly(
-            ctx,
+            sealed,
             SessionEvent(ev, "blk_1", 6, [0, b, a], ("12", "x")),
             ParamVerdict(
                 key=a,
