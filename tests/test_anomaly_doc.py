@@ -66,6 +66,8 @@ def _built() -> list[dict[str, Any]]:
         min_probability=0.0,
     )
     floor = dataclasses.replace(ctx, min_probability=0.001)
+    # A fixed seal key: the recording pins the seal's form, which documents already written must keep.
+    sealed = dataclasses.replace(ctx, seal_key=bytes(range(32)))
     exp = [(a, 0.7123456789), (EOS, 0.2)]
     w = [0, 0, b, a]
     return [
@@ -82,7 +84,7 @@ def _built() -> list[dict[str, Any]]:
             ctx, SessionEvent(ev2, "blk_1", 5, w), KeyVerdict("log_key", b, 0.0005, 1, exp, 0.0004), wf
         ),
         parameter_anomaly(
-            ctx,
+            sealed,
             SessionEvent(ev, "blk_1", 6, [0, b, a], ("12", "x")),
             ParamVerdict(
                 key=a,
@@ -312,3 +314,20 @@ def test_the_detector_settings_a_summary_cites_are_required():
         del given[missing]
         with pytest.raises(TypeError, match=missing):
             DocContext(**base, **given)
+
+
+@pytest.mark.parametrize("field", ["session", "message"])
+def test_the_session_query_finds_only_that_sessions_logs_whatever_its_id(clients, prefix, field):
+    """The session id comes from the logs: quotes, backslashes and query syntax in it stay one phrase."""
+    from deeplog_siem.anomaly import session_query
+
+    hostile = 'blk_1\\" OR *:* OR "x'
+    index = f"{prefix}-logs"
+    mappings = {"properties": {"session": {"type": "keyword"}, "message": {"type": "text"}}}
+    clients.es.indices.create(index=index, mappings=mappings)
+    for i, sid in enumerate([hostile, "blk_1", "blk_2", "x"]):
+        clients.es.index(index=index, id=str(i), document={"session": sid, "message": f"open {sid}"})
+    clients.es.indices.refresh(index=index)
+    q = session_query("session" if field == "session" else None, hostile, "message")
+    hits = clients.es.search(index=index, query={"query_string": {"query": q}})["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["0"], q

@@ -2,11 +2,13 @@
 gives each one a verdict and never crashes the run.
 
 - A number too large for a float (JSON allows any integer) is a malformed document, not a crash.
-- A key id outside the current vocabulary is resolved by its template text or reported as not in the model,
-  even with the text `vocab.template` gives such an id (`<UNK>`), never handed to the model.
+- A key id outside the current vocabulary (a document the job sealed under another vocabulary) is resolved by
+  its template text or reported as not in the model, even with the text `vocab.template` gives such an id
+  (`<UNK>`), never handed to the model.
 - The job reads the `deeplog` object alone: a document whose other fields another tool changed is learned.
 - A verdict that is not one of the two words is reported as JSON, as the responder wrote it.
-- A document's model version names a version in the model store or none: a path out of the store is not read.
+- A document's model version names a version in the model store: a path out of the store is invalid, and not
+  read, even under a valid seal.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from deeplog_siem import paramfeedback
+from deeplog_siem import paramfeedback, seal
 from deeplog_siem.anomaly import (
     AnomalyDoc,
     Details,
@@ -58,9 +60,10 @@ def _published(clients: Clients, cfg: Config) -> str:
     return version
 
 
-def _context(version: str) -> DocContext:
+def _context(cfg: Config, version: str) -> DocContext:
     """What the detection job's documents of `version` share, for the synthetic model."""
     return DocContext(
+        seal_key=seal.key(cfg.model.dir),
         vocab=syn.vocabulary(),
         model_version=version,
         run_id="r1",
@@ -71,9 +74,9 @@ def _context(version: str) -> DocContext:
     )
 
 
-def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
+def _key_source(cfg: Config, version: str, window: list[int], actual: int) -> dict[str, Any]:
     """A key anomaly document of `version` as the detection job writes it, marked a false positive."""
-    ctx = _context(version)
+    ctx = _context(cfg, version)
     event = EventRef("logs", f"doc-{actual}", "2008-11-09T20:36:15.000Z", "line", "h1")
     built = key_anomaly(
         ctx,
@@ -83,6 +86,12 @@ def _key_source(version: str, window: list[int], actual: int) -> dict[str, Any]:
     src = {k: v for k, v in built.items() if not k.startswith("_")}
     AnomalyDoc.from_source(src)  # the form the job reads
     src["deeplog"]["feedback"] = "false_positive"
+    return src
+
+
+def _resealed(cfg: Config, src: dict[str, Any]) -> dict[str, Any]:
+    """`src` with the seal the job gives its values: what the job itself would have written."""
+    src["deeplog"]["seal"] = Details.from_source(src).sealed(seal.key(cfg.model.dir)).seal
     return src
 
 
@@ -99,7 +108,7 @@ def _deeplog(clients: Clients, cfg: Config, doc_id: str) -> dict[str, Any]:
 def test_a_number_out_of_float_range_is_a_malformed_document_not_a_crash(clients, make_config):
     cfg = make_config(model=MODEL)
     version = _published(clients, cfg)
-    good = _key_source(version, [syn.A, syn.B], syn.G)
+    good = _key_source(cfg, version, [syn.A, syn.B], syn.G)
     huge = copy.deepcopy(good)
     # `expected` is stored, not indexed: the cluster keeps any number there as it was written.
     huge["deeplog"]["expected"][0]["probability"] = HUGE
@@ -118,13 +127,13 @@ def test_key_ids_outside_the_vocabulary_are_not_handed_to_the_model(clients, mak
     docs = {}
     for name, where in (("target", "key"), ("window", "window")):
         for bad in (10**6, -5):
-            src = _key_source(version, [syn.A, syn.B], syn.G)
+            src = _key_source(cfg, version, [syn.A, syn.B], syn.G)
             d = src["deeplog"]
             if where == "key":
                 d["key"].update(id=bad, template="<UNK>")
             else:
                 d["window"] = {"key_ids": [syn.A, bad], "templates": ["event A <*>", "<UNK>"]}
-            docs[f"{name}-{bad}"] = src
+            docs[f"{name}-{bad}"] = _resealed(cfg, src)
             # The feedback job's reading of the same document, without the cluster.
             doc = Details.from_source(src)
             assert "not in the current model" in pair_of(doc, syn.vocabulary(), 4)
@@ -143,7 +152,7 @@ def test_a_document_changed_outside_its_deeplog_object_is_still_learned(clients,
     cfg = make_config(model=MODEL)
     version = _published(clients, cfg)
     # The cleanup step the workflow sometimes takes: a pattern normal data does not contradict.
-    src = _key_source(version, [syn.A, syn.B, syn.C, syn.D, syn.E], syn.G)
+    src = _key_source(cfg, version, [syn.A, syn.B, syn.C, syn.D, syn.E], syn.G)
     # Wrong types for the document's form, accepted by the mapping (a field left out, an object's fields).
     src["message"] = ["forwarded", "twice"]
     src["host"] = {"name": ["h1", "h2"]}
@@ -166,7 +175,7 @@ def test_an_invalid_verdict_is_reported_as_it_was_written(clients, make_config):
     verdicts = {"one": (1, "1"), "yes": (True, "true"), "text": ("fp", '"fp"'), "list": (["fp"], '["fp"]')}
     docs = {}
     for doc_id, (value, _) in verdicts.items():
-        docs[doc_id] = _key_source(version, [syn.A, syn.B], syn.G)
+        docs[doc_id] = _key_source(cfg, version, [syn.A, syn.B], syn.G)
         docs[doc_id]["deeplog"]["feedback"] = value
     _post(clients, cfg, docs)
     summary = apply_feedback(cfg, clients)
@@ -178,7 +187,7 @@ def test_an_invalid_verdict_is_reported_as_it_was_written(clients, make_config):
         assert d["feedback_error"] == f"invalid feedback {said}: use false_positive or true_positive"
 
 
-def test_a_model_version_outside_the_store_is_not_read(clients, make_config, tmp_path):
+def test_a_model_version_outside_the_store_is_invalid_and_not_read(clients, make_config, tmp_path):
     cfg = make_config(model=MODEL)
     version = _published(clients, cfg)
     store = ModelStore(cfg.model.dir)
@@ -188,25 +197,28 @@ def test_a_model_version_outside_the_store_is_not_read(clients, make_config, tmp
     outside = tmp_path / "outside"
     outside.mkdir()
     paramfeedback.save(outside, {(syn.A, syn.B): 1000.0})
-    ctx = _context(version)
+    ctx = _context(cfg, version)
     verdict = ParamVerdict(
         key=syn.B, dims=[0], observed=[5.0], predicted=[1.0], low=[0.5], high=[1.5], error=5.0, threshold=3.29
     )
     docs = {}
     relative = Path("..") / Path(*[".."] * (len(store.dir.parts) - 1)) / outside.relative_to("/")
-    for name, pointed in (("absolute", str(outside)), ("relative", str(relative))):
-        assert (store.dir / pointed).resolve() == outside.resolve()
+    for name, pointed in (("absolute", str(outside)), ("relative", str(relative)), ("long", "v" * 300)):
         event = EventRef("logs", f"doc-{name}", "2008-11-09T20:36:15.000Z", "line", "h1")
         built = parameter_anomaly(ctx, SessionEvent(event, "s1", 1, [syn.A]), verdict)
         src = {k: v for k, v in built.items() if not k.startswith("_")}
         src["deeplog"].update(model_version=pointed, feedback="false_positive")
         docs[name] = src
+        # The same name under a valid seal, as if the job had written it: still not a version of the store.
+        docs[f"{name}-sealed"] = _resealed(cfg, copy.deepcopy(src))
     _post(clients, cfg, docs)
     summary = apply_feedback(cfg, clients)
     assert summary.status == "ok", summary.error
-    assert dict(summary.feedback) == {"found": 2, APPLIED: 2}
-    new = store.current()[0]
-    assert new != version and _deeplog(clients, cfg, "absolute")["feedback_model_version"] == new
-    # Widened from the base bound, as for a version the store does not hold: just above the marked error.
-    scale = paramfeedback.load(store.dir / new)[(syn.A, syn.B)]
-    assert 5.0 / 3.29 < scale < 2.0
+    assert dict(summary.feedback) == {"found": 6, INVALID: 6}
+    assert store.current()[0] == version
+    for doc_id in docs:
+        d = _deeplog(clients, cfg, doc_id)
+        assert d["feedback_status"] == INVALID
+        assert d["feedback_error"].startswith("deeplog.model_version: "), d["feedback_error"]
+    # Invalid for what they hold, not for the verdict: not read again by the next run.
+    assert dict(apply_feedback(cfg, clients).feedback) == {"found": 0}

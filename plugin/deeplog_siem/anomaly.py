@@ -22,6 +22,10 @@ Contract:
   observed and predicted values, the interval, the error and its threshold. `ctx` (`DocContext`) is what all
   documents of a run share, `event` (`SessionEvent`) the event in its session, `verdict` (`KeyVerdict`,
   `ParamVerdict`) the model's scores.
+- What the feedback job learns from (`Details.learned()`: the event, model version, actual key, window, and
+  the parameter error and threshold) is sealed by the job (`deeplog.seal`, `seal.sign` with
+  `DocContext.seal_key`), so an edit by anyone who can write the index shows; `session.query` quotes the
+  session id, whatever it holds, as one phrase.
 - The `_id` is deterministic (source document id + detector + model version), so re-processing never
   duplicates a document. ECS names where ECS has them, `deeplog.*` for the rest; the index template
   (assets/templates/anomalies.json) maps every field the dataclasses can write (tests/test_anomaly_doc.py).
@@ -39,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .seal import sign
 from .timefmt import utc_now
 from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
 
@@ -147,6 +152,25 @@ class Details:
     parameter: ParameterInfo | None = None  # parameter anomalies only
     # `workflow.Diagnosis.fields()`: that module owns its form (mapped `dynamic: true`).
     workflow: dict[str, Any] | None = None
+    # The job's `seal.sign` over `learned()`: stored, not indexed.
+    seal: str | None = None
+
+    def learned(self) -> dict[str, Any]:
+        """What the feedback job learns from, and so what the detection job seals: the event, the model
+        version, the actual key, the window and the parameter error with its threshold."""
+        p = self.parameter
+        return {
+            "anomaly_type": self.anomaly_type,
+            "model_version": self.model_version,
+            "source": [self.source.index, self.source.id],
+            "key": [self.key.id, self.key.template],
+            "window": [list(self.window.key_ids), list(self.window.templates)],
+            "parameter": None if p is None else [p.error, p.threshold],
+        }
+
+    def sealed(self, secret: bytes | None) -> Details:
+        """This object with the job's seal under `secret` (None: unsealed, as before sealing existed)."""
+        return self if secret is None else dataclasses.replace(self, seal=sign(secret, self.learned()))
 
     @classmethod
     def from_source(cls, source: Any) -> Details:
@@ -369,6 +393,8 @@ class DocContext:
     # document give a wrong reason for its verdict.
     top_g: int
     min_probability: float
+    # `seal.key(model.dir)`: the detection job seals what feedback learns from (None: documents unsealed).
+    seal_key: bytes | None = field(default=None, repr=False)
 
     def query(self, session_id: str) -> str:
         return session_query(self.session_field, session_id, self.message_field)
@@ -423,8 +449,11 @@ def key_label(key: int, vocab: Vocabulary) -> str:
 
 
 def session_query(session_field: str | None, session_id: str, message_field: str) -> str:
-    """A Lucene/KQL query string that finds the session's raw logs in Discover."""
-    escaped = session_id.replace('"', '\\"')
+    """A Lucene/KQL query string that finds the session's raw logs in Discover: the id is one quoted phrase
+    whatever it holds (it comes from the logs). Inside quotes both languages treat only the backslash and the
+    quote as special; KQL would keep any other escape as written, so those two alone are escaped, backslash
+    first."""
+    escaped = session_id.replace("\\", "\\\\").replace('"', '\\"')
     if session_field:
         return f'{session_field}:"{escaped}"'
     return f'{message_field}:"{escaped}"'
@@ -499,7 +528,7 @@ def key_document(
         expected_summary=exp_summary,
         workflow=workflow,
     )
-    return AnomalyDoc(**parts["doc"], deeplog=details)
+    return AnomalyDoc(**parts["doc"], deeplog=details.sealed(ctx.seal_key))
 
 
 def key_anomaly(
@@ -555,7 +584,7 @@ def parameter_document(
         ),
         workflow=workflow,
     )
-    return AnomalyDoc(**parts["doc"], deeplog=details)
+    return AnomalyDoc(**parts["doc"], deeplog=details.sealed(ctx.seal_key))
 
 
 def parameter_anomaly(

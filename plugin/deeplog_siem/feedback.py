@@ -11,11 +11,17 @@ Contract:
   been corrected) -> (1) those whose id is already in the current model's lineage are marked applied without
   training (a run that crashed after publishing); (2) invalid values, true positives, documents whose
   `deeplog` object does not have the anomaly document's form (`anomaly.Details.from_source`: `unsupported`,
-  with the field and the reason) and anomaly types the key model cannot learn are marked and counted; (3) the
-  false positives' (window -> actual key) pairs fine-tune the current key model (`finetune`: a small learning
-  rate, a replay batch of normal training windows in every step, until every pair is within the top g and
-  above the probability floor, at most `feedback.max_steps` steps; every verdict is the detection job's,
-  anchored to the trained model the lineage started from: `detector`); (4) the update is rejected when it
+  with the field and the reason), documents whose learned fields do not match the detection job's seal
+  (`seal.check`: edited, unsealed, or sealed under another key), whose model version is not a version name,
+  or whose threshold widening is not finite or beyond the caps (`paramfeedback.widening`, `capped`: all
+  `invalid`, with the reason naming the field, and not read again until a verdict is set anew), and anomaly
+  types the key model cannot learn are marked and counted; what is learned comes from the sealed fields
+  alone, the verdict from the responder; a document that fails in any other way is `invalid` with the
+  error, and the run goes on with the others; (3) the false positives' (window -> actual key) pairs
+  fine-tune the current key model (`finetune`: a small learning rate, a replay batch of normal training
+  windows in every step, until every pair is within the top g and above the probability floor, at most
+  `feedback.max_steps` steps; every verdict is the detection job's, anchored to the trained model the
+  lineage started from: `detector`); (4) the update is rejected when it
   raises the false-alarm rate on the held-out normal windows by more than `feedback.tolerance`, or the alarm
   rate on the detection job's sample of recent live traffic (`recent`) by more than that plus two standard
   errors; (5) else a new model version is published whose checkpoint meta holds the lineage (parent version,
@@ -42,12 +48,12 @@ from typing import Any
 
 import torch
 
-from . import paramfeedback, sink
+from . import paramfeedback, seal, sink
 from .anomaly import Details, Feedback, InvalidAnomaly
 from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
-from .errors import DeeplogError
+from .errors import ArtifactError, DeeplogError
 from .es import Clients
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
@@ -140,11 +146,14 @@ def pending_query() -> dict[str, Any]:
             "should": [
                 {"bool": {"must_not": [{"exists": {"field": "deeplog.feedback_status"}}]}},
                 {
+                    # An invalid verdict corrected since. A document invalid for what it holds has a
+                    # processed time: it is read again only once a verdict is set anew (`mark` clears it).
                     "bool": {
                         "filter": [
                             {"term": {"deeplog.feedback_status": INVALID}},
                             {"terms": {"deeplog.feedback": list(VERDICTS)}},
-                        ]
+                        ],
+                        "must_not": [{"exists": {"field": "deeplog.feedback_applied_at"}}],
                     }
                 },
             ],
@@ -564,18 +573,13 @@ class _PFp:
     hit: dict[str, Any]
     doc: Details
     series: tuple[int, int]
-    # The factor on the bound in effect when it was detected (its error / that threshold, plus a margin); that
-    # bound may already have been widened by earlier feedback (see `_widen`).
+    # The factor on the bound in effect when it was detected (`paramfeedback.widening`); that bound may
+    # already have been widened by earlier feedback (see `_widen`).
     scale: float
 
 
-# A widened threshold sits this much above the marked error, so the same value is not flagged again.
-WIDEN_MARGIN = 1.05
-
-
-def series_of(d: Details, vocab: Vocabulary) -> tuple[tuple[int, int], float] | str:
-    """A parameter anomaly's (previous key, key) series in this vocabulary and the threshold scale that
-    accepts it, or why there is none."""
+def series_of(d: Details, vocab: Vocabulary) -> tuple[int, int] | str:
+    """A parameter anomaly's (previous key, key) series in this vocabulary, or why there is none."""
     index = {t: i for i, t in enumerate(vocab.templates) if i >= NUM_RESERVED}
     ids, texts = d.window.key_ids, d.window.templates
     if len(ids) != len(texts):
@@ -584,12 +588,35 @@ def series_of(d: Details, vocab: Vocabulary) -> tuple[tuple[int, int], float] | 
     target = _resolve(d.key.id, d.key.template, vocab, index)
     if prev is None or target is None:
         return "its log templates are not in the current model's vocabulary (retrained since?)"
-    if d.parameter is None:
-        return "the anomaly document has no parameter error and threshold"
-    error, threshold = d.parameter.error, d.parameter.threshold
-    if not threshold > 0:
-        return "the anomaly document's parameter threshold is not usable"
-    return (int(prev), int(target)), max(1.0, WIDEN_MARGIN * error / threshold)
+    return int(prev), int(target)
+
+
+# Longer than any name `ModelStore.create` gives, far below a file system's limit on a name.
+MAX_VERSION_NAME = 128
+
+
+def version_name_problem(name: str) -> str | None:
+    """Why a model version named by a document cannot be a version directory of the store, or None. Checked
+    before the name touches the file system."""
+    if not name or len(name) > MAX_VERSION_NAME:
+        return f"deeplog.model_version: {len(name)} characters, not a model version name"
+    if (
+        name in (".", "..")
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+        or not name.isprintable()
+    ):
+        return f"deeplog.model_version: {name!r:.80} is not a model version name"
+    return None
+
+
+def version_dir(store: ModelStore, name: str) -> Path | None:
+    """The directory of a version the store lists, resolved inside the store, or None."""
+    if version_name_problem(name) is not None or name not in store.versions():
+        return None
+    root = store.dir.resolve()
+    path = (root / name).resolve()
+    return path if path.parent == root else None
 
 
 @dataclass
@@ -606,7 +633,8 @@ class _Run:
     updates: list[dict[str, Any]] = field(default_factory=list)
 
     def mark_all(self, hits: Sequence[dict[str, Any]], status: str, error: str) -> None:
-        """Mark documents the run did not apply (`status`: rejected, unsupported) and count them."""
+        """Mark documents the run did not apply (`status`: rejected, unsupported, invalid) and count them;
+        the time it sets keeps an `invalid` document from being read again until a verdict is set anew."""
         self.updates += [
             _update(h, feedback_status=status, feedback_error=error, feedback_applied_at=self.now)
             for h in hits
@@ -654,17 +682,27 @@ def _widen(run: _Run, pfps: Sequence[_PFp]) -> None:
     version, path = store.current()
     model, vocab, header = load_checkpoint(path / KEYMODEL)
     scales = paramfeedback.load(path)
-    then: dict[str, dict[tuple[int, int], float]] = {}  # model version -> its scales, read once
-    # The version comes from the document, which anyone may have changed: only a version listed in the store
-    # is read, so an absolute path or `..` cannot point the job at files outside it.
-    known = set(store.versions())
+    then: dict[str, paramfeedback.Scales | str] = {}  # model version -> its scales (or why not), read once
+    taken: list[_PFp] = []
     for f in pfps:
         # The document's threshold is that version's (possibly widened) bound: scale from the base bound.
         v = f.doc.model_version
         if v not in then:
-            then[v] = paramfeedback.load(store.dir / v) if v in known else {}
-        need = then[v].get(f.series, 1.0) * f.scale
+            then[v] = _scales_of(store, v)
+        was = then[v]
+        if isinstance(was, str):
+            run.mark_all([f.hit], UNSUPPORTED, was)
+            continue
+        need = was.get(f.series, 1.0) * f.scale
+        why = paramfeedback.capped(max(scales.get(f.series, 1.0), need))
+        if why is not None:
+            run.mark_all([f.hit], INVALID, why)
+            continue
         scales[f.series] = max(scales.get(f.series, 1.0), need)
+        taken.append(f)
+    pfps = taken
+    if not pfps:
+        return
     meta = header["meta"]
     parent_lineage = lineage_of(meta) or {}
     lineage = {
@@ -689,6 +727,19 @@ def _widen(run: _Run, pfps: Sequence[_PFp]) -> None:
         len({f.series for f in pfps}),
     )
     run.published(new_version, [f.hit for f in pfps])
+
+
+def _scales_of(store: ModelStore, version: str) -> paramfeedback.Scales | str:
+    """The threshold scales of the version a document names (empty for a version the store no longer holds),
+    or why they cannot be read. The name comes from the document: only a version the store lists is read, so
+    a path cannot point the job at files outside it."""
+    path = version_dir(store, version)
+    if path is None:
+        return {}
+    try:
+        return paramfeedback.load(path)
+    except ArtifactError as e:
+        return f"the threshold scales of model version {version} are unreadable ({e})"
 
 
 def apply_feedback(
@@ -732,44 +783,68 @@ def _reconcile(run: _Run, hits: Sequence[dict[str, Any]], version: str) -> list[
 
 def _sort(run: _Run, parent: _Parent, hits: Sequence[dict[str, Any]]) -> tuple[list[_Fp], list[_PFp]]:
     """(2) Verdicts that train nothing are marked -> the key and the parameter false positives."""
-    fbc, now = run.summary.feedback, run.now
     fps: list[_Fp] = []
     pfps: list[_PFp] = []
+    secret = seal.existing_key(run.store.dir)
     for h in hits:
-        verdict = Feedback.from_source(h["_source"]).feedback
-        if verdict not in VERDICTS:
-            # As JSON, the form the responder wrote it in: 1, true, "fp".
-            err = f"invalid feedback {json.dumps(verdict)}: use {' or '.join(VERDICTS)}"
-            run.updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
-            fbc[INVALID] += 1
-            continue
-        if verdict == TRUE_POSITIVE:
-            run.updates.append(
-                _update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None)
-            )
-            fbc["true_positive"] += 1
-            continue
         try:
-            # Only the `deeplog` object: the job uses nothing else, and other tools may change the rest.
-            doc = Details.from_source(h["_source"])
-        except InvalidAnomaly as e:
-            # Unsupported, not invalid: the verdict is fine, and an invalid one is read again every run.
-            run.mark_all([h], UNSUPPORTED, f"the anomaly document is malformed ({e})")
+            found = _sort_one(run, parent, h, secret)
+        except Exception as e:  # noqa: BLE001 - one document, whatever it holds, must not stop the others
+            log.exception("feedback: anomaly document %s could not be read", h.get("_id"))
+            run.mark_all([h], INVALID, f"the anomaly document could not be read ({type(e).__name__}: {e})")
             continue
-        if doc.anomaly_type == "parameter":
-            widen = series_of(doc, parent.vocab)
-            if isinstance(widen, str) or not (parent.path / PARAMMODEL).is_file():
-                why = widen if isinstance(widen, str) else "the current model version has no parameter model"
-                run.mark_all([h], UNSUPPORTED, why)
-            else:
-                pfps.append(_PFp(h, doc, *widen))
-        else:
-            pair = pair_of(doc, parent.vocab, parent.model.args.window)
-            if isinstance(pair, str):
-                run.mark_all([h], UNSUPPORTED, pair)
-            else:
-                fps.append(_Fp(h, *pair))
+        if isinstance(found, _Fp):
+            fps.append(found)
+        elif isinstance(found, _PFp):
+            pfps.append(found)
     return fps, pfps
+
+
+def _sort_one(run: _Run, parent: _Parent, h: dict[str, Any], secret: bytes | None) -> _Fp | _PFp | None:
+    """One document: marked (None), or the false positive it teaches. What it teaches comes from the fields
+    the detection job sealed; only the verdict is the responder's."""
+    fbc, now = run.summary.feedback, run.now
+    verdict = Feedback.from_source(h["_source"]).feedback
+    if verdict not in VERDICTS:
+        # As JSON, the form the responder wrote it in: 1, true, "fp".
+        err = f"invalid feedback {json.dumps(verdict)}: use {' or '.join(VERDICTS)}"
+        run.updates.append(_update(h, feedback_status=INVALID, feedback_error=err))
+        fbc[INVALID] += 1
+        return None
+    if verdict == TRUE_POSITIVE:
+        run.updates.append(_update(h, feedback_status=RECORDED, feedback_applied_at=now, feedback_error=None))
+        fbc["true_positive"] += 1
+        return None
+    try:
+        # Only the `deeplog` object: the job uses nothing else, and other tools may change the rest.
+        doc = Details.from_source(h["_source"])
+    except InvalidAnomaly as e:
+        # Unsupported: not the anomaly document's form (another tool's change, or values the mapping let in).
+        run.mark_all([h], UNSUPPORTED, f"the anomaly document is malformed ({e})")
+        return None
+    why = version_name_problem(doc.model_version) or seal.check(secret, doc.learned(), doc.seal)
+    if why is not None:
+        run.mark_all([h], INVALID, why)
+        return None
+    if doc.anomaly_type != "parameter":
+        pair = pair_of(doc, parent.vocab, parent.model.args.window)
+        if isinstance(pair, str):
+            run.mark_all([h], UNSUPPORTED, pair)
+            return None
+        return _Fp(h, *pair)
+    series = series_of(doc, parent.vocab)
+    if isinstance(series, str) or not (parent.path / PARAMMODEL).is_file():
+        why = series if isinstance(series, str) else "the current model version has no parameter model"
+        run.mark_all([h], UNSUPPORTED, why)
+        return None
+    if doc.parameter is None:
+        run.mark_all([h], UNSUPPORTED, "the anomaly document has no parameter error and threshold")
+        return None
+    scale = paramfeedback.widening(doc.parameter.error, doc.parameter.threshold)
+    if isinstance(scale, str):
+        run.mark_all([h], INVALID, scale)
+        return None
+    return _PFp(h, doc, series, scale)
 
 
 def _apply(run: _Run) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from . import gcpause, paramfeedback, sink
+from . import gcpause, paramfeedback, seal, sink
 from .anomaly import (
     DocContext,
     EventRef,
@@ -489,6 +489,7 @@ class DetectionRun:
             session_field=src.session_field,
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
+            seal_key=seal.key(config.model.dir),
         )
 
     def active_writer(self) -> sink.BackgroundWriter:
