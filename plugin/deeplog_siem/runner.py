@@ -4,6 +4,8 @@ Contracts:
 - `train(config, clients) -> TrainSummary`: raw logs (source) -> templates and keys (templater) -> sessions
   (sessions) -> key model (model) and, with `params.enabled`, the parameter model over each (previous key,
   key) series of parameter vectors (parammodel) -> a new published model version (artifacts).
+  `train_version(job, TrainRequest)` is its body inside a caller's run: a span, the sessions to leave out
+  (dropped before templating), and whether to publish (the scheduled retraining checks a candidate first).
 - `run_once(config, clients) -> RunSummary`: new raw logs since the checkpoint (source) -> keys (templater,
   match-only) -> per-session windows with the tails carried over from earlier runs (sessions, detector) ->
   the events the key model accepts -> parameter model, each against the last vectors of its series, also
