@@ -4,6 +4,8 @@ Contracts:
 - `train(config, clients) -> TrainSummary`: raw logs (source) -> templates and keys (templater) -> sessions
   (sessions) -> key model (model) and, with `params.enabled`, the parameter model over each (previous key,
   key) series of parameter vectors (parammodel) -> a new published model version (artifacts).
+  `train_version(job, TrainRequest)` is its body inside a caller's run: a span, the sessions to leave out
+  (dropped before templating), and whether to publish (the scheduled retraining checks a candidate first).
 - `run_once(config, clients) -> RunSummary`: new raw logs since the checkpoint (source) -> keys (templater,
   match-only) -> per-session windows with the tails carried over from earlier runs (sessions, detector) ->
   the events the key model accepts -> parameter model, each against the last vectors of its series, also
@@ -25,6 +27,7 @@ import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -163,6 +166,7 @@ class TrainSummary:
     templates: int
     skipped: dict[str, int]
     report: dict[str, Any]
+    sessions_left_out: int = 0  # sessions of the window not learned (`TrainRequest.leave_out`)
 
 
 @dataclass
@@ -180,6 +184,8 @@ class TrainingSet:
     series_times: dict[tuple[int, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     # Detection's session tracker, never closing a session: the vectors are computed as detection does.
     tracker: SessionTracker = field(default_factory=SessionTracker.unbounded)
+    # Sessions of the window that `read_training(leave_out=...)` did not learn from.
+    left_out: set[str] = field(default_factory=set)
 
     def add(self, rows: list[EventRow]) -> None:
         sessions, times = self.sessions, self.times
@@ -202,14 +208,22 @@ def read_training(
     *,
     span: Span,
     summary: RunSummary,
+    leave_out: AbstractSet[str] = frozenset(),
     progress: Progress = _quiet,
 ) -> TrainingSet:
     """Read the training logs -> what training learns from. The documents read and skipped (by reason) are
-    counted in `summary` page by page, so a run that fails partway records what it read."""
-    reader = EventReader(templater, SessionKeyer(config.source), config)
+    counted in `summary` page by page, so a run that fails partway records what it read. The documents of
+    the sessions in `leave_out` are dropped before templating (skipped as `left_out`): neither their
+    templates nor their keys are learned."""
+    keyer = SessionKeyer(config.source)
+    reader = EventReader(templater, keyer, config)
     data = TrainingSet(config.params.enabled)
     for page in source.pages(start=span.start, end=span.end):
         summary.docs_read += len(page)
+        if leave_out:
+            kept = _without(page, keyer, leave_out, config.source.message_field, data.left_out)
+            summary.skipped["left_out"] += len(page) - len(kept)
+            page = kept
         data.add(reader.rows(page, summary.skipped, learn=True))
         if summary.docs_read % 20000 < len(page):
             progress(
@@ -217,6 +231,25 @@ def read_training(
                 f"{templater.num_templates} templates"
             )
     return data
+
+
+def _without(
+    page: list[SourceDoc],
+    keyer: SessionKeyer,
+    leave_out: AbstractSet[str],
+    message_field: str,
+    seen: set[str],
+) -> list[SourceDoc]:
+    """The page without the documents of the sessions in `leave_out` (those met are added to `seen`)."""
+    kept = []
+    for doc in page:
+        msg = doc.get(message_field)
+        sid = keyer.session_of(msg if isinstance(msg, str) else "", doc.source)
+        if sid is not None and sid in leave_out:
+            seen.add(sid)
+        else:
+            kept.append(doc)
+    return kept
 
 
 def train(
@@ -230,41 +263,61 @@ def train(
 ) -> TrainSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
     with recorded(clients, config, summary):
-        src_cfg = replace(config.source, index=index) if index else config.source
-        templater = Templater(config.templater)
-        progress(f"reading training logs from {src_cfg.index} ...")
-        data = read_training(
-            config,
-            Source(clients, src_cfg),
-            templater,
-            span=Span(start, end),
-            summary=summary,
-            progress=progress,
+        return train_version(
+            Job(config, clients, summary), TrainRequest(span=Span(start, end), index=index), progress
         )
-        if not data.sessions:
-            raise DeeplogError(
-                f"no usable training logs in {src_cfg.index} (skipped: {dict(summary.skipped) or 'none'})"
-            )
-        progress(
-            f"training the log-key model on {len(data.sessions)} sessions ({summary.docs_read} events) ..."
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `train_version` learns from and whether it publishes: `index` (default `source.index`) over
+    `span`, without the sessions in `leave_out`; `publish=False` leaves the new version unpublished (a
+    candidate the caller checks before publishing it)."""
+
+    span: Span = Span()
+    index: str | None = None
+    leave_out: AbstractSet[str] = frozenset()
+    publish: bool = True
+
+
+def train_version(job: Job, request: TrainRequest, progress: Progress = _quiet) -> TrainSummary:
+    """Read, fit and save a new model version inside the run of `job` (its summary counts what was read)."""
+    config, clients, summary = job.config, job.clients, job.summary
+    src_cfg = replace(config.source, index=request.index) if request.index else config.source
+    templater = Templater(config.templater)
+    progress(f"reading training logs from {src_cfg.index} ...")
+    data = read_training(
+        config,
+        Source(clients, src_cfg),
+        templater,
+        span=request.span,
+        summary=summary,
+        leave_out=request.leave_out,
+        progress=progress,
+    )
+    if not data.sessions:
+        raise DeeplogError(
+            f"no usable training logs in {src_cfg.index} (skipped: {dict(summary.skipped) or 'none'})"
         )
-        version, report = _fit(Job(config, clients, summary), templater, data, src_cfg.index, progress)
-        summary.model_version = version
-        summary.sessions = len(data.sessions)
-        return TrainSummary(
-            version=version,
-            docs=summary.docs_read,
-            sessions=len(data.sessions),
-            templates=templater.num_templates,
-            skipped=dict(summary.skipped),
-            report=report,
-        )
+    progress(f"training the log-key model on {len(data.sessions)} sessions ({summary.docs_read} events) ...")
+    version, report = _fit(job, templater, data, src_cfg.index, progress, publish=request.publish)
+    summary.model_version = version
+    summary.sessions = len(data.sessions)
+    return TrainSummary(
+        version=version,
+        docs=summary.docs_read,
+        sessions=len(data.sessions),
+        templates=templater.num_templates,
+        skipped=dict(summary.skipped),
+        report=report,
+        sessions_left_out=len(data.left_out),
+    )
 
 
 def _fit(
-    job: Job, templater: Templater, data: TrainingSet, index: str, progress: Progress
+    job: Job, templater: Templater, data: TrainingSet, index: str, progress: Progress, *, publish: bool = True
 ) -> tuple[str, dict[str, Any]]:
-    """Fit the models on `data`, save them as a new version and publish it -> (version, report)."""
+    """Fit the models on `data`, save them as a new version and (`publish`) publish it -> (version, report)."""
     config, summary = job.config, job.summary
     training = list(data.sessions.values())
     model, report = train_key_model(training, len(templater.vocab), config.model, progress=progress)
@@ -302,11 +355,12 @@ def _fit(
         pm, p_report = ParameterModel.fit(data.series, config.params, data.series_times)
         pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
         out |= {"params": p_report.to_dict()}
-    # Under the store's lock: a feedback run holds it from reading CURRENT to publishing its child version,
-    # so it cannot publish over this newer version afterwards.
-    with store.lock():
-        store.publish(version)
-    publish_workflows(job.clients, config, version, workflows)
+    if publish:
+        # Under the store's lock: a feedback run holds it from reading CURRENT to publishing its child
+        # version, so it cannot publish over this newer version afterwards.
+        with store.lock():
+            store.publish(version)
+        publish_workflows(job.clients, config, version, workflows)
     return version, out
 
 
@@ -511,7 +565,12 @@ class DetectionRun:
         )
         if span.backfill:
             state.checkpoint, state.sessions = None, {}
-        return cls(job, det, span, state)
+        try:
+            return cls(job, det, span, state)
+        except BaseException:
+            # Nobody else would give the lease back: the caller never gets the run to release.
+            release_lease(job.clients, job.config.output.state_index, state)
+            raise
 
     def release(self) -> None:
         """Give the state's lease back (best effort: a lease left behind expires)."""

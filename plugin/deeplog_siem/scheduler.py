@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -24,8 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .artifacts import ModelStore
 from .config import Config
 from .es import Clients
-from .runner import Detection, run_once, train
-from .timefmt import iso
+from .runner import Detection, run_once
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,16 @@ class DetectJob:
 
 
 def retrain_job(config: Config, clients: Clients) -> None:
-    start = iso(datetime.now(UTC) - timedelta(days=config.schedule.retrain_lookback_days))
+    from .retrain import retrain  # imports torch training code only when the job runs
+
     try:
-        summary = train(config, clients, start=start)
-        log.info("retrained: model version %s from %s sessions", summary.version, summary.sessions)
+        summary = retrain(config, clients)
+        log.info(
+            "retraining %s: model version %s from %s sessions",
+            summary.status,
+            summary.model_version,
+            summary.sessions,
+        )
     except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("retraining failed: %s", e)
 

@@ -50,7 +50,10 @@ def cmd_feedback_apply(args: argparse.Namespace) -> int:
 
 
 def _origin(r: dict[str, Any]) -> str:
-    """Where a model version comes from: trained, or feedback (key or parameter) on its parent."""
+    """Where a model version comes from: trained, retrained in place of its parent, or feedback (key or
+    parameter) on its parent."""
+    if r["parent"] and r.get("feedback_kind") == "retrain":
+        return f"retrained in place of {r['parent']} (its feedback carried over)"
     if r["parent"] and r.get("feedback_kind") == "parameter":
         return (
             f"parameter feedback on {r['parent']} ({r['feedback_applied']} false positives, thresholds "
