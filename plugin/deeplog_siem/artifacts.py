@@ -3,7 +3,9 @@
 Contract: `ModelStore(dir).create() -> (version, path)` gives a fresh staging directory (a hidden temporary
 name in the store) to write a model version into; `publish(version)` renames it to its version name and
 makes it current atomically (the `CURRENT` file, `atomic.write_text`), so a version is visible only once
-complete and a crash (SIGKILL included) during training never leaves a half-written model listed or in use.
+complete and a crash (SIGKILL included) during training never leaves a half-written model listed or in use;
+`keep(version)` moves it to its name without making it current (a retraining candidate that was refused),
+`location(version)` is where its files are (staging or its name).
 A staging directory is held (an flock) by the process writing it; `create` removes those whose process is
 gone; `current() -> (version, path)` or
 `ArtifactError` telling the user to train first; `restore(version)` makes an earlier version current again;
@@ -46,12 +48,14 @@ _OWNER = ".owner"
 # A staging directory without its owner file is one being created (or one a crash left right then): removed
 # only once it is this old.
 _UNOWNED_GRACE_S = 3600.0
+# Staging directory -> its locked owner file, for the whole process: another `ModelStore` of the same
+# directory (the retraining's check after its training) must not drop the lock a version is still held by.
+_HELD: dict[str, Any] = {}
 
 
 class ModelStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)
-        self._owned: dict[str, Any] = {}  # version -> its staging directory's locked owner file
 
     def create(self) -> tuple[str, Path]:
         """A new version's name and its staging directory, held by this process until `publish`."""
@@ -61,7 +65,7 @@ class ModelStore:
         path.mkdir(parents=True, exist_ok=False)
         owner = open(path / _OWNER, "w")  # noqa: SIM115 - held open (and locked) until publish
         fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._owned[version] = owner
+        _HELD[str(path)] = owner
         return version, path
 
     def _staging(self, version: str) -> Path:
@@ -69,6 +73,11 @@ class ModelStore:
 
     def publish(self, version: str) -> None:
         """Make `version` current; a version still in staging is moved to its name first."""
+        self.keep(version)
+        write_text(self.dir / "CURRENT", version + "\n")
+
+    def keep(self, version: str) -> Path:
+        """Move `version` from staging to its name (complete, listed, not current) -> its directory."""
         stage, final = self._staging(version), self.dir / version
         if stage.is_dir() and not final.exists():
             if not (stage / KEYMODEL).is_file():
@@ -78,12 +87,17 @@ class ModelStore:
             (stage / _OWNER).unlink(missing_ok=True)
             os.rename(stage, final)
             fsync_dir(self.dir)
-            owner = self._owned.pop(version, None)
+            owner = _HELD.pop(str(stage), None)
             if owner is not None:
                 owner.close()
         if not (final / KEYMODEL).is_file():
             raise ArtifactError(f"model version {version} in {self.dir} has no {KEYMODEL}; not publishing it")
-        write_text(self.dir / "CURRENT", version + "\n")
+        return final
+
+    def location(self, version: str) -> Path:
+        """Where `version`'s files are: its staging directory until it is published, then its own name."""
+        stage = self._staging(version)
+        return stage if stage.is_dir() else self.dir / version
 
     def clean_staging(self) -> list[str]:
         """Remove staging directories no live process holds (their writer was killed) -> their names."""

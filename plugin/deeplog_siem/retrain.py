@@ -133,7 +133,7 @@ def _decide(job: Job, store: ModelStore, candidate: str) -> None:
     use_threads(config.model.threads)
     device = resolve_device(config.model.device)
     cur = _Version.load(current, current_path, device)
-    cand = _Version.load(candidate, store.dir / candidate, device)
+    cand = _Version.load(candidate, store.location(candidate), device)
     window = cand.model.args.window
     to_cand, to_cur = Translation(cur.vocab, cand.vocab), Translation(cand.vocab, cur.vocab)
     sample = NormalSample.load(cand.path / NORMAL_SAMPLE)
@@ -178,6 +178,7 @@ def _decide(job: Job, store: ModelStore, candidate: str) -> None:
         log.warning("retrain: %s", why)
         summary.status, summary.model_version = REJECTED, current
         summary.retrain["reason"] = why
+        store.keep(candidate)  # listed for inspection; `model restore` publishes it by hand
         return
     lineage = {
         "parent": current,
