@@ -18,11 +18,11 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .artifacts import ModelStore
 from .config import Config
+from .cron import parse_cron
 from .es import Clients
 from .runner import Detection, run_once, train
 from .timefmt import iso
@@ -103,7 +103,8 @@ def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> 
     if config.schedule.retrain_cron:
         sched.add_job(
             retrain_job,
-            CronTrigger.from_crontab(config.schedule.retrain_cron, timezone=UTC),
+            # crontab's semantics (weekday 0 is Sunday), not `CronTrigger.from_crontab`'s (0 is Monday).
+            parse_cron(config.schedule.retrain_cron, "schedule.retrain_cron").trigger(UTC),
             args=(config, clients),
             id="retrain",
             name="retrain",
