@@ -7,7 +7,8 @@ anomalies by type, rejected writes, stage durations, window, lag, model version,
 `feedback.FeedbackSummary`). `record_run(clients, config, summary)` writes the document and logs the line;
 a failure to record is logged, never raised, and the document waits to go with the next run's.
 `recorded(clients, config, summary)` is the context manager every job runs inside: it times the run and
-records it, failed or not; a failure is recorded with its message and stack trace, then re-raised.
+records it, failed or not; a failure is recorded with its message and stack trace, then re-raised; a job
+that ended at a safe point on a stop request (`JobStopped`) is recorded `stopped`, then re-raised.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import sink
 from .config import Config
+from .errors import JobStopped
 from .es import Clients
 from .timefmt import utc_now
 
@@ -161,6 +163,10 @@ def recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[
     t0 = time.perf_counter()
     try:
         yield summary
+    except JobStopped:
+        # Not a failure: nothing is wrong, and the next run does the work (as a detection run ended by stop).
+        summary.status = "stopped"
+        raise
     except Exception as e:
         summary.status, summary.error, summary.stack_trace = "failed", str(e), traceback.format_exc()
         raise

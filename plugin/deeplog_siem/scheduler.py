@@ -6,7 +6,9 @@ feedback job (`feedback.apply_feedback`) every `feedback_interval_seconds`, and 
 when configured. One instance of each job at a time, missed runs coalesced,
 `misfire_grace_seconds` of tolerance, a warning when a run takes longer than its interval. A failed run is
 recorded in the runs index (`runs.recorded`) and logged here; the daemon keeps going. On stop, a detection run
-finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends.
+finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends; retraining and the
+feedback job end at their next safe point (`stopping`) without publishing a model version, recorded
+`stopped`. Retraining logs its progress (one line per epoch).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .artifacts import ModelStore
 from .config import Config
 from .cron import parse_cron
+from .errors import JobStopped
 from .es import Clients
 from .runner import Detection, run_once, train
 from .timefmt import iso
@@ -62,8 +65,12 @@ class DetectJob:
 def retrain_job(config: Config, clients: Clients) -> None:
     start = iso(datetime.now(UTC) - timedelta(days=config.schedule.retrain_lookback_days))
     try:
-        summary = train(config, clients, start=start)
+        summary = train(
+            config, clients, start=start, progress=lambda m: log.info("retraining: %s", m.strip())
+        )
         log.info("retrained: model version %s from %s sessions", summary.version, summary.sessions)
+    except JobStopped as e:
+        log.info("%s; the current model version is kept", e)
     except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("retraining failed: %s", e)
 
@@ -73,6 +80,8 @@ def feedback_job(config: Config, clients: Clients) -> None:
 
     try:
         apply_feedback(config, clients)
+    except JobStopped as e:
+        log.info("%s; the feedback documents stay pending for the next run", e)
     except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("feedback run failed: %s", e)
 
