@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from deeplog_lab.replay import index_lines, render
-from deeplog_siem.source import Checkpoint, Source, get_field
+from deeplog_siem.source import Checkpoint, Source, advance, get_field
 from deeplog_siem.state import JobState, load_state, save_state
 
 from .conftest import real_cluster
@@ -188,3 +190,37 @@ def test_a_server_refusing_slices_is_read_in_one_stream(clients, prefix, make_co
     with caplog.at_level(logging.WARNING, logger="deeplog_siem.source"):
         assert [d.get("message") for p in again.pages() for d in p] == [ln.message for ln in lines]
     assert "refused a sliced read" not in caplog.text
+
+
+def test_a_job_clock_ahead_of_the_cluster_skips_no_late_searchable_document(
+    clients, prefix, make_config, monkeypatch
+):
+    """The read's upper bound is the cluster's now minus the query delay, whatever the job's clock says."""
+    index = f"{prefix}-logs"
+    cfg = make_config(source={"query_delay_seconds": 2})
+
+    def doc(name: str, ingested: datetime) -> dict:
+        stamp = ingested.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"@timestamp": stamp, "message": f"blk_1 {name}", "event": {"ingested": stamp}}
+
+    now = datetime.now(UTC)
+    clients.es.index(index=index, id="old", document=doc("old", now - timedelta(seconds=60)))
+    clients.es.index(index=index, id="fresh", document=doc("fresh", now))
+    clients.es.indices.refresh(index=index)
+    # The job's clock runs an hour ahead of the cluster's.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+    src = Source(clients, cfg.source)
+    read: list[str] = []
+    cp = None
+    for page in src.pages(cp):
+        read += [d.id for d in page]
+        cp = advance(cp, page)
+    # Stamped by the ingest node just before `fresh`, searchable only after the first read.
+    clients.es.index(index=index, id="late", document=doc("late", now - timedelta(milliseconds=500)))
+    clients.es.indices.refresh(index=index)
+    time.sleep(2.5)  # the query delay passes (on the real clock: the cluster's)
+    for page in src.pages(cp):
+        read += [d.id for d in page]
+        cp = advance(cp, page)
+    assert sorted(read) == ["fresh", "late", "old"], read

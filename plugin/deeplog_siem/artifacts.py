@@ -99,6 +99,14 @@ class ModelStore:
         stage = self._staging(version)
         return stage if stage.is_dir() else self.dir / version
 
+    def discard(self, version: str) -> None:
+        """Remove `version` while it is still in staging (training stopped before publishing it)."""
+        stage = self._staging(version)
+        owner = _HELD.pop(str(stage), None)
+        shutil.rmtree(stage, ignore_errors=True)
+        if owner is not None:
+            owner.close()
+
     def clean_staging(self) -> list[str]:
         """Remove staging directories no live process holds (their writer was killed) -> their names."""
         removed = []

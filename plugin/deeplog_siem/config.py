@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .cron import parse_cron
 from .errors import ConfigError
 from .urls import has_userinfo, redact
 
@@ -421,11 +422,7 @@ class ScheduleConfig:
             v = getattr(self, name)
             _check(f"{key}.{name}", v >= 1, f"must be >= 1, got {v}")
         if self.retrain_cron is not None:
-            _check(
-                f"{key}.retrain_cron",
-                len(self.retrain_cron.split()) == 5,
-                "must be a 5-field cron expression",
-            )
+            parse_cron(self.retrain_cron, f"{key}.retrain_cron")
 
 
 @dataclass(frozen=True)

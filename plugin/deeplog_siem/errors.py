@@ -33,6 +33,10 @@ class SinkError(DeeplogError):
     """Anomaly documents could not be written; the checkpoint was not advanced."""
 
 
+class JobStopped(DeeplogError):
+    """A long job ended at a safe point because the process was asked to stop; it published nothing."""
+
+
 class KibanaError(DeeplogError):
     """Kibana / OpenSearch Dashboards could not be reached or refused the saved-objects import."""
 

@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from . import paramfeedback, seal, sink
+from . import paramfeedback, seal, sink, stopping
 from .anomaly import Details, Feedback, InvalidAnomaly
 from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
 from .config import Config, FeedbackConfig, ModelConfig
@@ -485,6 +485,7 @@ def finetune(
         bk, bt = torch.cat([fk, rk[broken.to(device)]]), torch.cat([ft, rt[broken.to(device)]])
         bw = torch.full((bt.numel(),), float(fb.weight), device=device)
         for _ in range(min(check_every, fb.max_steps - steps)):
+            stopping.check("feedback fine-tuning")  # between steps: the update is discarded, not published
             draws = torch.multinomial(rc, fb.replay_batch, replacement=True, generator=gen)
             idx, mult = torch.unique(draws, return_counts=True)
             idx, mult = idx.to(device), mult.to(device, torch.float)

@@ -54,7 +54,7 @@ from .feedback import (
 from .flagged import flagged_sessions
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
-from .runner import Job, Span, TrainRequest, publish_workflows, train_version
+from .runner import Job, Progress, Span, TrainRequest, publish_workflows, train_version
 from .runs import RunSummary, recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
 from .timefmt import iso, utc_now
@@ -100,8 +100,14 @@ class _Version:
         return Judge(config.model.top_g, floor, anchor, config.feedback.anchor_ratio)
 
 
-def retrain(config: Config, clients: Clients, *, now: datetime | None = None) -> RetrainSummary:
-    """One retraining run (see the module contract)."""
+def print_nothing(_: str) -> None:
+    """The default progress sink: the daemon passes its log instead."""
+
+
+def retrain(
+    config: Config, clients: Clients, *, now: datetime | None = None, progress: Progress = print_nothing
+) -> RetrainSummary:
+    """One retraining run (see the module contract); `progress` receives the training's progress lines."""
     now = now or datetime.now(UTC)
     since, until = iso(now - timedelta(days=config.schedule.retrain_lookback_days)), iso(now)
     summary = RetrainSummary(run_id=uuid.uuid4().hex, job=RETRAIN_JOB, window_start=since, window_end=until)
@@ -109,7 +115,7 @@ def retrain(config: Config, clients: Clients, *, now: datetime | None = None) ->
         flagged = flagged_sessions(clients, config, since=since)
         summary.retrain.update(flagged.counts())
         request = TrainRequest(span=Span(since, until), leave_out=flagged.sessions, publish=False)
-        trained = train_version(Job(config, clients, summary), request)
+        trained = train_version(Job(config, clients, summary), request, progress)
         summary.retrain |= {
             "sessions_left_out": trained.sessions_left_out,
             "candidate_version": trained.version,

@@ -23,6 +23,7 @@ Contracts:
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import uuid
 from collections import Counter, defaultdict
@@ -31,7 +32,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from . import gcpause, paramfeedback, seal, sink
+from . import gcpause, paramfeedback, seal, sink, stopping
 from .anomaly import (
     DocContext,
     EventRef,
@@ -317,10 +318,18 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = _quiet) 
 def _fit(
     job: Job, templater: Templater, data: TrainingSet, index: str, progress: Progress, *, publish: bool = True
 ) -> tuple[str, dict[str, Any]]:
-    """Fit the models on `data`, save them as a new version and (`publish`) publish it -> (version, report)."""
+    """Fit the models on `data`, save them as a new version and (`publish`) publish it -> (version, report).
+    On a stop request (`stopping`) it ends between epochs, or before it publishes, with nothing published."""
     config, summary = job.config, job.summary
     training = list(data.sessions.values())
-    model, report = train_key_model(training, len(templater.vocab), config.model, progress=progress)
+
+    def epoch_done(message: str) -> None:
+        # The key model reports after every epoch: a safe point to stop at.
+        stopping.check("training")
+        progress(message)
+
+    model, report = train_key_model(training, len(templater.vocab), config.model, progress=epoch_done)
+    stopping.check("training")
     store = ModelStore(config.model.dir)
     version, path = store.create()
     templater.save(path / TEMPLATER)
@@ -355,6 +364,9 @@ def _fit(
         pm, p_report = ParameterModel.fit(data.series, config.params, data.series_times)
         pm.save(path / PARAMMODEL, meta={"model_version": version, "report": p_report.to_dict()})
         out |= {"params": p_report.to_dict()}
+    if stopping.requested():
+        store.discard(version)  # never published, so nothing refers to it
+        stopping.check("training")
     if publish:
         # Under the store's lock: a feedback run holds it from reading CURRENT to publishing its child
         # version, so it cannot publish over this newer version afterwards.

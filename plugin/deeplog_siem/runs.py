@@ -10,7 +10,8 @@ a failure to record is logged, never raised, and the document waits to go with t
 `recorded(clients, config, summary)` is the context manager every job runs inside: it times the run and
 records it, failed or not; a failure is recorded with its message and stack trace, then re-raised. A run
 that ends without an error but with documents the server refused for good is `degraded`, never `ok`; a run
-that lost its job state to another process (`StateConflict`) is `conflict`.
+that lost its job state to another process (`StateConflict`) is `conflict`; a job that ended at a safe point
+on a stop request (`JobStopped`) is `stopped`; both are re-raised.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from . import sink
 from .config import Config
-from .errors import StateConflict
+from .errors import JobStopped, StateConflict
 from .es import Clients
 from .timefmt import utc_now
 
@@ -171,6 +172,10 @@ def recorded(clients: Clients, config: Config, summary: RunSummary) -> Iterator[
         yield summary
         if summary.status == "ok" and summary.rejected:
             summary.status = "degraded"
+    except JobStopped:
+        # Not a failure: nothing is wrong, and the next run does the work (as a detection run ended by stop).
+        summary.status = "stopped"
+        raise
     except StateConflict as e:
         summary.status, summary.error, summary.stack_trace = "conflict", str(e), None
         raise

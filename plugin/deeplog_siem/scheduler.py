@@ -6,7 +6,9 @@ feedback job (`feedback.apply_feedback`) every `feedback_interval_seconds`, and 
 when configured. One instance of each job at a time, missed runs coalesced,
 `misfire_grace_seconds` of tolerance, a warning when a run takes longer than its interval. A failed run is
 recorded in the runs index (`runs.recorded`) and logged here; the daemon keeps going. On stop, a detection run
-finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends.
+finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends; retraining and the
+feedback job end at their next safe point (`stopping`) without publishing a model version, recorded
+`stopped`. Retraining logs its progress (one line per epoch).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .artifacts import ModelStore
 from .config import Config
+from .cron import parse_cron
+from .errors import JobStopped
 from .es import Clients
 from .runner import Detection, run_once
 
@@ -62,13 +65,15 @@ def retrain_job(config: Config, clients: Clients) -> None:
     from .retrain import retrain  # imports torch training code only when the job runs
 
     try:
-        summary = retrain(config, clients)
+        summary = retrain(config, clients, progress=lambda m: log.info("retraining: %s", m.strip()))
         log.info(
             "retraining %s: model version %s from %s sessions",
             summary.status,
             summary.model_version,
             summary.sessions,
         )
+    except JobStopped as e:
+        log.info("%s; the current model version is kept", e)
     except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("retraining failed: %s", e)
 
@@ -78,6 +83,8 @@ def feedback_job(config: Config, clients: Clients) -> None:
 
     try:
         apply_feedback(config, clients)
+    except JobStopped as e:
+        log.info("%s; the feedback documents stay pending for the next run", e)
     except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
         log.error("feedback run failed: %s", e)
 
@@ -108,7 +115,8 @@ def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> 
     if config.schedule.retrain_cron:
         sched.add_job(
             retrain_job,
-            CronTrigger.from_crontab(config.schedule.retrain_cron, timezone=UTC),
+            # crontab's semantics (weekday 0 is Sunday), not `CronTrigger.from_crontab`'s (0 is Monday).
+            parse_cron(config.schedule.retrain_cron, "schedule.retrain_cron").trigger(UTC),
             args=(config, clients),
             id="retrain",
             name="retrain",

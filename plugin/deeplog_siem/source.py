@@ -12,7 +12,9 @@ that share exactly those values: resuming with a range query from those values a
 ids is exact without any tiebreaker field in the documents.
 
 Only documents whose order field is older than now - `query_delay_seconds` are read, so a document that is
-indexed but not yet searchable is never jumped over. In timestamp order (no `event.ingested`), each read
+indexed but not yet searchable is never jumped over. That `now` is the cluster's (date math it evaluates), never
+the job's clock: each read first asks the cluster for the newest order value below it (with the read's other
+filters) and then reads up to that value, so every page and slice of the read has the same upper bound. In timestamp order (no `event.ingested`), each read
 also goes `overlap_seconds` behind the checkpoint, and the checkpoint keeps the ids of the documents it
 processed in that window: a late event inside the window is processed once, a re-read one is skipped.
 Documents without the order field are never read (they cannot be placed in order).
@@ -24,7 +26,7 @@ import base64
 import heapq
 import json
 import logging
-import time
+import math
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
@@ -182,11 +184,23 @@ class Source:
             sort.append({self.cfg.tiebreaker_field: {"order": "asc", "unmapped_type": "long"}})
         return sort
 
-    def _query(self, after: Checkpoint | None, start: str | None, end: str | None) -> dict[str, Any]:
+    def _delayed_now(self) -> str:
+        """Now minus the query delay as date math, which the cluster evaluates with its own clock.
+        `event.ingested` is stamped by the ingest node's clock, so only the cluster's clock tells which
+        stamped documents may still be unsearchable: a job clock running ahead would move the bound past
+        them and the checkpoint would jump over them for good. Date math counts whole seconds at finest,
+        so a fractional delay is rounded up (waiting a little longer loses nothing)."""
+        delay = math.ceil(self.cfg.query_delay_seconds)
+        return f"now-{delay}s" if delay else "now"
+
+    def _query(
+        self, after: Checkpoint | None, start: str | None, end: str | None, upper: Any = None
+    ) -> dict[str, Any]:
+        """The read's query; `upper`: its pinned last order value (None: the cluster's delayed now)."""
         filters: list[dict[str, Any]] = []
-        # Epoch milliseconds: what the server returns as sort values of date fields, so they compare alike.
-        rng: dict[str, Any] = {"lt": int((time.time() - self.cfg.query_delay_seconds) * 1000)}
+        rng: dict[str, Any] = {"lt": self._delayed_now()} if upper is None else {"lte": upper}
         if after is not None:
+            # Epoch milliseconds: what the server returns as sort values of date fields, so they compare alike.
             floor = after.sort[0]
             if self.overlap_ms and isinstance(floor, (int, float)):
                 floor = int(floor - self.overlap_ms)
@@ -231,19 +245,25 @@ class Source:
         except Exception as e:  # noqa: BLE001 - an unclosed PIT expires by itself; never mask the real error
             log.warning("could not close point in time: %s", e)
 
-    def newest(self, after: Checkpoint | None = None) -> Any:
+    def newest(
+        self, after: Checkpoint | None = None, *, start: str | None = None, end: str | None = None
+    ) -> Any:
         """The largest checkpoint-field value in the index (epoch ms for dates; None when the index is empty
-        or missing, or holds nothing from `after` on), for the run summary's lag. Same filters as the reads
-        (query delay, `source.query`); `after` bounds the search to the documents from that checkpoint on
-        (the embedded server scans what the query matches, far less than the whole index)."""
+        or missing, or holds nothing from `after` on): the run summary's lag, and the upper bound a read pins
+        before it starts. Same filters as the reads (query delay, `source.query`, `start`/`end` on the
+        timestamp); `after` bounds the search to the documents from that checkpoint on (the embedded server
+        scans what the query matches, far less than the whole index)."""
         body = {
             "size": 0,
-            "query": self._query(after, None, None),
+            "query": self._query(after, start, end),
             "aggs": {"newest": {"max": {"field": self.order_field}}},
             "track_total_hits": False,
         }
         resp = self.clients.es.options(ignore_status=404).search(index=self.cfg.index, **body)
-        return ((resp.get("aggregations") or {}).get("newest") or {}).get("value")
+        value = ((resp.get("aggregations") or {}).get("newest") or {}).get("value")
+        # A metric aggregation answers a double; a date's epoch milliseconds are whole, and a range query
+        # reads them back only as an integer.
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
     def pages(
         self,
@@ -257,16 +277,29 @@ class Source:
         if not self.clients.es.indices.exists(index=self.cfg.index, allow_no_indices=False):
             log.warning("source index %s does not exist yet", self.cfg.index)
             return
+        # The cluster's delayed now is evaluated once, here, and pinned as a value: evaluated per request, the
+        # slices read at once would each stop at a different bound, and a document one slice left out could
+        # sort below one another slice returned, behind the checkpoint. Asked before the point in time opens,
+        # so the point in time holds every document up to the bound.
+        upper = self.newest(after, start=start, end=end)
+        if upper is None:
+            return
         pit = self._open_pit()
         try:
-            yield from self._pages(pit, after, start, end, limit)
+            yield from self._pages(pit, after, start, end, limit, upper)
         finally:
             self._close_pit(pit)
 
     def _pages(
-        self, pit: str, after: Checkpoint | None, start: str | None, end: str | None, limit: int | None
+        self,
+        pit: str,
+        after: Checkpoint | None,
+        start: str | None,
+        end: str | None,
+        limit: int | None,
+        upper: Any,
     ) -> Iterator[list[SourceDoc]]:
-        body = self._body(pit, self._query(after, start, end))
+        body = self._body(pit, self._query(after, start, end, upper))
         skip_ids = set(after.ids) if after else set()
         seen = after.recent if after else {}
         floor = tuple(after.sort) if after else None

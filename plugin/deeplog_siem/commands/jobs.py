@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
@@ -59,20 +58,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+    from .. import stopping
     from ..scheduler import run_daemon
 
     cfg = load(args)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        log.info("received signal %s", signum)
-        stop.set()
-
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, on_signal)
+    stop = stopping.install()
     clients = connect(cfg)
     try:
         run_daemon(cfg, clients, stop)
