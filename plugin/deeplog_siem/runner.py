@@ -23,7 +23,6 @@ Contracts:
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import uuid
 from collections import Counter, defaultdict
