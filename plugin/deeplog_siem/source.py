@@ -12,11 +12,12 @@ that share exactly those values: resuming with a range query from those values a
 ids is exact without any tiebreaker field in the documents.
 
 Only documents whose order field is older than now - `query_delay_seconds` are read, so a document that is
-indexed but not yet searchable is never jumped over. That `now` is the cluster's (date math it evaluates), never
-the job's clock: each read first asks the cluster for the newest order value below it (with the read's other
-filters) and then reads up to that value, so every page and slice of the read has the same upper bound. In timestamp order (no `event.ingested`), each read
-also goes `overlap_seconds` behind the checkpoint, and the checkpoint keeps the ids of the documents it
-processed in that window: a late event inside the window is processed once, a re-read one is skipped.
+indexed but not yet searchable is never jumped over. That `now` is the cluster's (date math it evaluates),
+never the job's clock: each read first asks the cluster for the newest order value below it (with the read's
+other filters) and then reads up to that value, so every page and slice of the read has the same upper bound.
+In timestamp order (no `event.ingested`), each read also goes `overlap_seconds` behind the checkpoint, and
+the checkpoint keeps the ids of the documents it processed in that window: a late event inside the window
+is processed once, a re-read one is skipped.
 Documents without the order field are never read (they cannot be placed in order).
 """
 
