@@ -132,6 +132,9 @@ class Source:
         self.cfg = cfg
         # 1 where the server refused sliced reads (this run or an earlier one of this process).
         self.slices = 1 if cfg.index in clients.unsliced else cfg.slices
+        # Whether the order field is a date: the query delay bounds only a time order (a sequence number
+        # has no `now`).
+        self.order_is_date = True
         self.order_field = self._order_field()
 
     def _order_field(self) -> str:
@@ -149,7 +152,9 @@ class Source:
             },
             headers={"accept": "application/json"},
         ).body
-        if caps.get("fields", {}).get(self.cfg.checkpoint_field):
+        types = caps.get("fields", {}).get(self.cfg.checkpoint_field)
+        if types:
+            self.order_is_date = isinstance(types, dict) and set(types) <= {"date", "date_nanos"}
             return self.cfg.checkpoint_field
         log.warning(
             "%s has no %s field; reading in %s order (late-indexed events may be missed)",
@@ -199,7 +204,11 @@ class Source:
     ) -> dict[str, Any]:
         """The read's query; `upper`: its pinned last order value (None: the cluster's delayed now)."""
         filters: list[dict[str, Any]] = []
-        rng: dict[str, Any] = {"lt": self._delayed_now()} if upper is None else {"lte": upper}
+        rng: dict[str, Any] = {}
+        if upper is not None:
+            rng["lte"] = upper
+        elif self.order_is_date:
+            rng["lt"] = self._delayed_now()
         if after is not None:
             # Epoch milliseconds: what the server returns as sort values of date fields, so they compare alike.
             floor = after.sort[0]
@@ -211,7 +220,8 @@ class Source:
             ts["gte"] = start
         if end is not None:
             ts["lt"] = end
-        filters.append({"range": {self.order_field: rng}})
+        # Documents without the order field are never read: they have no place in the order.
+        filters.append({"range": {self.order_field: rng}} if rng else {"exists": {"field": self.order_field}})
         if ts:
             filters.append({"range": {self.cfg.timestamp_field: ts}})
         if self.cfg.query:
@@ -422,7 +432,7 @@ class Source:
             return query
         filters = list(query["bool"]["filter"])
         # Hits come in ascending order from the first range's floor on, so `value` is never below it.
-        rng = {**filters[0]["range"][self.order_field], "gte": value}
+        rng = {**filters[0].get("range", {}).get(self.order_field, {}), "gte": value}
         filters[0] = {"range": {self.order_field: rng}}
         return {"bool": {**query["bool"], "filter": filters}}
 

@@ -26,13 +26,24 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     with stop_signals() as done:  # a Ctrl-C right after the URL is printed still stops the server cleanly
         server = start_embedded(port=args.port)
+        url, persona = server.url, None
+        if args.persona:
+            from ..personas import start_persona
+
+            persona = start_persona(args.persona, server.url)
+            url = persona.url
+        what = f" behind a strict {args.persona} persona" if args.persona else ""
         print(
-            f"embedded server (in-memory, OpenSearch-compatible {server.version}) at {server.url}", flush=True
+            f"embedded server (in-memory, OpenSearch-compatible {server.version}){what} at {url}", flush=True
         )
         print(
             "set elasticsearch.hosts to this URL; Ctrl-C stops it (data is kept in memory only)", flush=True
         )
-        serve_forever(server, done)
+        try:
+            serve_forever(server, done)
+        finally:
+            if persona is not None:
+                persona.stop()
     return 0
 
 
@@ -133,6 +144,12 @@ def _print_demo(r: DemoResult) -> None:
 def register(sub: Subparsers) -> None:
     p = add_parser(sub, "server")
     p.add_argument("--port", type=int, default=0, help="loopback port to listen on (default: a free port)")
+    p.add_argument(
+        "--persona",
+        choices=("elasticsearch", "opensearch"),
+        help="serve through a strict Elasticsearch or OpenSearch persona (a proxy on its own free port) "
+        "that behaves as the real product where the embedded server is lenient",
+    )
     p.set_defaults(func=cmd_server)
 
     p = add_parser(sub, "replay")
