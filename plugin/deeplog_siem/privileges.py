@@ -103,6 +103,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _e("document get", "GET /{index}/_doc/{id}", "read", "index"),
     _e("document index", "PUT|POST /{index}/_doc/{id}", "write", "index"),
     _e("document update", "POST /{index}/_update/{id}", "write", "index"),
+    _e("document create", "PUT|POST /{index}/_create/{id}", "write", "index"),
     # A bulk write to a missing index creates it: `create_index` goes with `write` wherever bulk writes.
     _e("bulk", "POST|PUT /_bulk", "write", "index"),
 )
@@ -142,6 +143,8 @@ def _reads_source() -> tuple[Use, ...]:
         Use("point in time open", "source"),
         Use("point in time search", "source"),
         Use("point in time close", "source"),
+        # The read's upper bound: the newest order value under the query delay, asked before it starts.
+        Use("search", "source"),
     )
 
 
@@ -161,9 +164,11 @@ _DETECT = (
     Use("info"),
     Use("document get", "state"),
     Use("document index", "state"),
+    # The job's lease on its state: taken (created when there is no state yet) and given back.
+    Use("document create", "state", "the job has no state yet"),
+    Use("document update", "state"),
     Use("index create", "state", "the index is missing (the state write auto-creates it)"),
     *_reads_source(),
-    Use("search", "source"),
     Use("bulk", "anomalies"),
     Use("index create", "anomalies", "the index is missing (bulk auto-creates it)"),
     *_records_run(),
@@ -205,7 +210,8 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         Use("document update", "anomalies"),
     ),
     "feedback apply": _FEEDBACK_APPLY,
-    # The daemon runs detection, the feedback job and (with schedule.retrain_cron) training.
+    # The daemon runs detection, the feedback job and (with schedule.retrain_cron) retraining, which reads
+    # the anomalies index as the feedback job does, for the flagged sessions it leaves out.
     "run": tuple(dict.fromkeys(_DETECT + _FEEDBACK_APPLY + _TRAIN)),
     # These read and write the model directory only.
     "model list": (),
