@@ -16,7 +16,7 @@ from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import SourceConfig, TemplaterConfig
 from deeplog_siem.errors import ArtifactError, ConfigError
 from deeplog_siem.formats import HDFS_SESSION_REGEX, OPENSTACK_SESSION_REGEX
-from deeplog_siem.sessions import EOS, PAD, SessionKeyer, SessionTracker, series_key
+from deeplog_siem.sessions import EOS, MAX_SESSION_ID, PAD, SessionKeyer, SessionTracker, series_key
 from deeplog_siem.templater import Templater
 
 DATA = shared_data_dir()
@@ -261,3 +261,17 @@ def test_a_message_with_hundreds_of_numbers_is_tracked_in_training_and_detection
     # Tails saved with one byte per vector length load as before.
     old = {"version": 1, "sessions": {"s": [[5, 6], [1, 2], [0.0, 1.0, 7.0], 3.0, 4.0, 2, "i/d"]}}
     assert SessionTracker.from_dict(old, **_ARGS).get("s").vectors() == [(0.0,), (1.0, 7.0)]  # type: ignore[union-attr]
+
+
+def test_a_crafted_long_session_id_is_bounded_to_what_the_indices_can_search():
+    # The output indices search keywords up to 1024 characters; a longer session id in a log line would hide
+    # that session's anomalies from term queries (the retraining's exclusion of flagged sessions included).
+    k = SessionKeyer(SourceConfig(index="x", session_regex=r"session=(\S+)"))
+    long_a, long_b = "a" * 40_000, "a" * 39_999 + "b"
+    ids = [k.session_of(f"login session={sid} ok", {}) for sid in (long_a, long_b, long_a)]
+    assert all(sid is not None and len(sid) <= MAX_SESSION_ID <= 1024 for sid in ids)
+    assert ids[0] == ids[2] != ids[1]  # the same id maps alike, different ids stay apart
+    assert k.sessions_of(f"session={long_a} session=short", {}) == (ids[0], "short")
+    fields = SessionKeyer(SourceConfig(index="x", session_field="user.name"))
+    assert len(fields.session_of("m", {"user": {"name": long_b}}) or "") <= MAX_SESSION_ID
+    assert k.session_of("session=blk_1 ok", {}) == "blk_1"  # ordinary ids are untouched

@@ -27,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import sys
@@ -54,8 +55,23 @@ __all__ = [
 ]
 
 
+# Session ids are keywords in every output index, searchable up to 1024 characters (`ignore_above`): a longer
+# one (crafted in a log line) would make its anomalies invisible to a term query, the retraining's exclusion
+# of flagged sessions included. Past this length an id is cut and made unique again with its digest.
+MAX_SESSION_ID = 512
+
+
+def bounded(sid: str) -> str:
+    """`sid`, or for an id over `MAX_SESSION_ID` characters its head, `~` and its SHA-256 (same id, same
+    result; different ids stay apart)."""
+    if len(sid) <= MAX_SESSION_ID:
+        return sid
+    digest = hashlib.sha256(sid.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{sid[: MAX_SESSION_ID - len(digest) - 1]}~{digest}"
+
+
 class SessionKeyer:
-    """Maps a log document to its session id."""
+    """Maps a log document to its session id (at most `MAX_SESSION_ID` characters, see `bounded`)."""
 
     def __init__(self, source: SourceConfig) -> None:
         self.skipped: Counter[str] = Counter()
@@ -82,7 +98,9 @@ class SessionKeyer:
             sid = self.session_of(message, doc)
             return () if sid is None else (sid,)
         ids = tuple(
-            dict.fromkeys(m.group(1) if m.groups() else m.group(0) for m in self._regex.finditer(message))
+            dict.fromkeys(
+                bounded(m.group(1) if m.groups() else m.group(0)) for m in self._regex.finditer(message)
+            )
         )
         if not ids:
             self.skipped["no_session"] += 1
@@ -96,7 +114,7 @@ class SessionKeyer:
             if m is None:
                 return None
             sid = m.group(1) if m.groups() else m.group(0)
-            return sid or None
+            return bounded(sid) if sid else None
         if doc is None:
             return None
         parts = []
@@ -105,7 +123,7 @@ class SessionKeyer:
             if v is None or isinstance(v, (Mapping, list)) or v == "":
                 return None
             parts.append(str(v))
-        return "|".join(parts)
+        return bounded("|".join(parts))
 
 
 class SessionTail:
