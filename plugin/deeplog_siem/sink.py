@@ -3,12 +3,12 @@
 Contract: `write(clients, docs, op=...) -> WriteResult`. Each document carries `_index` (an index or a
 rollover alias) and a deterministic `_id`; its bulk operation is its own `_op_type`, else `op`. With
 `op="create"` a document whose id exists already is left as it is (responders' verdicts on an anomaly
-survive any reprocessing) and counted in `WriteResult.existing`, neither a failure nor retried. Each
-acknowledgement is matched to its document by its position in the request, since the server names the
-concrete index behind an alias, not the alias the document was sent to. Transient failures (429, 5xx, lost
-connections) are retried with backoff; documents the server rejects for good (a mapping conflict, say)
-are counted by reason in `WriteResult.rejected` and logged; if transient failures remain after the
-retries, `SinkError` is raised and the caller must not advance its checkpoint.
+survive any reprocessing) and counted in `WriteResult.existing`, neither a failure nor retried. Writes go
+through `helpers.streaming_bulk`; each acknowledgement is matched to its document by `_id`, since the server
+names the concrete index behind a rollover alias, not the alias the document was sent to. Transient
+failures (429, 5xx, lost connections) are retried with backoff; documents the server rejects for good (a
+mapping conflict, say) are counted by reason in `WriteResult.rejected` and logged; if transient failures
+remain after the retries, `SinkError` is raised and the caller must not advance its checkpoint.
 `BackgroundWriter` does the same from a thread of its own: `submit(docs)` returns at once, `flush()` returns
 the combined `WriteResult` once everything submitted so far is acknowledged (or raises what went wrong).
 """
@@ -76,18 +76,34 @@ def write(
     refresh: bool = False,
 ) -> WriteResult:
     result = WriteResult()
-    pending = [d if "_op_type" in d else {**d, "_op_type": op} for d in docs]
-    indices = {d["_index"] for d in pending}
+    pending = _Pending(d if "_op_type" in d else {**d, "_op_type": op} for d in docs)
+    indices = pending.indices()
     for attempt in range(attempts):
-        retry: list[dict[str, Any]] = []
-        for i in range(0, len(pending), chunk_size):
-            chunk = pending[i : i + chunk_size]
-            try:
-                retry += _bulk(clients, chunk, result)
-            except Exception as e:  # noqa: BLE001 - connection-level failure: the chunk is retried
-                log.warning("bulk write failed (attempt %s/%s): %s", attempt + 1, attempts, e)
-                retry += chunk
-        pending = retry
+        try:
+            for ok, item in helpers.streaming_bulk(
+                clients.es,
+                pending.docs(),
+                chunk_size=chunk_size,
+                max_retries=2,
+                initial_backoff=backoff_s,
+                raise_on_error=False,
+                raise_on_exception=False,
+            ):
+                kind, info = next(iter(item.items()))
+                status = int(info.get("status", 0) or 0)
+                if not ok and (status in _TRANSIENT or status == 0):
+                    continue  # still pending: sent again by the next attempt
+                doc = pending.settle(info)
+                if ok:
+                    result.written += 1
+                elif status == 409 and kind == "create":
+                    result.existing += 1
+                else:
+                    result.rejected[_reason(info)] += 1
+                    where = doc["_index"] if doc else info.get("_index")
+                    log.warning("document %s rejected by %s: %s", info.get("_id"), where, info.get("error"))
+        except Exception as e:  # noqa: BLE001 - connection-level failure: what is still pending is retried
+            log.warning("bulk write failed (attempt %s/%s): %s", attempt + 1, attempts, e)
         if not pending:
             break
         time.sleep(backoff_s * 2**attempt)
@@ -98,38 +114,37 @@ def write(
     return result
 
 
-def _bulk(clients: Clients, chunk: list[dict[str, Any]], result: WriteResult) -> list[dict[str, Any]]:
-    """One bulk request; its outcome counted in `result` -> the documents to send again (transient)."""
-    operations: list[Any] = []
-    for d in chunk:
-        action, body = helpers.expand_action(d)
-        operations.append(action)
-        if body is not None:
-            operations.append(body)
-    try:
-        items = clients.es.bulk(operations=operations).body["items"]
-    except ApiError as e:
-        status = _status(e)
-        if status in _TRANSIENT or status == 0:
-            raise
-        # The whole request refused (too large, malformed): none of its documents can be written as sent.
-        items = [{d["_op_type"]: {"status": status, "error": {"type": f"bulk_{status}"}}} for d in chunk]
-    if len(items) != len(chunk):
-        raise SinkError(f"bulk response has {len(items)} items for {len(chunk)} documents")
-    retry = []
-    for d, item in zip(chunk, items, strict=True):
-        kind, info = next(iter(item.items()))
-        status = int(info.get("status", 0) or 0)
-        if 200 <= status < 300:
-            result.written += 1
-        elif status == 409 and kind == "create":
-            result.existing += 1
-        elif status in _TRANSIENT or status == 0:
-            retry.append(d)
-        else:
-            result.rejected[_reason(info)] += 1
-            log.warning("document %s rejected by %s: %s", d["_id"], d["_index"], info.get("error"))
-    return retry
+class _Pending:
+    """The documents not yet acknowledged, found again by the `_id` of an acknowledgement: its `_index` is the
+    concrete index, which for a document sent to a rollover alias is not the name it was sent to, and
+    the helper's own retries of 429s reorder the acknowledgements, so neither the name nor the position
+    finds it."""
+
+    def __init__(self, docs: Iterable[dict[str, Any]]) -> None:
+        self._by_id: dict[str, list[dict[str, Any]]] = {}
+        for d in docs:
+            self._by_id.setdefault(str(d["_id"]), []).append(d)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_id.values())
+
+    def docs(self) -> list[dict[str, Any]]:
+        return [d for same in self._by_id.values() for d in same]
+
+    def indices(self) -> set[str]:
+        return {d["_index"] for same in self._by_id.values() for d in same}
+
+    def settle(self, info: dict[str, Any]) -> dict[str, Any] | None:
+        """Remove the document `info` acknowledges -> it (None for an id no longer pending)."""
+        same = self._by_id.get(str(info.get("_id")))
+        if not same:
+            return None
+        # One id sent to two targets in one write: the one named alike, else the first sent.
+        at = next((i for i, d in enumerate(same) if d["_index"] == info.get("_index")), 0)
+        doc = same.pop(at)
+        if not same:
+            del self._by_id[str(info.get("_id"))]
+        return doc
 
 
 class BackgroundWriter:
