@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from deeplog_siem.config import parse_config
 from deeplog_siem.errors import StateConflict
 from deeplog_siem.feedback import mark
 from deeplog_siem.runner import run_once, train
+from deeplog_siem.samples import NORMAL_SAMPLE
 from deeplog_siem.setup_assets import create_indices
 from deeplog_siem.state import load_state
 from deeplog_siem.vocab import Vocabulary
@@ -205,3 +207,30 @@ def test_a_training_killed_midway_leaves_no_version(tmp_path):
     leftovers = sorted(p.name for p in store.dir.iterdir() if p.name.startswith("."))
     assert leftovers == [".lock", f".staging-{mine}"] or leftovers == [f".staging-{mine}"]
     assert store.clean_staging() == []
+
+
+def test_training_publishes_only_under_the_model_stores_lock(clients, es_section, prefix, tmp_path):
+    # The feedback job holds the store's lock from reading CURRENT to publishing its child version: a training
+    # that published without it could be overwritten by that child, built on the version it replaced.
+    s = load_sample()
+    model_dir = tmp_path / "models"
+    cfg = parse_config(
+        config_data(es_section, prefix, model_dir, model={**MODEL, "epochs": 1}, params={"enabled": False})
+    )
+    index_lines(clients, cfg.source.index, render(s.train[:100], seed=5), run="train")
+    store = ModelStore(model_dir)
+    done: list[str] = []
+    trainer = threading.Thread(target=lambda: done.append(train(cfg, clients).version), daemon=True)
+    with store.lock():
+        trainer.start()
+        # Without a parameter model the normal-window sample is the version's last file: then only the
+        # publishing is left.
+        deadline = time.monotonic() + 300  # bounds a hang only
+        while not list(model_dir.glob(f"{artifacts.STAGING}*/{NORMAL_SAMPLE}")) and not done:
+            assert time.monotonic() < deadline and trainer.is_alive(), "training never finished its files"
+            time.sleep(0.1)
+        trainer.join(timeout=5)
+        assert not done and trainer.is_alive(), "training published while another writer held the lock"
+        assert not (model_dir / "CURRENT").exists()
+    trainer.join(timeout=300)
+    assert done and store.current()[0] == done[0]
