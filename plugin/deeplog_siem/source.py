@@ -264,17 +264,18 @@ class Source:
         before it starts. Same filters as the reads (query delay, `source.query`, `start`/`end` on the
         timestamp); `after` bounds the search to the documents from that checkpoint on (the embedded server
         scans what the query matches, far less than the whole index)."""
+        # The top hit of a descending sort, not a max aggregation: the cluster answers it from the field's
+        # index without visiting every match (the embedded server too, at a third of the aggregation's cost).
         body = {
-            "size": 0,
+            "size": 1,
             "query": self._query(after, start, end),
-            "aggs": {"newest": {"max": {"field": self.order_field}}},
+            "sort": [{self.order_field: {"order": "desc", "unmapped_type": "date"}}],
+            "_source": False,
             "track_total_hits": False,
         }
         resp = self.clients.es.options(ignore_status=404).search(index=self.cfg.index, **body)
-        value = ((resp.get("aggregations") or {}).get("newest") or {}).get("value")
-        # A metric aggregation answers a double; a date's epoch milliseconds are whole, and a range query
-        # reads them back only as an integer.
-        return int(value) if isinstance(value, float) and value.is_integer() else value
+        hits = (resp.get("hits") or {}).get("hits") or []
+        return (hits[0].get("sort") or [None])[0] if hits else None
 
     def pages(
         self,
