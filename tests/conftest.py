@@ -14,6 +14,7 @@ With DEEPLOG_TEST_ES_URL set they skip: the real cluster is tested directly.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,13 @@ DATA = shared_data_dir()
 
 def real_cluster() -> bool:
     return bool(os.environ.get("DEEPLOG_TEST_ES_URL"))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def need_data(*parts: str) -> Path:

@@ -7,7 +7,6 @@ and a query-string secret; what it prints must name the host and hide the rest.
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from deeplog_siem.es import connect
 from deeplog_siem.kibana import KibanaClient, saved_objects
 from deeplog_siem.urls import has_userinfo, origin, redact, redact_text
 
-from .conftest import real_cluster
+from .conftest import closed_port, real_cluster
 
 SECRETS = ("siem-user", "s3cret-pw", "t0ken-value")
 
@@ -28,12 +27,6 @@ SECRETS = ("siem-user", "s3cret-pw", "t0ken-value")
 def _with_credentials(url: str) -> str:
     scheme, _, rest = url.partition("://")
     return f"{scheme}://siem-user:s3cret-pw@{rest.rstrip('/')}/?access_token=t0ken-value"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assert_hidden(text: str, host: str) -> None:
@@ -69,7 +62,7 @@ def test_connected_log_line_hides_the_credentials(es_url, caplog):
 
 
 def test_connection_error_hides_the_credentials():
-    url = _with_credentials(f"http://127.0.0.1:{_closed_port()}")
+    url = _with_credentials(f"http://127.0.0.1:{closed_port()}")
     with pytest.raises(ConnectionFailed) as err:
         connect(ElasticsearchConfig(hosts=(url,), request_timeout=2, max_retries=0))
     assert "cannot connect to" in str(err.value)
@@ -77,7 +70,7 @@ def test_connection_error_hides_the_credentials():
 
 
 def test_cli_connection_error_hides_the_credentials(tmp_path):
-    url = _with_credentials(f"http://127.0.0.1:{_closed_port()}")
+    url = _with_credentials(f"http://127.0.0.1:{closed_port()}")
     cfg = tmp_path / "c.yml"
     cfg.write_text(
         f"elasticsearch: {{hosts: ['{url}'], request_timeout: 2, max_retries: 0, allow_insecure_http: true}}\n"
@@ -138,7 +131,7 @@ def test_config_check_ok_line_names_no_url(tmp_path, capsys):
 
 
 def test_kibana_errors_hide_the_credentials():
-    url = _with_credentials(f"https://127.0.0.1:{_closed_port()}")
+    url = _with_credentials(f"https://127.0.0.1:{closed_port()}")
     client = KibanaClient(url, KibanaConfig(request_timeout=2))
     assert client.where == f"https://***@{url.split('@')[1].split('/')[0]}/?access_token=***"
     with pytest.raises(KibanaError) as err:

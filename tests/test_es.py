@@ -13,13 +13,7 @@ from deeplog_siem.config import ElasticsearchConfig
 from deeplog_siem.errors import ConnectionFailed
 from deeplog_siem.es import connect
 
-from .conftest import real_cluster
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import closed_port, real_cluster
 
 
 def test_connect_detects_flavour_and_round_trips(clients, prefix):
@@ -31,7 +25,7 @@ def test_connect_detects_flavour_and_round_trips(clients, prefix):
 
 
 def test_unreachable_host_names_the_host():
-    host = f"http://127.0.0.1:{_closed_port()}"
+    host = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(ConnectionFailed, match=r"cannot connect to http://127\.0\.0\.1:\d+"):
         connect(ElasticsearchConfig(hosts=(host,), request_timeout=2, max_retries=0))
 
@@ -50,7 +44,7 @@ def test_silent_host_times_out_within_request_timeout():
 
 def test_cli_unreachable_exits_nonzero_without_traceback(tmp_path):
     cfg = tmp_path / "c.yml"
-    host = f"http://127.0.0.1:{_closed_port()}"
+    host = f"http://127.0.0.1:{closed_port()}"
     cfg.write_text(
         f"elasticsearch: {{hosts: ['{host}'], request_timeout: 2, max_retries: 0}}\n"
         "source: {index: logs, session_regex: '(blk_-?\\d+)'}\n"

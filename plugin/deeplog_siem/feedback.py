@@ -312,6 +312,43 @@ def recent_check(model: KeyLSTM, tuned: KeyLSTM, rows: Rows, judge: Judge) -> Re
     )
 
 
+def checked_figures(before: float, after: float, live: RecentCheck) -> dict[str, Any]:
+    """The safety check's figures for a run summary: held-out false alarms and the alarm rate on recent
+    live traffic, before and after (a feedback update's or a retraining candidate's)."""
+    return {
+        "heldout_false_alarm_before": round(before, 6),
+        "heldout_false_alarm_after": round(after, 6),
+        "recent_windows": int(live.windows),
+        "recent_alarm_before": round(live.rate_before, 6),
+        "recent_alarm_after": round(live.rate_after, 6),
+    }
+
+
+def update_lineage(
+    *,
+    parent: str,
+    run_id: str,
+    applied_at: str,
+    steps: int,
+    heldout: tuple[float, float],
+    live: RecentCheck,
+    pairs: list[list[Any]],
+) -> dict[str, Any]:
+    """The lineage a published version carries in its key model's meta: its parent, the run and the check
+    it passed, and the (window, key) pairs it keeps learned (`applied_ids`, `lineage_of` read it back)."""
+    return {
+        "parent": parent,
+        "applied_at": applied_at,
+        "run_id": run_id,
+        "steps": steps,
+        "heldout_false_alarm_before": heldout[0],
+        "heldout_false_alarm_after": heldout[1],
+        "recent_alarm_before": live.rate_before,
+        "recent_alarm_after": live.rate_after,
+        "pairs": pairs,
+    }
+
+
 def verdict(
     rep: FinetuneReport,
     fa_before: float,
@@ -922,12 +959,8 @@ def _learn(run: _Run, parent: _Parent, fps: Sequence[_Fp]) -> None:
         "pairs_accepted_before": rep.accepted_before,
         "pairs_accepted_after": rep.accepted_after,
         "pairs_set_aside": len(set_aside),
-        "heldout_false_alarm_before": round(before, 6),
-        "heldout_false_alarm_after": round(after, 6),
+        **checked_figures(before, after, live),
         "heldout_source": sample.heldout_source,
-        "recent_windows": int(live.windows),
-        "recent_alarm_before": round(live.rate_before, 6),
-        "recent_alarm_after": round(live.rate_after, 6),
         "recent_newly_flagged": int(live.newly_flagged),
         "recent_cleared": int(live.cleared),
     }
@@ -939,16 +972,16 @@ def _learn(run: _Run, parent: _Parent, fps: Sequence[_Fp]) -> None:
         run.mark_all([f.hit for f in fps + set_aside], REJECTED, err)
         return
     lineage = {
-        "parent": version,
+        **update_lineage(
+            parent=version,
+            run_id=summary.run_id,
+            applied_at=run.now,
+            steps=rep.steps,
+            heldout=(before, after),
+            live=live,
+            pairs=(kept + [[f.window, f.target] for f in fps])[-MAX_KEPT_PAIRS:],
+        ),
         "feedback_ids": [f.hit["_id"] for f in fps],
-        "applied_at": run.now,
-        "run_id": summary.run_id,
-        "steps": rep.steps,
-        "heldout_false_alarm_before": before,
-        "heldout_false_alarm_after": after,
-        "recent_alarm_before": live.rate_before,
-        "recent_alarm_after": live.rate_after,
-        "pairs": (kept + [[f.window, f.target] for f in fps])[-MAX_KEPT_PAIRS:],
     }
     new_version, new_path = run.store.create()
     copy_version(parent.path, new_path)  # with the parent's anchor, when the parent is a feedback version

@@ -47,14 +47,16 @@ from .feedback import (
     Judge,
     RecentCheck,
     accepted,
+    checked_figures,
     finetune_learnable,
     recent_windows,
+    update_lineage,
     verdict,
 )
 from .flagged import flagged_sessions
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
-from .runner import Job, Progress, Span, TrainRequest, publish_workflows, train_version
+from .runner import Job, Progress, Span, TrainRequest, publish_workflows, quiet, train_version
 from .runs import RunSummary, recorded
 from .samples import NORMAL_SAMPLE, NormalSample, Rows
 from .timefmt import iso, utc_now
@@ -100,12 +102,8 @@ class _Version:
         return Judge(config.model.top_g, floor, anchor, config.feedback.anchor_ratio)
 
 
-def print_nothing(_: str) -> None:
-    """The default progress sink: the daemon passes its log instead."""
-
-
 def retrain(
-    config: Config, clients: Clients, *, now: datetime | None = None, progress: Progress = print_nothing
+    config: Config, clients: Clients, *, now: datetime | None = None, progress: Progress = quiet
 ) -> RetrainSummary:
     """One retraining run (see the module contract); `progress` receives the training's progress lines."""
     now = now or datetime.now(UTC)
@@ -172,11 +170,7 @@ def _decide(job: Job, store: ModelStore, candidate: str) -> None:
         "series_carried": len(scales),
         "series_dropped": series_dropped,
         "steps": rep.steps,
-        "heldout_false_alarm_before": round(before, 6),
-        "heldout_false_alarm_after": round(after, 6),
-        "recent_windows": int(live.windows),
-        "recent_alarm_before": round(live.rate_before, 6),
-        "recent_alarm_after": round(live.rate_after, 6),
+        **checked_figures(before, after, live),
     }
     reason = verdict(rep, before, after, config.feedback.tolerance, live)
     if reason is not None:
@@ -187,17 +181,17 @@ def _decide(job: Job, store: ModelStore, candidate: str) -> None:
         store.keep(candidate)  # listed for inspection; `model restore` publishes it by hand
         return
     lineage = {
-        "parent": current,
+        **update_lineage(
+            parent=current,
+            run_id=summary.run_id,
+            applied_at=utc_now(),
+            steps=rep.steps,
+            heldout=(before, after),
+            live=live,
+            pairs=[[k, t] for k, t in zip(pairs.keys.tolist(), pairs.targets.tolist(), strict=True)],
+        ),
         "kind": "retrain",
         "feedback_ids": [],
-        "applied_at": utc_now(),
-        "run_id": summary.run_id,
-        "steps": rep.steps,
-        "heldout_false_alarm_before": before,
-        "heldout_false_alarm_after": after,
-        "recent_alarm_before": live.rate_before,
-        "recent_alarm_after": live.rate_after,
-        "pairs": [[k, t] for k, t in zip(pairs.keys.tolist(), pairs.targets.tolist(), strict=True)],
         "series_widened": {key_text(s): round(v, 4) for s, v in scales.items()},
     }
     if rep.steps:

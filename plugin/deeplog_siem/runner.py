@@ -67,8 +67,8 @@ Progress = Callable[[str], None]
 DETECT_JOB = "detect"
 
 
-def _quiet(_: str) -> None:
-    pass
+def quiet(_: str) -> None:
+    """The progress sink of a caller that shows none."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def read_training(
     span: Span,
     summary: RunSummary,
     leave_out: AbstractSet[str] = frozenset(),
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> TrainingSet:
     """Read the training logs -> what training learns from. The documents read and skipped (by reason) are
     counted in `summary` page by page, so a run that fails partway records what it read. The documents of
@@ -259,7 +259,7 @@ def train(
     start: str | None = None,
     end: str | None = None,
     index: str | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> TrainSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, job="train", window_start=start, window_end=end)
     with recorded(clients, config, summary):
@@ -280,7 +280,7 @@ class TrainRequest:
     publish: bool = True
 
 
-def train_version(job: Job, request: TrainRequest, progress: Progress = _quiet) -> TrainSummary:
+def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -> TrainSummary:
     """Read, fit and save a new model version inside the run of `job` (its summary counts what was read)."""
     config, clients, summary = job.config, job.clients, job.summary
     src_cfg = replace(config.source, index=request.index) if request.index else config.source
@@ -490,7 +490,7 @@ def run_once(
     close_sessions: bool = False,
     detection: Detection | None = None,
     stop: threading.Event | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> RunSummary:
     """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
     summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
