@@ -11,8 +11,11 @@ import pytest
 
 from deeplog_siem import cli
 from deeplog_siem.vocab import EOS, UNK
-from deeplog_siem.workflow import END, START, WorkflowModel, diagnose, render_dot, render_svg, render_text
+from deeplog_siem.workflow import END, START, WorkflowModel, diagnose, render_dot, render_text
 from deeplog_siem.workflow_mining import mine_workflows
+from deeplog_siem.workflow_picture import render_svg
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 A, B, C, D, E = 3, 4, 5, 6, 7
 X, Y, Z = 10, 11, 12
@@ -125,10 +128,7 @@ def test_model_round_trips_and_renders(tmp_path):
     dot = render_dot(w)
     assert dot.startswith('digraph "w1"') and "K10 -> K4" in dot
     svg = ET.fromstring(render_svg(w))
-    assert (
-        svg.tag.endswith("svg")
-        and len(svg.findall(".//{http://www.w3.org/2000/svg}rect")) == len(w.nodes) + 2
-    )
+    assert svg.tag.endswith("svg") and len(svg.findall(f".//{SVG}g[@class='node']")) == len(w.nodes) + 2
 
 
 def test_cli_workflow_show_and_evaluate(tmp_path, capsys):
@@ -259,3 +259,127 @@ def test_concurrency_mask_accepts_only_the_first_occurrence_next_to_its_partner(
     targets = torch.tensor([A, A, A, C])
     assert concurrency_mask(keys, targets, partners).tolist() == [True, False, False, False]
     assert not concurrency_mask(keys, targets, {}).any()
+
+
+# ------------------------------------------------------------------------------------ the picture's layout
+
+
+@pytest.fixture(scope="module")
+def hdfs_workflows() -> WorkflowModel:
+    """The workflows of the real HDFS training sessions (counts only: no key model, so every observed step
+    stays and the side states START never reaches are there)."""
+    from deeplog_lab.keyseq import HDFS_DIR, hdfs_vocabulary, read_key_sessions, to_ids
+
+    vocab = hdfs_vocabulary(HDFS_DIR / "HDFS_templates.csv")
+    train, _ = to_ids(read_key_sessions(HDFS_DIR / "hdfs_train"), len(vocab))
+    return mine_workflows(train, vocab.templates)
+
+
+def picture(
+    svg_text: str,
+) -> tuple[dict[str, tuple[float, float, float, float]], dict[tuple[str, str], ET.Element]]:
+    """(state -> its box (x, y, w, h), (source, target) -> the edge's group) of a rendered SVG."""
+    root = ET.fromstring(svg_text)
+    boxes = {}
+    for g in root.iter(f"{SVG}g"):
+        if g.get("class") == "node":
+            r = g.find(f"{SVG}rect")
+            boxes[g.get("data-id")] = tuple(float(r.get(a)) for a in ("x", "y", "width", "height"))
+    edges = {
+        (g.get("data-source"), g.get("data-target")): g
+        for g in root.iter(f"{SVG}g")
+        if (g.get("class") or "").startswith("edge")
+    }
+    return boxes, edges
+
+
+def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def reachable(w, start: int = START) -> set[str]:
+    from deeplog_siem.workflow import node_id
+
+    seen, todo = {start}, [start]
+    while todo:
+        a = todo.pop()
+        for e in w.successors(a):
+            if e.target not in seen:
+                seen.add(e.target)
+                todo.append(e.target)
+    return {node_id(k) for k in seen}
+
+
+def test_hdfs_picture_layout_is_readable(hdfs_workflows):
+    """On the real HDFS workflows: no two state boxes overlap; every edge has an arrowhead; self-loops are
+    loops (curves that leave and come back), not zero-length lines; A -> B and B -> A are two lines; states
+    START never reaches are set apart from the chain and flagged; labels show shares where counts crowd."""
+    w1 = hdfs_workflows.get("w1")
+    checked_pairs = 0
+    for w in hdfs_workflows.workflows:
+        boxes, edges = picture(render_svg(w))
+        ids = sorted(boxes)
+        assert len(ids) == len(w.nodes) + 2
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                assert not overlap(boxes[a], boxes[b]), (w.name, a, b)
+        assert len(edges) == len(w.edges)
+        for (a, b), g in edges.items():
+            line, arrow = g.findall(f"{SVG}path")
+            assert arrow.get("d").endswith("Z") and arrow.get("fill") != "none"  # a filled arrowhead
+            d = line.get("d")
+            points = [tuple(map(float, p.split(","))) for p in d.replace("M", "").replace("C", "").split()]
+            if a == b:
+                assert d.count("C") == 1 and len(set(points)) == 4  # a real curve ...
+                xs = [p[0] for p in points]
+                assert max(xs) - min(xs) > 20  # ... that leaves the box and comes back
+            if (b, a) in edges and a != b:
+                checked_pairs += 1
+                assert d != edges[(b, a)].findall(f"{SVG}path")[0].get("d"), (a, b)
+                back = [
+                    tuple(map(float, p.split(",")))
+                    for p in edges[(b, a)]
+                    .findall(f"{SVG}path")[0]
+                    .get("d")
+                    .replace("M", "")
+                    .replace("C", "")
+                    .split()
+                ]
+                assert {points[0], points[-1]} != {back[0], back[-1]}, (a, b)  # not one line drawn twice
+    assert checked_pairs >= 6  # K7/K24, K13/K11, K5/K6 both ways
+    # Side states: w1 has states START never reaches (K8, K18, K20, K27 on HDFS): in their own column, to the
+    # right of every reachable state, never between START and END, and flagged.
+    svg = render_svg(w1)
+    boxes, _ = picture(svg)
+    side = set(boxes) - reachable(w1)
+    assert side >= {"K8", "K18", "K20", "K27"}
+    chain_right = max(boxes[k][0] + boxes[k][2] for k in boxes if k not in side)
+    assert all(boxes[k][0] > chain_right for k in side)
+    root = ET.fromstring(svg)
+    flagged = {
+        g.get("data-id")
+        for g in root.iter(f"{SVG}g")
+        if g.get("class") == "node" and g.find(f"{SVG}rect").get("stroke-dasharray")
+    }
+    assert flagged == side
+    assert "not reached from start" in svg
+    # 33 edges crowd: shares; w2's 8 edges: counts. A rare-edge threshold hides edges and says how many.
+    labels = [g.find(f"{SVG}text").text for g in picture(svg)[1].values()]
+    assert all(t.endswith("%") for t in labels)
+    w2_labels = [g.find(f"{SVG}text").text for g in picture(render_svg(hdfs_workflows.get("w2")))[1].values()]
+    assert all(t.replace(",", "").isdigit() for t in w2_labels)
+    rare = sum(e.probability < 0.05 for e in w1.edges)
+    _, shown = picture(render_svg(w1, min_share=0.05))
+    assert (
+        rare > 0
+        and len(shown) == len(w1.edges) - rare
+        and f"{rare} rare edges hidden" in render_svg(w1, min_share=0.05)
+    )
+
+
+def test_picture_labels_carry_the_median_gap():
+    seqs, times = timed_sessions(40, 7)
+    w = mine_workflows(seqs, NAMES, times=times).workflows[0]
+    _, edges = picture(render_svg(w))
+    gap = w.edge(X, B).median_gap_s
+    assert edges[("K10", "K4")].find(f"{SVG}text").text == f"{w.edge(X, B).count:,} {gap:.2g}s"

@@ -6,20 +6,20 @@ Contract:
   with counts, share of the source's transitions, kind (sequential, branch, concurrent, loop) and typical
   time gap (median, p90 seconds); `transitions` is the task-level order of workflows within sessions.
   `save(dir)`/`load(dir)` (`workflows.json` in a model version directory), `to_dict()`/`from_dict()`;
-  `documents(index, model_version)`: one document per workflow for the `deeplog-workflows` index.
+  `documents(index, model_version)`: one document per workflow for the `deeplog-workflows` index, keyed by
+  model version and name (workflow names are numbered afresh at each training), with its picture's layout.
 - `diagnose(model, history, key, gap_s=None) -> Diagnosis`: for an anomalous key after a session's
   `history` (its last keys, oldest first), the workflow it belongs to, the states visited, the state where
   it diverged, the expected next steps with their templates, and a one-line summary; `reason` says why no
   workflow applies (unseen key, no matching workflow). With `gap_s` (the time since the previous event) it
   says whether that step was slow against the edge's usual gap. `Diagnosis.fields()` is the anomaly
   document's `deeplog.workflow` object.
-- `render_text`, `render_dot` (Graphviz) and `render_svg` (self-contained, layered layout): a workflow
-  picture.
+- `render_text` and `render_dot` (Graphviz): a workflow as text; the SVG picture is `workflow_picture`'s,
+  drawn from the layout `workflow_layout` computes (stored in each document as `deeplog.workflow.layout`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -198,6 +198,9 @@ class WorkflowModel:
 
     def documents(self, index: str, model_version: str, timestamp: str) -> list[dict[str, Any]]:
         """One document per workflow (id: model version + name, so re-running setup overwrites it)."""
+        # Imported here: the layout module builds on this one's types.
+        from .workflow_layout import layout
+
         docs = []
         for w in self.workflows:
             d = w.to_dict()
@@ -254,6 +257,7 @@ class WorkflowModel:
                             },
                             "templates": [w.templates[k] for k in sorted(w.templates)],
                             "graph": d,
+                            "layout": layout(w).to_dict(),
                         },
                     },
                 }
@@ -502,74 +506,3 @@ def render_dot(w: Workflow) -> str:
         )
     out.append("}")
     return "\n".join(out) + "\n"
-
-
-@dataclass(frozen=True)
-class _Layout:
-    pos: dict[int, tuple[float, float]]  # state -> top-left corner of its box
-    width: float
-    height: float
-    bw: int = 230
-    bh: int = 34
-
-    def label(self, w: Workflow, k: int) -> str:
-        return {START: "start", END: "end"}.get(k) or f"{node_id(k)} {_short(w.templates.get(k, ''), 34)}"
-
-    def edge(self, e: Edge) -> tuple[float, float, float, float, bool] | None:
-        """(x1, y1, x2, y2, back): forward edges run from a box's bottom to the next box's top; back edges
-        (loops, or to a row above) from right side to right side."""
-        if e.source not in self.pos or e.target not in self.pos:
-            return None
-        (x1, y1), (x2, y2) = self.pos[e.source], self.pos[e.target]
-        sx, sy, tx, ty = x1 + self.bw / 2, y1 + self.bh, x2 + self.bw / 2, y2
-        if ty <= sy:
-            return x1 + self.bw, y1 + self.bh / 2, x2 + self.bw, y2 + self.bh / 2, True
-        return sx, sy, tx, ty, False
-
-
-def _layout(w: Workflow) -> _Layout:
-    """States in rows by depth, each row centred."""
-    depth = _depths(w)
-    rows: dict[int, list[int]] = defaultdict(list)
-    for k, d in sorted(depth.items(), key=lambda kv: (kv[1], kv[0])):
-        rows[d].append(k)
-    bw, bh, gx, gy = _Layout.bw, _Layout.bh, 30, 36
-    width = max(len(r) for r in rows.values()) * (bw + gx) + gx + 70  # + room for back edges' curves
-    pos = {}
-    for d, ks in rows.items():
-        x0 = (width - 70 - len(ks) * (bw + gx) + gx) / 2
-        for i, k in enumerate(ks):
-            pos[k] = (x0 + i * (bw + gx), gy + d * (bh + gy))
-    return _Layout(pos, width, gy + (max(rows) + 1) * (bh + gy))
-
-
-def render_svg(w: Workflow) -> str:
-    """A layered picture without Graphviz: states in rows by depth, edges as lines (loops curve back)."""
-    lay = _layout(w)
-    bw, bh = lay.bw, lay.bh
-    el = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{lay.width:.0f}" height="{lay.height:.0f}" '
-        f'font-family="sans-serif" font-size="10">',
-        '<defs><marker id="a" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
-        '<path d="M0,0 L8,4 L0,8 z"/></marker></defs>',
-        f"<title>{html.escape(w.name)}</title>",
-    ]
-    for e in w.edges:
-        geo = lay.edge(e)
-        if geo is None:
-            continue
-        sx, sy, tx, ty, back = geo
-        dash = ' stroke-dasharray="4,3"' if e.kind == "loop" else ""
-        if back:
-            path = f"M{sx:.0f},{sy:.0f} C{sx + 60:.0f},{sy:.0f} {tx + 60:.0f},{ty:.0f} {tx:.0f},{ty:.0f}"
-        else:
-            path = f"M{sx:.0f},{sy:.0f} L{tx:.0f},{ty:.0f}"
-        el.append(f'<path d="{path}" fill="none" stroke="#555" marker-end="url(#a)"{dash}/>')
-        el.append(f'<text x="{(sx + tx) / 2 + 4:.0f}" y="{(sy + ty) / 2:.0f}" fill="#a33">{e.count}</text>')
-    for k, (x, y) in lay.pos.items():
-        el.append(
-            f'<rect x="{x:.0f}" y="{y:.0f}" width="{bw}" height="{bh}" rx="6" fill="#eef" stroke="#336"/>'
-        )
-        el.append(f'<text x="{x + 6:.0f}" y="{y + 21:.0f}">{html.escape(lay.label(w, k))}</text>')
-    el.append("</svg>")
-    return "\n".join(el) + "\n"

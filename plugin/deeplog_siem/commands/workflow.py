@@ -2,7 +2,9 @@
 
 Contract: the model comes from --model-dir (a model directory, meaning its current version, or one version
 directory) or from -c/--config (model.dir); neither is a DeeplogError (exit 2), as is an unknown workflow
-name. `show` renders text, Graphviz DOT or SVG to stdout or --output. The group also holds the lab's
+name. `show NAME` renders text, Graphviz DOT or SVG to stdout or --output, hiding edges rarer than
+--min-share in the SVG; `show --anomaly ID -c FILE` draws the SVG of one anomaly document on the workflow
+of its model version (`anomaly_picture`). The group also holds the lab's
 `workflow hdfs` (WORKFLOW_COMMANDS), registered lazily like every lab command.
 """
 
@@ -13,9 +15,10 @@ from pathlib import Path
 
 from ..artifacts import ModelStore
 from ..errors import DeeplogError
-from ..workflow import WORKFLOWS_FILE, WorkflowModel, render_dot, render_svg, render_text
+from ..workflow import WORKFLOWS_FILE, WorkflowModel, render_dot, render_text
+from ..workflow_picture import render_svg
 from . import WORKFLOW_COMMANDS, Subparsers, Wanted, add_commands, add_parser
-from .common import add_config_arg, load
+from .common import add_config_arg, connect, load
 
 
 def _workflow_model(args: argparse.Namespace) -> tuple[str, WorkflowModel]:
@@ -41,13 +44,44 @@ def cmd_workflow_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_anomaly(args: argparse.Namespace) -> tuple[str, str]:
+    from ..anomaly_picture import anomaly_picture
+
+    if args.name:
+        raise DeeplogError("workflow show: give a workflow NAME or --anomaly ID, not both")
+    if not args.config:
+        raise DeeplogError("workflow show --anomaly: give -c/--config FILE (the cluster holds the anomaly)")
+    if args.format not in (None, "svg"):
+        raise DeeplogError(f"workflow show --anomaly draws SVG only, not {args.format}")
+    cfg = load(args)
+    clients = connect(cfg)
+    try:
+        return anomaly_picture(clients, cfg, args.anomaly, min_share=args.min_share)
+    finally:
+        clients.close()
+
+
 def cmd_workflow_show(args: argparse.Namespace) -> int:
-    _, wm = _workflow_model(args)
-    w = wm.get(args.name)
-    text = {"text": render_text, "dot": render_dot, "svg": render_svg}[args.format](w)
+    if not 0.0 <= args.min_share <= 1.0:
+        raise DeeplogError(f"--min-share must be a share between 0 and 1, got {args.min_share}")
+    if args.anomaly:
+        what, text = _show_anomaly(args)
+        fmt = "svg"
+    else:
+        if not args.name:
+            raise DeeplogError("workflow show: give a workflow NAME (see `workflow list`) or --anomaly ID")
+        _, wm = _workflow_model(args)
+        w = wm.get(args.name)
+        fmt = args.format or "text"
+        what = f"workflow {w.name}"
+        text = (
+            render_svg(w, min_share=args.min_share)
+            if fmt == "svg"
+            else {"text": render_text, "dot": render_dot}[fmt](w)
+        )
     if args.output:
         Path(args.output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-        print(f"wrote {args.format} of workflow {w.name} to {args.output}")
+        print(f"wrote {fmt} of {what} to {args.output}")
     else:
         print(text.rstrip("\n"))
     return 0
@@ -65,11 +99,26 @@ def register(sub: Subparsers, wanted: Wanted) -> None:
     q = wsub.add_parser("list", help="list the workflows of a model version")
     _add_source_args(q)
     q.set_defaults(func=cmd_workflow_list)
-    q = wsub.add_parser("show", help="render one workflow as text, Graphviz DOT or SVG")
-    q.add_argument("name", help="workflow name, e.g. w1 (see `workflow list`)")
+    q = wsub.add_parser("show", help="render one workflow (or one anomaly on its workflow)")
+    q.add_argument("name", nargs="?", help="workflow name, e.g. w1 (see `workflow list`)")
     _add_source_args(q)
     q.add_argument(
-        "--format", choices=("text", "dot", "svg"), default="text", help="rendering (default text)"
+        "--format",
+        choices=("text", "dot", "svg"),
+        default=None,
+        help="rendering (default text; svg with --anomaly)",
+    )
+    q.add_argument(
+        "--anomaly",
+        metavar="ID",
+        help="draw this anomaly document (its _id) on the workflow of its model version, as SVG (needs -c)",
+    )
+    q.add_argument(
+        "--min-share",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="SVG: hide edges carrying less than this share of their source's steps (default 0: all)",
     )
     q.add_argument("--output", metavar="FILE", help="write the rendering to FILE instead of stdout")
     q.set_defaults(func=cmd_workflow_show)
