@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 from deeplog_siem import cli
+from deeplog_siem.config import Config, parse_config
 from deeplog_siem.vocab import EOS, UNK
 from deeplog_siem.workflow import END, START, WorkflowModel, diagnose, render_dot, render_text
 from deeplog_siem.workflow_mining import mine_workflows
 from deeplog_siem.workflow_picture import render_svg
+from tests.conftest import config_data
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -383,3 +390,124 @@ def test_picture_labels_carry_the_median_gap():
     _, edges = picture(render_svg(w))
     gap = w.edge(X, B).median_gap_s
     assert edges[("K10", "K4")].find(f"{SVG}text").text == f"{w.edge(X, B).count:,} {gap:.2g}s"
+
+
+# ------------------------------------------------------------------------- one anomaly on its workflow
+
+
+@dataclass
+class HdfsJob:
+    """A model trained on replayed real HDFS sessions and a detection run over abnormal ones: the workflow
+    and anomaly documents the product wrote to the embedded server."""
+
+    config_file: Path
+    config: Config
+    anomalies: list[dict]  # hits with a workflow diagnosis (a diverged state), newest first
+
+
+def run_hdfs_job(clients, es_section: dict, folder: Path, prefix: str) -> HdfsJob:
+    from datetime import timedelta
+
+    from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
+    from deeplog_siem.runner import run_once, train
+    from deeplog_siem.setup_assets import create_indices
+
+    data = config_data(es_section, prefix, folder / "models", model={"epochs": 4, "hidden": 32, "threads": 1})
+    cfg = parse_config(data)
+    config_file = folder / "deeplog.yml"
+    config_file.write_text(yaml.safe_dump(data))
+    sample = load_sample()
+    create_indices(clients, cfg)
+    index_lines(clients, f"{prefix}-train", render(sample.train[:300], seed=21), run="train")
+    train(cfg, clients, index=f"{prefix}-train")
+    index_lines(
+        clients, cfg.source.index, render(sample.test[:120], seed=22, start=EPOCH + timedelta(days=1))
+    )
+    assert run_once(cfg, clients, close_sessions=True).status == "ok"
+    for index in (cfg.output.anomalies_index, cfg.output.workflows_index):
+        clients.es.indices.refresh(index=index)
+    hits = clients.es.search(
+        index=cfg.output.anomalies_index,
+        query={"exists": {"field": "deeplog.workflow.diverged_at"}},
+        sort=[{"@timestamp": "desc"}],
+        size=1000,
+    )["hits"]["hits"]
+    return HdfsJob(config_file, cfg, hits)
+
+
+@pytest.fixture(scope="module")
+def hdfs_job(clients, es_section, tmp_path_factory) -> Iterator[HdfsJob]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    yield run_hdfs_job(clients, es_section, tmp_path_factory.mktemp("hdfs-job"), prefix)
+    clients.es.options(ignore_status=404).indices.delete(index=f"{prefix}*", expand_wildcards="all")
+
+
+def test_workflow_show_anomaly_draws_its_path_divergence_expected_and_taken_steps(hdfs_job, tmp_path, capsys):
+    """`workflow show --anomaly ID` on a real anomaly the detection job wrote: the workflow of the anomaly's
+    model version, its path highlighted, the diverged state marked, the expected steps and the step taken
+    drawn apart from each other."""
+    hit = next(h for h in hdfs_job.anomalies if h["_source"]["deeplog"]["workflow"]["expected_next"])
+    wf = hit["_source"]["deeplog"]["workflow"]
+    out = tmp_path / "anomaly.svg"
+    args = [
+        "workflow",
+        "show",
+        "--anomaly",
+        hit["_id"],
+        "-c",
+        str(hdfs_job.config_file),
+        "--output",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    assert f"anomaly {hit['_id']} on workflow {wf['name']}" in capsys.readouterr().out
+    svg = out.read_text()
+    root = ET.fromstring(svg)
+    boxes, edges = picture(svg)
+    assert hit["_source"]["deeplog"]["model_version"] in root.find(f"{SVG}title").text
+    # The diverged state: a thick red border and its caption.
+    diverged = [g for g in root.iter(f"{SVG}g") if g.get("data-id") == wf["diverged_at"]]
+    assert diverged and float(diverged[0].find(f"{SVG}rect").get("stroke-width")) >= 3
+    (caption,) = [t for t in root.iter(f"{SVG}text") if t.get("class") == "diverged"]
+    x, y, w, h = boxes[wf["diverged_at"]]
+    assert caption.text == "diverged here" and x <= float(caption.get("x")) <= x + w
+    # The expected steps: the edges from the diverged state to each expected state, in their own style.
+    expected = {(wf["diverged_at"], k) for k in wf["expected_next"]}
+    assert expected and all(edges[e].get("class") == "edge expected" for e in expected)
+    assert {e for e, g in edges.items() if g.get("class") == "edge expected"} == expected
+    # The path's steps in the workflow are highlighted.
+    steps = {(a, b) for a, b in zip(wf["path"], wf["path"][1:], strict=False) if (a, b) in edges}
+    assert all(edges[s].get("class") in ("edge path", "edge expected", "edge taken") for s in steps)
+    # The step taken: red, distinct from the expected ones.
+    src = hit["_source"]["deeplog"]
+    taken = "END" if src["anomaly_type"] == "session_end" else f"K{src['key']['id']}"
+    taken_marks = [g for g in root.iter(f"{SVG}g") if g.get("class") in ("taken", "edge taken")]
+    assert taken_marks and (wf["diverged_at"], taken) not in expected, (
+        src["anomaly_type"],
+        src.get("key"),
+        wf,
+    )
+    # A wrong id is an error that names it.
+    assert cli.main(["workflow", "show", "--anomaly", "nope", "-c", str(hdfs_job.config_file)]) == 2
+    assert "no anomaly document with id 'nope'" in capsys.readouterr().err
+
+
+def test_anomaly_overlay_rejects_hostile_workflow_fields():
+    """The anomaly's workflow fields come from the cluster: anything but state ids is refused by name."""
+    from deeplog_siem.errors import DataError
+    from deeplog_siem.workflow_picture import Overlay
+
+    good = {"deeplog": {"model_version": "v1", "anomaly_type": "log_key", "key": {"id": 7}, "workflow": {
+        "name": "w1", "path": ["K5"], "diverged_at": "K5", "expected_next": ["K6"], "summary": "s"}}}  # fmt: skip
+    assert Overlay.from_anomaly(good).taken == "K7"
+    for field_, value in (
+        ("diverged_at", '"/><script>x</script>'),
+        ("path", ["K1", "<b>"]),
+        ("expected_next", "K6"),
+    ):
+        bad = json.loads(json.dumps(good))
+        bad["deeplog"]["workflow"][field_] = value
+        with pytest.raises(DataError, match=f"deeplog.workflow.{field_}"):
+            Overlay.from_anomaly(bad)
+    with pytest.raises(DataError, match="reason: unseen_key"):
+        Overlay.from_anomaly({"deeplog": {"workflow": {"reason": "unseen_key", "summary": "s"}}})

@@ -75,4 +75,4 @@ def anomaly_picture(
             "model version is to publish its workflows)"
         )
     title = f"anomaly {anomaly_id} on workflow {name} of model version {version}"
-    return title, render_svg(w, overlay=overlay, min_share=min_share)
+    return title, render_svg(w, overlay=overlay, min_share=min_share, title=f"{title}: {w.title}")

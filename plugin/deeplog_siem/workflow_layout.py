@@ -261,7 +261,8 @@ def _cubic(
     )
 
 
-def _arrow(tip: tuple[float, float], frm: tuple[float, float]) -> str:
+def arrow_path(tip: tuple[float, float], frm: tuple[float, float]) -> str:
+    """A closed triangle pointing at `tip`, coming from the direction of `frm`."""
     dx, dy = tip[0] - frm[0], tip[1] - frm[1]
     n = math.hypot(dx, dy) or 1.0
     ux, uy = dx / n, dy / n
@@ -419,7 +420,7 @@ def layout(w: Workflow) -> Layout:
                 probability=e.probability,
                 median_gap_s=e.median_gap_s,
                 path=path,
-                arrow=_arrow(p1, _cubic(p0, c1, c2, p1, 0.9)),
+                arrow=arrow_path(p1, _cubic(p0, c1, c2, p1, 0.9)),
                 label=text,
                 lx=round(best[0], 1),
                 ly=round(best[1], 1),

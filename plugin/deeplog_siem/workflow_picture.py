@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import DataError
 from .workflow import Workflow
-from .workflow_layout import Box, EdgeShape, Layout, layout
+from .workflow_layout import Box, EdgeShape, Layout, arrow_path, layout
 
 KIND_COLOURS = {"sequential": "#54637a", "branch": "#3b7dd8", "concurrent": "#2e9d5b", "loop": "#d3872a"}
 PATH_COLOUR, EXPECTED_COLOUR, TAKEN_COLOUR, SIDE_COLOUR = "#7b3fb5", "#1a9850", "#d73027", "#e08a00"
@@ -100,6 +100,25 @@ class Overlay:
         return e.source == self.diverged_at and e.target == self.taken
 
 
+def taken_step(src: Box, dst: Box) -> tuple[str, str, float, float]:
+    """(path, arrowhead, label x, label y) of a step the workflow lacks: a straight dashed line between the
+    two boxes' centres, or a loop on the box's left side when the step repeats the state (the right side
+    holds the workflow's own self-loop). The Vega graph draws the same shapes."""
+    if src.id == dst.id:
+        p0, p1 = (src.x, src.y + src.h * 0.3), (src.x, src.y + src.h * 0.75)
+        c1, c2 = (src.x - 34, src.y - 12), (src.x - 34, src.y + src.h + 12)
+        path = f"M{p0[0]:.1f},{p0[1]:.1f} C{c1[0]:.1f},{c1[1]:.1f} {c2[0]:.1f},{c2[1]:.1f} {p1[0]:.1f},{p1[1]:.1f}"
+        return path, arrow_path(p1, c2), src.x - 90, src.y - 4
+    x1, y1 = src.x + src.w / 2, src.y + src.h / 2
+    x2, y2 = dst.x + dst.w / 2, dst.y + dst.h / 2
+    return (
+        f"M{x1:.1f},{y1:.1f} L{x2:.1f},{y2:.1f}",
+        arrow_path((x2, y2), (x1, y1)),
+        (x1 + x2) / 2 + 4,
+        (y1 + y2) / 2 - 4,
+    )
+
+
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
@@ -114,10 +133,13 @@ def _box_svg(b: Box, *, fill: str, stroke: str, width: float = 1.0, dash: str = 
     ]
 
 
-def render_svg(w: Workflow, *, overlay: Overlay | None = None, min_share: float = 0.0) -> str:
-    """The workflow picture (see the module's contract)."""
-    lay = layout(w)
-    return render_layout_svg(lay, title=f"workflow {w.name}: {w.title}", overlay=overlay, min_share=min_share)
+def render_svg(
+    w: Workflow, *, overlay: Overlay | None = None, min_share: float = 0.0, title: str | None = None
+) -> str:
+    """The workflow picture (see the module's contract); `title` replaces the workflow's name and title."""
+    return render_layout_svg(
+        layout(w), title=title or f"workflow {w.name}: {w.title}", overlay=overlay, min_share=min_share
+    )
 
 
 def render_layout_svg(
@@ -169,14 +191,12 @@ def render_layout_svg(
             ob = lay.outside
             taken_box = Box(ob.id, ob.x, ob.y, ob.w, ob.h, f"{o.taken} (a key of no workflow)")
         src = boxes[o.diverged_at]
-        if o.taken != o.diverged_at and not any(o.taken_edge(e) for e in shown):
-            x1, y1 = src.x + src.w / 2, src.y + src.h / 2
-            x2, y2 = taken_box.x + taken_box.w / 2, taken_box.y + taken_box.h / 2
+        if not any(o.taken_edge(e) for e in shown):
+            path, arrow, lx, ly = taken_step(src, taken_box)
             el.append(
-                f'<g class="taken"><line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" '
-                f'stroke="{TAKEN_COLOUR}" stroke-width="3" stroke-dasharray="8,4"/>'
-                f'<text x="{(x1 + x2) / 2 + 4:.1f}" y="{(y1 + y2) / 2 - 4:.1f}" fill="{TAKEN_COLOUR}" '
-                f'font-weight="bold">step taken</text></g>'
+                f'<g class="taken"><path d="{path}" fill="none" stroke="{TAKEN_COLOUR}" stroke-width="3" '
+                f'stroke-dasharray="8,4"/><path d="{arrow}" fill="{TAKEN_COLOUR}"/>'
+                f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{TAKEN_COLOUR}" font-weight="bold">step taken</text></g>'
             )
     if lay.side_caption:
         x, y = lay.side_caption
