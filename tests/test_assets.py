@@ -229,26 +229,42 @@ def test_display_only_anomaly_fields_are_stored_not_indexed():
 
 
 def test_vega_workflow_graph_reads_mapped_fields(make_config, prefix):
-    """The workflow graph reads the workflows index (named by config) and only fields its mapping has."""
+    """The workflow graph reads the newest anomaly under the dashboard's filters and, by an explicit query
+    without the dashboard's context (the workflows index has none of its fields), the workflows; both
+    indices named by config, only mapped fields, and of the stored layout only what the product writes."""
+    from dataclasses import fields
+
+    from deeplog_siem.workflow_layout import Box, EdgeShape
+
     (graph,) = [o for o in repo_ndjson() if vega_spec(o) is not None]
     spec = vega_spec(graph)
     assert spec["$schema"].endswith("vega/v5.json")
-    (url,) = [d["url"] for d in spec["data"] if "url" in d]
-    assert url["index"] == "deeplog-workflows*" and url["%context%"] is True  # dashboard filters apply
-    assert "query" not in url["body"]  # %context% supplies it
-    types = field_types(index_mappings("workflows"))
-    for f in url["body"]["_source"]:
-        assert f in types, f
+    urls = {d["name"]: d["url"] for d in spec["data"] if "url" in d}
+    assert {u["index"]: n for n, u in urls.items()} == {
+        "deeplog-anomalies*": "anomaly",
+        "deeplog-workflows*": "workflows",
+    }
+    wf, an = urls["workflows"], urls["anomaly"]
+    assert "%context%" not in wf and "%context%" not in an and "query" in wf["body"]
+    assert "%dashboard_context-must_clause%" in json.dumps(an["body"]["query"])
+    for url, kind in ((wf, "workflows"), (an, "anomalies")):
+        types = field_types(index_mappings(kind))
+        for f in url["body"]["_source"]:
+            assert f in types, f
     text = json.dumps(spec)
     used = set(re.findall(r"datum\.(node|edge)\.(\w+)", text)) | set(
         re.findall(r'"(node|edge)\.(\w+)"', text)
     )
     assert used
+    written = {"node": {f.name for f in fields(Box)}, "edge": {f.name for f in fields(EdgeShape)}}
     for kind, name in used:
-        assert f"deeplog.workflow.{kind}s.{name}" in types, (kind, name)
+        assert name in written[kind], (kind, name)
     adapted = {o["id"]: o for o in saved_objects(make_config())}[graph["id"]]
     spec2 = json.loads(json.loads(adapted["attributes"]["visState"])["params"]["spec"])
-    assert [d["url"]["index"] for d in spec2["data"] if "url" in d] == [f"{prefix}-workflows*"]
+    assert sorted(d["url"]["index"] for d in spec2["data"] if "url" in d) == [
+        f"{prefix}-anomalies*",
+        f"{prefix}-workflows*",
+    ]
 
 
 def test_dashboard_has_the_investigation_panels():

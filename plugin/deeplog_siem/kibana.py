@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Data-view id -> the output index whose name (plus `*`) becomes its title.
 DATA_VIEWS = {"deeplog-anomalies": "anomalies_index", "deeplog-runs": "runs_index"}
 # Index a packaged Vega spec reads -> the output index whose name (plus `*`) replaces it.
-VEGA_INDICES = {"deeplog-workflows*": "workflows_index"}
+VEGA_INDICES = {"deeplog-workflows*": "workflows_index", "deeplog-anomalies*": "anomalies_index"}
 MARKER = "deeplog-siem asset"
 
 
