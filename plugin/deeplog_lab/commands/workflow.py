@@ -2,7 +2,9 @@
 
 Contract: HDFS key files (the shared data by default) -> the mined workflows as text, the task-level
 transitions and the diagnosis of --anomalies abnormal sessions (with --json also one JSON object);
---out DIR also saves the workflow model there.
+--out DIR also saves the workflow model there. With --pictures DIR it draws real HDFS anomalies instead: on
+the embedded server, replayed HDFS sessions are trained on and detected, and two anomalies are drawn on their
+workflows by `workflow show --anomaly` and by the Kibana graph's Vega spec (`workflow_pictures`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ def cmd_workflow_hdfs(args: argparse.Namespace) -> int:
     """HDFS key files: the workflow model, its picture, and real abnormal sessions diagnosed end to end."""
     from ..evaluate_workflows import hdfs_names, hdfs_report
     from ..keyseq import HDFS_DIR
+
+    if args.pictures:
+        from ..workflow_pictures import draw_hdfs_anomalies
+
+        for d in draw_hdfs_anomalies(args.pictures, progress=progress):
+            print(f"anomaly {d['id']}: {d['summary']}")
+            print("  " + "\n  ".join(d["files"]))
+        return 0
 
     r = hdfs_report(
         args.train or str(HDFS_DIR / "hdfs_train"),
@@ -57,5 +67,10 @@ def register_hdfs(wsub: Subparsers) -> None:
     q.add_argument("--out", metavar="DIR", help="also save the workflow model (workflows.json) in DIR")
     q.add_argument(
         "--json", action="store_true", help="also print the figures as one JSON object (last line)"
+    )
+    q.add_argument(
+        "--pictures",
+        metavar="DIR",
+        help="instead: draw two real HDFS anomalies (command-line SVG and Kibana Vega graph) into DIR",
     )
     q.set_defaults(func=cmd_workflow_hdfs)
