@@ -6,92 +6,16 @@ step taken are marked; no two state labels overlap."""
 
 from __future__ import annotations
 
-import copy
-import json
-import shutil
-import subprocess
 import uuid
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from deeplog_siem.kibana import saved_objects
-
-VEGA_DIR = Path(__file__).parent / "vega"
-GRAPH_ID = "deeplog-vis-workflow-graph"
-
-
-def _vega_ready() -> str | None:
-    """Why the engine cannot run here, or None."""
-    if shutil.which("node") is None:
-        return "node is not installed (the Vega engine runs on node)"
-    if not (VEGA_DIR / "node_modules" / "vega" / "package.json").is_file():
-        return "npm package vega is not installed: run `make install` (or `npm ci` in tests/vega)"
-    return None
-
-
-def graph_spec(cfg) -> dict[str, Any]:
-    """The workflow graph's Vega spec as `setup` imports it for `cfg` (index names adapted)."""
-    (graph,) = [o for o in saved_objects(cfg) if o["id"] == GRAPH_ID]
-    return json.loads(json.loads(graph["attributes"]["visState"])["params"]["spec"])
-
-
-def _resolve(body: Any) -> Any:
-    """A Kibana query body with an empty dashboard context: the context clauses match everything and the
-    time filter spans all time, as on a dashboard without filters."""
-    if isinstance(body, list):
-        out = []
-        for item in body:
-            if item in ("%dashboard_context-must_clause%", "%dashboard_context-filter_clause%"):
-                out.append({"match_all": {}})
-            elif item == "%dashboard_context-must_not_clause%":
-                continue
-            elif (
-                isinstance(item, dict)
-                and "range" in item
-                and any(isinstance(v, dict) and v.get("%timefilter%") for v in item["range"].values())
-            ):
-                out.append({"match_all": {}})
-            else:
-                out.append(_resolve(item))
-        return out
-    if isinstance(body, dict):
-        return {k: _resolve(v) for k, v in body.items()}
-    return body
-
-
-def kibana_responses(clients, spec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Data source name -> the hits the cluster returns to its query (Kibana's `format.property`)."""
-    out = {}
-    for d in spec["data"]:
-        url = d.get("url")
-        if not isinstance(url, dict):
-            continue
-        assert "%context%" not in url or d["name"] == "anomaly", d["name"]
-        body = _resolve(copy.deepcopy(url["body"]))
-        resp = clients.es.search(index=url["index"], body=body)
-        assert d["format"]["property"] == "hits.hits"
-        out[d["name"]] = resp["hits"]["hits"]
-    return out
-
-
-def render(spec: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run(
-        ["node", str(VEGA_DIR / "render.mjs")],
-        input=json.dumps({"spec": spec, "values": values}),
-        capture_output=True,
-        text=True,
-        cwd=VEGA_DIR,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+from deeplog_lab.vega_render import engine_missing, graph_spec, kibana_responses, render_vega
 
 
 @pytest.fixture(scope="module")
 def engine() -> None:
-    reason = _vega_ready()
+    reason = engine_missing()
     if reason:
         pytest.skip(reason)
 
@@ -115,15 +39,18 @@ def test_shipped_graph_renders_the_anomaly_on_its_workflow(engine, clients, hdfs
     if pick == "selected":
         # An analyst's filter on one anomaly (here the oldest with a diagnosis) stands in for the dashboard's.
         hit = hdfs_job.anomalies[-1]
-        text = json.dumps(spec).replace(
-            '"%dashboard_context-must_clause%"', json.dumps({"ids": {"values": [hit["_id"]]}})
-        )
-        spec = json.loads(text)
+        must = {"ids": {"values": [hit["_id"]]}}
     else:
-        hit = hdfs_job.anomalies[0]
-    values = kibana_responses(clients, spec)
+        hit, must = hdfs_job.anomalies[0], None
+    values = kibana_responses(clients, spec, must)
+    assert {
+        u["index"] for d in spec["data"] if isinstance(u := d.get("url"), dict) and "%context%" not in u
+    } == {
+        f"{hdfs_job.config.output.anomalies_index}*",
+        f"{hdfs_job.config.output.workflows_index}*",
+    }
     assert [h["_id"] for h in values["anomaly"]] == [hit["_id"]]
-    out = render(spec, values)
+    out = render_vega(spec, values)
     assert out["errors"] == [] and out["warnings"] == []
     src = hit["_source"]["deeplog"]
     wf = src["workflow"]
