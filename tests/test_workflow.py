@@ -507,3 +507,16 @@ def test_anomaly_overlay_rejects_hostile_workflow_fields():
             Overlay.from_anomaly(bad)
     with pytest.raises(DataError, match="reason: unseen_key"):
         Overlay.from_anomaly({"deeplog": {"workflow": {"reason": "unseen_key", "summary": "s"}}})
+
+
+def test_workflow_show_refuses_what_it_cannot_draw(tmp_path, capsys):
+    seqs, times = timed_sessions(20, 8)
+    mine_workflows(seqs, NAMES, times=times).save(tmp_path)
+    for argv, message in (
+        (["w1", "--min-share", "2"], "--min-share must be a share between 0 and 1, got 2.0"),
+        ([], "give a workflow NAME"),
+        (["--anomaly", "abc"], "give -c/--config FILE"),
+        (["w1", "--anomaly", "abc"], "give a workflow NAME or --anomaly ID, not both"),
+    ):
+        assert cli.main(["workflow", "show", *argv, "--model-dir", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err, argv

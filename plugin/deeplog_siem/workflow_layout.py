@@ -12,19 +12,17 @@ Contract: `layout(w) -> Layout`, computed once in Python and stored in the workf
   source's transitions when the workflow has more than `CROWDED_EDGES` edges, plus the median time gap
   when there is one.
 - `Layout.outside`: the slot for a key outside the workflow (an anomaly's step to a key the workflow lacks).
-- `Layout.to_dict()`/`from_dict()`: the stored form; `from_dict` validates what it reads (the document
-  comes from the cluster) and raises `ArtifactError` naming the bad field.
+- `Layout.to_dict()`: the stored form. Nothing reads it back in Python: the command line computes the layout
+  afresh from the workflow (a document read from the cluster is not trusted to carry drawing commands).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict, deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ArtifactError
 from .workflow import END, START, Edge, Workflow, node_id
 
 CROWDED_EDGES = 12  # more edges than this: labels show shares (short) instead of raw counts
@@ -36,7 +34,6 @@ CHAR_W = 6.0  # estimated width of one character at the label font size (10 px s
 LABEL_H = 11.0
 MAX_LABEL = 38  # characters of a state's template shown in its box
 ARROW = 8.0
-_PATH = re.compile(r"^[MLCQZ0-9 ,.\-]*$")  # the path commands this module writes, nothing else
 
 
 @dataclass(frozen=True)
@@ -84,9 +81,6 @@ class Layout:
     outside: Box  # where a key outside the workflow is drawn
     side_caption: tuple[float, float] | None  # where the side column's caption goes
 
-    def box(self, node: str) -> Box | None:
-        return next((b for b in self.nodes if b.id == node), None)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "width": self.width,
@@ -96,76 +90,6 @@ class Layout:
             "outside": asdict(self.outside),
             "side_caption": list(self.side_caption) if self.side_caption else None,
         }
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Layout:
-        """The stored layout, validated: numbers finite, ids of the K<n>/START/END form, paths of the
-        commands this module writes (they are drawn as they are)."""
-        try:
-            nodes = [_box(n) for n in d["nodes"]]
-            edges = [_edge(e) for e in d["edges"]]
-            cap = d.get("side_caption")
-            return cls(
-                width=_num(d["width"], "width"),
-                height=_num(d["height"], "height"),
-                nodes=nodes,
-                edges=edges,
-                outside=_box(d["outside"]),
-                side_caption=(_num(cap[0], "side_caption"), _num(cap[1], "side_caption")) if cap else None,
-            )
-        except (KeyError, TypeError, IndexError) as e:
-            raise ArtifactError(f"workflow layout: malformed ({type(e).__name__}: {e})") from None
-
-
-def _num(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or abs(v) > 1e6:
-        raise ArtifactError(f"workflow layout: {what} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _node_name(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"START|END|K\d{1,9}", v):
-        raise ArtifactError(f"workflow layout: {what} must be START, END or K<key id>, got {v!r}")
-    return v
-
-
-def _path(v: Any, what: str) -> str:
-    if not isinstance(v, str) or len(v) > 2000 or not _PATH.match(v):
-        raise ArtifactError(f"workflow layout: {what} is not a path this product draws")
-    return v
-
-
-def _box(d: Any) -> Box:
-    return Box(
-        id=_node_name(d["id"], "node id") if d["id"] != "?" else "?",
-        x=_num(d["x"], "node x"),
-        y=_num(d["y"], "node y"),
-        w=_num(d["w"], "node w"),
-        h=_num(d["h"], "node h"),
-        label=str(d["label"])[:200],
-        side=bool(d.get("side", False)),
-    )
-
-
-def _edge(d: Any) -> EdgeShape:
-    gap = d.get("median_gap_s")
-    kind = str(d["kind"])
-    if kind not in ("sequential", "branch", "concurrent", "loop"):
-        raise ArtifactError(f"workflow layout: edge kind {kind!r}")
-    return EdgeShape(
-        source=_node_name(d["source"], "edge source"),
-        target=_node_name(d["target"], "edge target"),
-        kind=kind,
-        count=int(_num(d["count"], "edge count")),
-        probability=_num(d["probability"], "edge probability"),
-        median_gap_s=None if gap is None else _num(gap, "edge median_gap_s"),
-        path=_path(d["path"], "edge path"),
-        arrow=_path(d["arrow"], "edge arrow"),
-        label=str(d["label"])[:40],
-        lx=_num(d["lx"], "edge lx"),
-        ly=_num(d["ly"], "edge ly"),
-        width=_num(d["width"], "edge width"),
-    )
 
 
 # ------------------------------------------------------------------------------------------ placement
