@@ -87,3 +87,26 @@ def test_shipped_graph_renders_the_anomaly_on_its_workflow(engine, clients, hdfs
     for i, a in enumerate(labels):
         for b in labels[i + 1 :]:
             assert not _overlap(a, b), (a["text"], b["text"])
+
+
+def test_shipped_graph_without_an_anomaly_and_with_rare_edges_hidden(engine, clients, hdfs_job):
+    """No anomaly under the filters: the newest model version's first workflow, unmarked. The slider hides
+    edges under its share and the notes count them."""
+    spec = graph_spec(hdfs_job.config)
+    values = kibana_responses(clients, spec, {"bool": {"must_not": [{"match_all": {}}]}})
+    assert values["anomaly"] == [] and values["workflows"]
+    plain = render_vega(spec, values)
+    assert plain["errors"] == [] and plain["warnings"] == []
+    assert "no anomaly with a workflow diagnosis under the filters" in plain["signals"]["heading"]
+    assert plain["signals"]["heading"].startswith("workflow w1 of model ")
+    marks = plain["marks"]
+    assert marks["node-boxes"] and not [it for it in marks["diverged-caption"] if it["text"]]
+    assert not marks["taken-line"] and {it["datum"]["role"] for it in marks["edge-lines"]} == {"plain"}
+    shares = [it["datum"]["edge"]["probability"] for it in marks["edge-lines"]]
+    cut = sorted(set(shares))[1]  # the slider just above the rarest edges
+    rare = sum(p < cut for p in shares)
+    assert rare > 0
+    hidden = render_vega(spec, values, {"minShare": cut})
+    assert hidden["errors"] == [] and hidden["warnings"] == []
+    assert len(hidden["marks"]["edge-lines"]) == len(shares) - rare
+    assert hidden["marks"]["notes"][0]["text"].startswith(f"{rare} rare edges hidden")

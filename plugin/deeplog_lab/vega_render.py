@@ -3,7 +3,7 @@
 Contract: `graph_spec(cfg)` is the `deeplog-vis-workflow-graph` spec as `setup` imports it for `cfg`;
 `kibana_responses(clients, spec, must=None)` runs each of its data sources' queries on the cluster as Kibana
 would on a dashboard without filters (or with the one query `must` standing for the analyst's filter) and
-returns data source name -> hits; `render_vega(spec, values)` runs `tests/vega/render.mjs` with node (npm
+returns data source name -> hits; `render_vega(spec, values, signals=None)` runs `tests/vega/render.mjs` with node (npm
 `vega` installed there by `make install`) and returns its JSON: errors, warnings, the marks' items
 (bounds, colours, data) and the SVG. `engine_missing()` says why the engine cannot run, or None.
 """
@@ -81,13 +81,16 @@ def kibana_responses(
     return out
 
 
-def render_vega(spec: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+def render_vega(
+    spec: dict[str, Any], values: dict[str, Any], signals: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`signals`: values set before the view runs (a control the analyst moved)."""
     why = engine_missing()
     if why:
         raise DeeplogError(f"Vega engine: {why}")
     proc = subprocess.run(
         ["node", str(ENGINE_DIR / "render.mjs")],
-        input=json.dumps({"spec": spec, "values": values}),
+        input=json.dumps({"spec": spec, "values": values, "signals": signals or {}}),
         capture_output=True,
         text=True,
         cwd=ENGINE_DIR,

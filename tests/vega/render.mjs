@@ -1,4 +1,4 @@
-// Renders a Vega spec headless with the real engine: reads {spec, values: {data name: rows}} on stdin,
+// Renders a Vega spec headless with the real engine: reads {spec, values: {data name: rows}, signals} on stdin,
 // replaces each named data source's url with the rows given (what Kibana's search would return), runs the
 // view and prints {errors, warnings, marks: {mark name: [{datum fields, bounds, fill, stroke}]}, svg}.
 import * as vega from "vega";
@@ -9,7 +9,7 @@ vega.textMetrics.width = (item, text) => 0.6 * (item.fontSize || 11) * String(te
 
 const chunks = [];
 for await (const c of process.stdin) chunks.push(c);
-const { spec, values } = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+const { spec, values, signals } = JSON.parse(Buffer.concat(chunks).toString("utf8"));
 for (const d of spec.data || []) {
   if (d.name in values) {
     delete d.url;
@@ -36,6 +36,7 @@ const pick = (d) => {
 };
 try {
   const view = new vega.View(vega.parse(spec, null, { ast: false }), { renderer: "none", logger, logLevel: vega.Warn });
+  for (const [name, value] of Object.entries(signals || {})) view.signal(name, value); // a control moved
   await view.runAsync();
   const walk = (node) => {
     if (!node) return;
