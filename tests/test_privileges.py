@@ -101,6 +101,14 @@ def scenario(
         run("model restore", versions[0])
         run("workflow list")
         run("workflow show", "w1")
+        diagnosed = clients.es.search(
+            index=out.anomalies_index, size=1, query={"exists": {"field": "deeplog.workflow.name"}}
+        )["hits"]["hits"]
+        assert diagnosed, "detection found no anomaly with a workflow diagnosis"
+        with persona.recording() as made:
+            rc = main(["workflow", "show", "--anomaly", diagnosed[0]["_id"], "-c", str(files["plain"])])
+        assert rc == 0, f"workflow show --anomaly exited {rc}"
+        calls["workflow show --anomaly"] = list(made)
         yield Scenario(persona.flavour, calls, indices)
     finally:
         clients.es.options(ignore_status=404).indices.delete(index=f"{prefix}*", expand_wildcards="all")
@@ -146,7 +154,7 @@ def _needs(scenario: Scenario, command: str) -> list[tuple[str, str, Call]]:
     return out
 
 
-RECORDED = ("setup", "train", "detect", "feedback mark", "feedback apply")
+RECORDED = ("setup", "train", "detect", "feedback mark", "feedback apply", "workflow show --anomaly")
 OFFLINE = ("model list", "model restore", "workflow list", "workflow show")
 
 

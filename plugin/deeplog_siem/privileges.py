@@ -218,6 +218,13 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     "model restore": (),
     "workflow list": (),
     "workflow show": (),
+    # One anomaly drawn on its workflow: the anomaly document, and the workflow from the index when the model
+    # directory no longer has that version.
+    "workflow show --anomaly": (
+        Use("info"),
+        Use("search", "anomalies"),
+        Use("search", "workflows", "the model directory lacks the anomaly's model version"),
+    ),
 }
 
 _BY_NAME: dict[str, list[Endpoint]] = {}
