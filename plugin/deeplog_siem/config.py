@@ -67,6 +67,28 @@ def _credentials_name(section: str, api_key: str | None, username: str | None) -
     return None
 
 
+# The job name of a configuration that names none: its state, anomaly and run documents keep the ids and
+# fields a single job had before jobs had names.
+DEFAULT_JOB = "default"
+_JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Which job (log type) this configuration runs: several run side by side on the same output indices,
+    each with its own checkpoint, session tails, model directory and feedback."""
+
+    name: str = DEFAULT_JOB
+
+    def validate(self, key: str) -> None:
+        _check(
+            f"{key}.name",
+            bool(_JOB_NAME_RE.fullmatch(self.name)),
+            "must be a short slug (lowercase letters, digits, _ and -, starting with a letter or digit, at "
+            f"most 40 characters), got {self.name!r}",
+        )
+
+
 @dataclass(frozen=True)
 class ElasticsearchConfig:
     hosts: tuple[str, ...]
@@ -519,6 +541,7 @@ class KibanaConfig:
 class Config:
     elasticsearch: ElasticsearchConfig
     source: SourceConfig
+    job: JobConfig = field(default_factory=JobConfig)
     templater: TemplaterConfig = field(default_factory=TemplaterConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -639,6 +662,10 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("config: the file is empty")
     cfg = _build(Config, data, "")
     cfg.validate()
+    model = data.get("model")
+    if cfg.job.name != DEFAULT_JOB and not (isinstance(model, dict) and "dir" in model):
+        # A named job's models stay apart from every other job's, whatever the other configurations say.
+        cfg = cfg.replace(model=dataclasses.replace(cfg.model, dir=str(Path(cfg.model.dir) / cfg.job.name)))
     return cfg
 
 

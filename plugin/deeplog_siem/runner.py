@@ -54,7 +54,15 @@ from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
-from .state import JobState, lease_owner, prepare_state, release_lease, save_state, take_lease
+from .state import (
+    JobState,
+    lease_owner,
+    prepare_state,
+    release_lease,
+    save_state,
+    state_id,
+    take_lease,
+)
 from .templater import ParsedEvent, Templater
 from .timefmt import epoch_seconds, iso_utc, utc_now
 from .vocab import EOS, UNK, Vocabulary
@@ -555,6 +563,7 @@ class DetectionRun:
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
             seal_key=seal.key(config.model.dir),
+            job=config.job.name,
         )
 
     def active_writer(self) -> sink.BackgroundWriter:
@@ -566,11 +575,10 @@ class DetectionRun:
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
         """Load the state and take its lease: `StateConflict` while another process runs on it."""
-        job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
         state = take_lease(
             job.clients,
             job.config.output.state_index,
-            job_name,
+            state_id(job.config.job.name, backfill=span.backfill),
             owner=lease_owner(job.summary.run_id),
             lease_s=job.config.schedule.lease_seconds,
         )
