@@ -128,6 +128,13 @@ class SourceConfig:
     host_field: str = "host.name"
     session_field: str | None = None
     session_regex: str | None = None
+    # Logs without a session id: each combination of these fields' values is one stream, cut into sessions
+    # wherever it is idle for sessions.idle_timeout_seconds (in training as in detection).
+    entity_fields: tuple[str, ...] = ()
+    # A field that already names the event (event.code, event.action): its value is the log key, no templating.
+    key_field: str | None = None
+    # With key_field: numeric fields that make up the event's parameter vector, in this order.
+    param_fields: tuple[str, ...] = ()
     # A field unique per document that orders events logged in the same millisecond (e.g. log.offset,
     # event.sequence); optional: without it, ties are resolved exactly by document id at checkpoints.
     tiebreaker_field: str | None = None
@@ -150,10 +157,23 @@ class SourceConfig:
             _check(f"{key}.{name}", 0 <= v <= 86400, f"must be in 0..86400, got {v}")
         _check(f"{key}.page_size", 1 <= self.page_size <= 10000, f"must be in 1..10000, got {self.page_size}")
         _check(f"{key}.slices", 1 <= self.slices <= 16, f"must be in 1..16, got {self.slices}")
+        ways = [self.session_field is not None, self.session_regex is not None, bool(self.entity_fields)]
         _check(
             f"{key}.session_field",
-            (self.session_field is None) != (self.session_regex is None),
-            "set exactly one of session_field and session_regex",
+            sum(ways) == 1,
+            "set exactly one of session_field, session_regex and entity_fields",
+        )
+        for name in ("entity_fields", "param_fields"):
+            values = getattr(self, name)
+            for i, f in enumerate(values):
+                _check(f"{key}.{name}[{i}]", bool(f.strip()), "must name a field")
+            _check(f"{key}.{name}", len(set(values)) == len(values), "lists a field twice")
+        if self.key_field is not None:
+            _check(f"{key}.key_field", bool(self.key_field.strip()), "must name a field")
+        _check(
+            f"{key}.param_fields",
+            not self.param_fields or self.key_field is not None,
+            "needs source.key_field (with templating, the numbers come from the message)",
         )
         if self.session_regex is not None:
             try:
