@@ -12,12 +12,16 @@ Contracts:
   carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) ->
   checkpoint and tails saved (state), one bounded chunk at a time; then one run document in the runs index
   and one summary log line (runs). `DetectionRun` is that run's state and stages; `Detection` the loaded
-  model version, which the daemon keeps between runs.
+  model version, which the daemon keeps between runs. The checkpoint and tails are the job's own
+  (`state.state_id(job.name)`), and every anomaly document names the job (`deeplog.job`).
 - Training and detection read documents through the same `EventReader` (what is usable: templated, with a
   session and an event time `timefmt.epoch_seconds` accepts; the rest counted by reason, `bad_timestamp`
   for the time) and compute parameter vectors through the same `SessionTracker.observe`, so the parameter
-  model is fitted on the vectors detection scores. One difference is by design: detection closes a session
-  idle for `sessions.idle_timeout_seconds` (its next event starts afresh), training reads each session whole.
+  model is fitted on the vectors detection scores. Keys come from the templater, or with `source.key_field`
+  from that field (`fieldkeys`); the model version records which, and detection loads the same. One
+  difference is by design: detection closes a session idle for `sessions.idle_timeout_seconds` (its next
+  event starts afresh), training reads each session whole; entity streams (`source.entity_fields`) are cut
+  at that gap by both, per event.
 """
 
 from __future__ import annotations
@@ -237,7 +241,8 @@ class TrainingSet:
         if part is None:
             name, last, n = sid, ts, 1
         elif ts - part[1] >= self.cut_s:
-            name, last, n = f"{sid}#{part[2] + 1}", ts, part[2] + 1
+            # NUL keeps a part's name apart from every entity id a log field would hold.
+            name, last, n = f"{sid}\x00{part[2] + 1}", ts, part[2] + 1
         else:
             # Out of order within a part: the part's last time stays the latest, as the tracker's does.
             name, last, n = part[0], max(part[1], ts), part[2]
