@@ -116,3 +116,55 @@ def test_windows_event_codes_as_keys_end_to_end(clients, es_section, prefix, tmp
     with pytest.raises(ArtifactError, match=r"trained with source\.key_field 'event\.code'"):
         Detection.load(other)
     assert Path(cfg.model.dir, version).is_dir()
+
+
+def test_field_values_are_read_as_untrusted(tmp_path):
+    cfg = parse_config(
+        {
+            "elasticsearch": {"hosts": ["http://127.0.0.1:9200"]},
+            "source": {
+                "index": "x",
+                "session_field": "host.name",
+                "key_field": "event.code",
+                "param_fields": ["size", "process.pid"],
+            },
+        }
+    ).source
+    keys = FieldKeys(cfg)
+    docs = [
+        {"event": {"code": 4624}, "size": "12", "process": {"pid": 7}},
+        {"event.code": "4624", "size": 3.5, "process.pid": "8"},  # dotted names, as some shippers write
+        {"event": {"code": True}, "size": "NaN", "process": {"pid": 1}},
+        {"event": {"code": "4625"}, "size": float("inf"), "process": {"pid": 1}},
+        {"event": {"code": "4625"}, "process": {"pid": 1}},
+        {"event": {"code": ["4624", "4625"]}},
+        {"event": {"code": "x" * 600}},
+        {"event": {"code": ""}},
+        {"event": {}},
+    ]
+    got = keys.parse_docs(docs, learn=True)
+    assert [None if e is None else e.template for e in got] == [
+        "event.code=4624",
+        "event.code=4624",
+        "event.code=true",
+        "event.code=4625",
+        "event.code=4625",
+        None,
+        None,
+        None,
+        None,
+    ]
+    assert got[0].numbers == (12.0, 7.0) and got[1].numbers == (3.5, 8.0) and got[1].params == ("3.5", "8")
+    assert [e.numbers for e in got[2:5]] == [(), (), ()]
+    assert keys.skipped == {"bad_key": 2, "no_key": 2} and keys.stats == {"param_missing": 3}
+    # Detection: a value training never saw is UNK, with the value as its text.
+    (unseen,) = keys.parse_docs([{"event": {"code": 4740}, "size": 1, "process": {"pid": 2}}], learn=False)
+    assert (unseen.key, unseen.template) == (1, "4740") and keys.num_templates == 3
+
+    keys.save(tmp_path)
+    back = FieldKeys.load(tmp_path, cfg)
+    assert back.vocab.templates == keys.vocab.templates
+    text = (tmp_path / STATE_FILE).read_text().replace("4625", "4626")
+    (tmp_path / STATE_FILE).write_text(text)
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        FieldKeys.load(tmp_path, cfg)
