@@ -20,6 +20,7 @@ from deeplog_siem.artifacts import ModelStore
 from deeplog_siem.config import DEFAULT_JOB, parse_config
 from deeplog_siem.errors import ConfigError
 from deeplog_siem.feedback import APPLIED, RECORDED, apply_feedback
+from deeplog_siem.flagged import flagged_sessions
 from deeplog_siem.runner import run_once, train
 from deeplog_siem.setup_assets import create_indices
 from deeplog_siem.state import load_state, state_id
@@ -181,3 +182,28 @@ def test_two_jobs_side_by_side_keep_their_state_models_and_feedback_apart(
     # A second pass of either finds nothing left.
     assert dict(apply_feedback(b, clients).feedback) == {"found": 0}
     assert dict(apply_feedback(a, clients).feedback) == {"found": 0}
+
+
+def test_retraining_leaves_out_only_the_sessions_its_own_job_flagged(clients, es_section, prefix, tmp_path):
+    # Entity streams of two log types name sessions alike (a host): one job's anomaly on `web-01` says
+    # nothing about the other job's `web-01`.
+    base = config_data(es_section, prefix, tmp_path / "models")
+    default = parse_config(base)
+    named = parse_config({**base, "job": {"name": "syslog"}})
+    create_indices(clients, default)
+    docs = {
+        "a": {"session": {"id": "web-01"}, "job": "syslog"},
+        "b": {"session": {"id": "web-02"}, "job": DEFAULT_JOB},
+        "c": {"session": {"id": "web-03"}},  # written before jobs had names: the default job's
+        "d": {"session": {"id": "web-04"}, "job": "syslog", "feedback": "false_positive"},
+    }
+    for doc_id, d in docs.items():
+        clients.es.index(
+            index=default.output.anomalies_index,
+            id=doc_id,
+            document={"@timestamp": "2026-01-01T00:00:00Z", "deeplog": {"anomaly_type": "log_key", **d}},
+        )
+    since = "2025-01-01T00:00:00Z"
+    got = flagged_sessions(clients, named, since=since)
+    assert got.sessions == {"web-01"} and got.kept == 1
+    assert flagged_sessions(clients, default, since=since).sessions == {"web-02", "web-03"}

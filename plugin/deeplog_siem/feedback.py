@@ -56,6 +56,7 @@ from .config import DEFAULT_JOB, Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
 from .errors import ArtifactError, DeeplogError
 from .es import Clients
+from .jobdocs import job_query
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
 from .recent import RecentSample
@@ -137,16 +138,6 @@ def mark(
     # The concrete index from the hit: an alias over several rollover indices refuses single-document writes.
     clients.es.update(index=hit["_index"], id=hit["_id"], doc={"deeplog": doc}, refresh=True)
     return "marked"
-
-
-def job_query(job_name: str) -> dict[str, Any]:
-    """The anomaly documents of job `job_name`: those naming it in `deeplog.job`, and for the default job also
-    those naming none (written before jobs had names, when there was only one job)."""
-    own: dict[str, Any] = {"term": {"deeplog.job": job_name}}
-    if job_name != DEFAULT_JOB:
-        return own
-    unnamed = {"bool": {"must_not": [{"exists": {"field": "deeplog.job"}}]}}
-    return {"bool": {"should": [own, unnamed], "minimum_should_match": 1}}
 
 
 def pending_query(job_name: str = DEFAULT_JOB) -> dict[str, Any]:
