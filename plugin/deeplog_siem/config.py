@@ -131,7 +131,8 @@ class SourceConfig:
     # Logs without a session id: each combination of these fields' values is one stream, cut into sessions
     # wherever it is idle for sessions.idle_timeout_seconds (in training as in detection).
     entity_fields: tuple[str, ...] = ()
-    # A field that already names the event (event.code, event.action): its value is the log key, no templating.
+    # A field that already names the event (event.code, event.action): its value is the log key (no
+    # templating).
     key_field: str | None = None
     # With key_field: numeric fields that make up the event's parameter vector, in this order.
     param_fields: tuple[str, ...] = ()

@@ -8,9 +8,10 @@ Contract:
   `deeplog.feedback_model_version` and `deeplog.feedback_error`.
 - `apply_feedback(config, clients) -> FeedbackSummary` (`deeplog-siem feedback apply`, and the scheduler's
   feedback job): the job's own anomaly documents (`deeplog.job` is its `job.name`; for the default job also
-  those without `deeplog.job`, written before jobs had names) with a verdict and no status (or an `invalid`
-  status whose value has since been corrected) -> (1) those whose id is already in the current model's lineage are marked applied without
-  training (a run that crashed after publishing); (2) invalid values, true positives, documents whose
+  those without `deeplog.job`, written before jobs had names: `jobdocs.job_query`) with a verdict and no
+  status (or an `invalid` status whose value has since been corrected) -> (1) those whose id is already in
+  the current model's lineage are marked applied without training (a run that crashed after publishing);
+  (2) invalid values, true positives, documents whose
   `deeplog` object does not have the anomaly document's form (`anomaly.Details.from_source`: `unsupported`,
   with the field and the reason), documents whose learned fields do not match the detection job's seal
   (`seal.check`: edited, unsealed, or sealed under another key), whose model version is not a version name,

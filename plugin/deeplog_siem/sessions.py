@@ -7,8 +7,8 @@ Contract:
   `source.session_regex` over the message (HDFS block id, OpenStack instance id). None = no session; counted
   in `skipped["no_session"]`. With `source.entity_fields` (logs without a session id: `host.name`,
   `user.name`, `source.ip`, `process.pid`, ...) the id is the entity: the fields' values joined with "|", a
-  missing one as "-"; a document with none of them has no session. `sessions_of` returns every id a message names (an HDFS delete naming many
-  blocks belongs to each block's session).
+  missing one as "-"; a document with none of them has no session. `sessions_of` returns every id a message
+  names (an HDFS delete naming many blocks belongs to each block's session).
 - `SessionTracker(window, idle_timeout_s, max_sessions, ttl_s)`: per open session the last `window` keys, the
   parameter vector of each of those events (time gap since the session's previous event, then the key's
   numbers) and the last event time. `observe()` appends an event and returns its vector and the keys before
@@ -17,9 +17,9 @@ Contract:
   key (EOS) after their last keys; with `cut_streams=True` (entity streams) `observe()` also cuts a
   session whose next event comes `idle_timeout_s` or more after its last one (event time): the old part is
   closed (`stats["closed_gap"]`) and handed out by `take_cut()` to be scored like an idle one, and the event
-  starts a new session under the same id, so a gap inside a page cuts exactly where training cuts;
-  beyond `max_sessions` the least recently updated session is dropped and
-  counted in `stats["evicted_lru"]`. `SessionTracker.unbounded()` never closes or drops a session (training
+  starts a new session under the same id, so a gap inside a page cuts exactly where training cuts; beyond
+  `max_sessions` the least recently updated session is dropped and counted in `stats["evicted_lru"]`.
+  `SessionTracker.unbounded()` never closes or drops a session (training
   computes its parameter vectors with it, as detection does). `to_dict()`/`from_dict()` give a compact
   JSON-safe form for the run checkpoint. An open session is kept small (flat arrays: `bench templater`
   measures it).

@@ -2,7 +2,8 @@
 
 Contract: `state_id(job_name, backfill=)` is the id of a job's state document (`detect` for the default job,
 as before jobs had names; `<name>.detect` for a named one; `-backfill` appended for backfills), so jobs
-sharing the state index never read or lease each other's state. `load_state(clients, index, job) -> JobState` (an empty state when none was saved yet) and
+sharing the state index never read or lease each other's state. `load_state(clients, index, job) ->
+JobState` (an empty state when none was saved yet) and
 `save_state(clients, index, state)` (`prepare_state(state)` builds the saved form ahead, to pass as
 `save_state(..., prepared=)`). A save is a single-document index operation, so a crash leaves either
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
