@@ -42,6 +42,7 @@ def test_job_name_defaults_and_is_validated(es_section, tmp_path):
     named = parse_config({**base, "job": {"name": "win-sec"}})
     assert named.model.dir == str(Path("models") / "win-sec")
     assert state_id("win-sec") == "win-sec.detect"
+    assert state_id("win-sec", backfill=True) == "win-sec.detect-backfill"
     own = parse_config({**base, "job": {"name": "win-sec"}, "model": {"dir": str(tmp_path)}})
     assert own.model.dir == str(tmp_path)
     for bad in ("Auth", "a b", "", "-x", "a.b", "x" * 41):
