@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import DEFAULT_JOB
 from .seal import sign
 from .timefmt import utc_now
 from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
@@ -154,6 +155,9 @@ class Details:
     workflow: dict[str, Any] | None = None
     # The job's `seal.sign` over `learned()`: stored, not indexed.
     seal: str | None = None
+    # `job.name` of the job that wrote it (absent on documents written before jobs had names: the default
+    # job's).
+    job: str | None = None
 
     def learned(self) -> dict[str, Any]:
         """What the feedback job learns from, and so what the detection job seals: the event, the model
@@ -201,7 +205,7 @@ class AnomalyDoc:
     @property
     def doc_id(self) -> str:
         d = self.deeplog
-        return anomaly_id(d.source.index, d.source.id, self.detector, d.model_version)
+        return anomaly_id(d.source.index, d.source.id, self.detector, d.model_version, job=d.job)
 
     def to_source(self) -> dict[str, Any]:
         return _encode(self)
@@ -395,6 +399,7 @@ class DocContext:
     min_probability: float
     # `seal.key(model.dir)`: the detection job seals what feedback learns from (None: documents unsealed).
     seal_key: bytes | None = field(default=None, repr=False)
+    job: str = DEFAULT_JOB  # `job.name`: every document names its job (`deeplog.job`)
 
     def query(self, session_id: str) -> str:
         return session_query(self.session_field, session_id, self.message_field)
@@ -439,9 +444,15 @@ class ParamVerdict:
     threshold: float
 
 
-def anomaly_id(source_index: str, source_id: str, detector: str, model_version: str) -> str:
-    raw = f"{source_index}\x1f{source_id}\x1f{detector}\x1f{model_version}".encode()
-    return hashlib.sha1(raw).hexdigest()  # noqa: S324 - an id, not a security hash
+def anomaly_id(
+    source_index: str, source_id: str, detector: str, model_version: str, *, job: str | None = None
+) -> str:
+    """Two jobs reading the same document never share an id; the default job's ids are those of before
+    jobs had names, so a re-read keeps the document written then."""
+    raw = f"{source_index}\x1f{source_id}\x1f{detector}\x1f{model_version}"
+    if job is not None and job != DEFAULT_JOB:
+        raw += f"\x1f{job}"
+    return hashlib.sha1(raw.encode()).hexdigest()  # noqa: S324 - an id, not a security hash
 
 
 def key_label(key: int, vocab: Vocabulary) -> str:
@@ -472,6 +483,7 @@ def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str) -> dict[str, A
         "rule": RuleInfo(name, f"deeplog-{anomaly_type}", description),
     }
     details = {
+        "job": ctx.job,
         "anomaly_type": anomaly_type,
         "model_version": ctx.model_version,
         "run_id": ctx.run_id,

@@ -67,6 +67,28 @@ def _credentials_name(section: str, api_key: str | None, username: str | None) -
     return None
 
 
+# The job name of a configuration that names none: its state, anomaly and run documents keep the ids and
+# fields a single job had before jobs had names.
+DEFAULT_JOB = "default"
+_JOB_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Which job (log type) this configuration runs: several run side by side on the same output indices,
+    each with its own checkpoint, session tails, model directory and feedback."""
+
+    name: str = DEFAULT_JOB
+
+    def validate(self, key: str) -> None:
+        _check(
+            f"{key}.name",
+            bool(_JOB_NAME_RE.fullmatch(self.name)),
+            "must be a short slug (lowercase letters, digits, _ and -, starting with a letter or digit, at "
+            f"most 40 characters), got {self.name!r}",
+        )
+
+
 @dataclass(frozen=True)
 class ElasticsearchConfig:
     hosts: tuple[str, ...]
@@ -106,6 +128,14 @@ class SourceConfig:
     host_field: str = "host.name"
     session_field: str | None = None
     session_regex: str | None = None
+    # Logs without a session id: each combination of these fields' values is one stream, cut into sessions
+    # wherever it is idle for sessions.idle_timeout_seconds (in training as in detection).
+    entity_fields: tuple[str, ...] = ()
+    # A field that already names the event (event.code, event.action): its value is the log key (no
+    # templating).
+    key_field: str | None = None
+    # With key_field: numeric fields that make up the event's parameter vector, in this order.
+    param_fields: tuple[str, ...] = ()
     # A field unique per document that orders events logged in the same millisecond (e.g. log.offset,
     # event.sequence); optional: without it, ties are resolved exactly by document id at checkpoints.
     tiebreaker_field: str | None = None
@@ -128,10 +158,23 @@ class SourceConfig:
             _check(f"{key}.{name}", 0 <= v <= 86400, f"must be in 0..86400, got {v}")
         _check(f"{key}.page_size", 1 <= self.page_size <= 10000, f"must be in 1..10000, got {self.page_size}")
         _check(f"{key}.slices", 1 <= self.slices <= 16, f"must be in 1..16, got {self.slices}")
+        ways = [self.session_field is not None, self.session_regex is not None, bool(self.entity_fields)]
         _check(
             f"{key}.session_field",
-            (self.session_field is None) != (self.session_regex is None),
-            "set exactly one of session_field and session_regex",
+            sum(ways) == 1,
+            "set exactly one of session_field, session_regex and entity_fields",
+        )
+        for name in ("entity_fields", "param_fields"):
+            values = getattr(self, name)
+            for i, f in enumerate(values):
+                _check(f"{key}.{name}[{i}]", bool(f.strip()), "must name a field")
+            _check(f"{key}.{name}", len(set(values)) == len(values), "lists a field twice")
+        if self.key_field is not None:
+            _check(f"{key}.key_field", bool(self.key_field.strip()), "must name a field")
+        _check(
+            f"{key}.param_fields",
+            not self.param_fields or self.key_field is not None,
+            "needs source.key_field (with templating, the numbers come from the message)",
         )
         if self.session_regex is not None:
             try:
@@ -519,6 +562,7 @@ class KibanaConfig:
 class Config:
     elasticsearch: ElasticsearchConfig
     source: SourceConfig
+    job: JobConfig = field(default_factory=JobConfig)
     templater: TemplaterConfig = field(default_factory=TemplaterConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -639,6 +683,10 @@ def parse_config(data: Any) -> Config:
         raise ConfigError("config: the file is empty")
     cfg = _build(Config, data, "")
     cfg.validate()
+    model = data.get("model")
+    if cfg.job.name != DEFAULT_JOB and not (isinstance(model, dict) and "dir" in model):
+        # A named job's models stay apart from every other job's, whatever the other configurations say.
+        cfg = cfg.replace(model=dataclasses.replace(cfg.model, dir=str(Path(cfg.model.dir) / cfg.job.name)))
     return cfg
 
 

@@ -7,9 +7,11 @@ Contract:
   (`applied` | `recorded` | `invalid` | `unsupported` | `rejected`), `deeplog.feedback_applied_at`,
   `deeplog.feedback_model_version` and `deeplog.feedback_error`.
 - `apply_feedback(config, clients) -> FeedbackSummary` (`deeplog-siem feedback apply`, and the scheduler's
-  feedback job): anomaly documents with a verdict and no status (or an `invalid` status whose value has since
-  been corrected) -> (1) those whose id is already in the current model's lineage are marked applied without
-  training (a run that crashed after publishing); (2) invalid values, true positives, documents whose
+  feedback job): the job's own anomaly documents (`deeplog.job` is its `job.name`; for the default job also
+  those without `deeplog.job`, written before jobs had names: `jobdocs.job_query`) with a verdict and no
+  status (or an `invalid` status whose value has since been corrected) -> (1) those whose id is already in
+  the current model's lineage are marked applied without training (a run that crashed after publishing);
+  (2) invalid values, true positives, documents whose
   `deeplog` object does not have the anomaly document's form (`anomaly.Details.from_source`: `unsupported`,
   with the field and the reason), documents whose learned fields do not match the detection job's seal
   (`seal.check`: edited, unsealed, or sealed under another key), whose model version is not a version name,
@@ -51,10 +53,11 @@ import torch
 from . import paramfeedback, seal, sink, stopping
 from .anomaly import Details, Feedback, InvalidAnomaly
 from .artifacts import ANCHOR, KEYMODEL, PARAMMODEL, ModelStore
-from .config import Config, FeedbackConfig, ModelConfig
+from .config import DEFAULT_JOB, Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
 from .errors import ArtifactError, DeeplogError
 from .es import Clients
+from .jobdocs import job_query
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
 from .recent import RecentSample
@@ -138,11 +141,12 @@ def mark(
     return "marked"
 
 
-def pending_query() -> dict[str, Any]:
-    """Anomaly documents with a verdict the job has not processed (or an invalid one corrected since)."""
+def pending_query(job_name: str = DEFAULT_JOB) -> dict[str, Any]:
+    """Job `job_name`'s anomaly documents with a verdict it has not processed (or an invalid one corrected
+    since): another job's verdicts are that job's to learn, under its own model."""
     return {
         "bool": {
-            "filter": [{"exists": {"field": "deeplog.feedback"}}],
+            "filter": [{"exists": {"field": "deeplog.feedback"}}, job_query(job_name)],
             "should": [
                 {"bool": {"must_not": [{"exists": {"field": "deeplog.feedback_status"}}]}},
                 {
@@ -169,7 +173,7 @@ def _pending(clients: Clients, config: Config) -> list[dict[str, Any]]:
     clients.es.indices.refresh(index=index)
     res = clients.es.search(
         index=index,
-        query=pending_query(),
+        query=pending_query(config.job.name),
         sort=[{"@timestamp": {"order": "asc", "unmapped_type": "date"}}],
         size=config.feedback.max_per_run,
         # The job reads nothing else: the raw event's message and the rest stay on the server.

@@ -1,7 +1,8 @@
 """flagged: the anomalies index -> the sessions a retraining must not learn from.
 
 Contract: `flagged_sessions(clients, config, since=T) -> Flagged`: the sessions (`deeplog.session.id`) with
-at least one anomaly document in `output.anomalies_index` whose `@timestamp` is at or after `since` and that
+at least one anomaly document of the job (`jobdocs.job_query`: another job's session ids are its own) in
+`output.anomalies_index` whose `@timestamp` is at or after `since` and that
 no responder marked a false positive (`deeplog.feedback` exactly `false_positive`); a session whose
 anomalies in the window were all marked false positives is not among them (it is counted as `kept`). The
 index is untrusted: documents are read in pages sorted by session id, each page starting after the last
@@ -22,6 +23,7 @@ from typing import Any
 from .config import Config
 from .errors import DeeplogError
 from .es import Clients
+from .jobdocs import job_query
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +51,13 @@ class Flagged:
         }
 
 
-def _query(since: str, false_positive: bool) -> dict[str, Any]:
+def _query(since: str, false_positive: bool, job_name: str) -> dict[str, Any]:
     marked = {"term": {FEEDBACK_FIELD: FALSE_POSITIVE}}
     return {
         "bool": {
             "filter": [
                 {"range": {"@timestamp": {"gte": since}}},
+                job_query(job_name),
                 {"exists": {"field": SESSION_FIELD}},
                 *([marked] if false_positive else []),
             ],
@@ -104,7 +107,7 @@ def flagged_sessions(
     marked: set[str] = set()
     read = malformed = 0
     for false_positive in (False, True):
-        for hit in _hits(clients, index, _query(since, false_positive)):
+        for hit in _hits(clients, index, _query(since, false_positive, config.job.name)):
             read += 1
             sid, verdict = _fields(hit)
             if not isinstance(sid, str) or not sid:

@@ -12,23 +12,30 @@ Contracts:
   carried across runs (parammodel) -> anomaly documents (anomaly) -> written and acknowledged (sink) ->
   checkpoint and tails saved (state), one bounded chunk at a time; then one run document in the runs index
   and one summary log line (runs). `DetectionRun` is that run's state and stages; `Detection` the loaded
-  model version, which the daemon keeps between runs.
+  model version, which the daemon keeps between runs. The checkpoint and tails are the job's own
+  (`state.state_id(job.name)`), and every anomaly document names the job (`deeplog.job`).
 - Training and detection read documents through the same `EventReader` (what is usable: templated, with a
   session and an event time `timefmt.epoch_seconds` accepts; the rest counted by reason, `bad_timestamp`
   for the time) and compute parameter vectors through the same `SessionTracker.observe`, so the parameter
-  model is fitted on the vectors detection scores. One difference is by design: detection closes a session
-  idle for `sessions.idle_timeout_seconds` (its next event starts afresh), training reads each session whole.
+  model is fitted on the vectors detection scores. Keys come from the templater, or with `source.key_field`
+  from that field (`fieldkeys`); the model version records which, and detection loads the same. One
+  difference is by design: detection closes a session idle for `sessions.idle_timeout_seconds` (its next
+  event starts afresh), training reads each session whole; entity streams (`source.entity_fields`) are cut
+  at that gap by both, per event.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import threading
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import gcpause, paramfeedback, seal, sink, stopping
@@ -44,8 +51,10 @@ from .anomaly import (
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .config import Config
 from .detector import KeyDetector, KeyScores, Windows, build_windows, load_anchor
-from .errors import DeeplogError
+from .errors import ArtifactError, DeeplogError
 from .es import Clients
+from .fieldkeys import STATE_FILE as FIELDKEYS_FILE
+from .fieldkeys import FieldKeys
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .parammodel import ParameterModel
 from .prefetch import Prefetch
@@ -54,7 +63,16 @@ from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .source import Source, SourceDoc, advance
-from .state import JobState, lease_owner, prepare_state, release_lease, save_state, take_lease
+from .state import (
+    JobState,
+    lease_owner,
+    prepare_state,
+    release_lease,
+    save_state,
+    state_id,
+    take_lease,
+)
+from .templater import STATE_FILE as TEMPLATER_FILE
 from .templater import ParsedEvent, Templater
 from .timefmt import epoch_seconds, iso_utc, utc_now
 from .vocab import EOS, UNK, Vocabulary
@@ -64,6 +82,8 @@ from .workflow_mining import mine_workflows, model_predictor
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+# What turns documents into log keys: Drain over the message, or a field naming the event (source.key_field).
+Keys = Templater | FieldKeys
 DETECT_JOB = "detect"
 
 
@@ -113,18 +133,22 @@ _new_row = tuple.__new__
 class EventReader:
     """Source documents -> the events the models see, for training and detection alike."""
 
-    def __init__(self, templater: Templater, keyer: SessionKeyer, config: Config) -> None:
+    def __init__(self, templater: Keys, keyer: SessionKeyer, config: Config) -> None:
         self.templater, self.keyer = templater, keyer
         self.message_field = config.source.message_field
         self.timestamp_field = config.source.timestamp_field
 
     def rows(self, docs: list[SourceDoc], skipped: Counter[str], *, learn: bool) -> list[EventRow]:
         """Template one page -> a row for every usable document; the rest counted in `skipped` by reason
-        (empty, not_string, binary: the templater's; no_session; bad_timestamp)."""
+        (empty, not_string, binary: the templater's; no_key, bad_key: `FieldKeys`'; no_session;
+        bad_timestamp)."""
         templater = self.templater
         messages = [d.get(self.message_field) for d in docs]
         before = Counter(templater.skipped)
-        parsed = templater.parse_many(messages, learn=learn)
+        if isinstance(templater, FieldKeys):
+            parsed = templater.parse_docs([d.source for d in docs], learn=learn)
+        else:
+            parsed = templater.parse_many(messages, learn=learn)
         skipped.update(templater.skipped - before)
         out = []
         for doc, msg, ev in zip(docs, messages, parsed, strict=True):
@@ -175,9 +199,11 @@ class TrainingSet:
     model; the workflow model's task split and typical step gaps) and, with `with_params`, each (previous
     key, key) series' parameter vectors and event times (the parameter model and its shared load level).
     A key id stays while Drain generalises its template, but its number of numeric parameters may change
-    then: the fit keeps each series' dominant vector length."""
+    then: the fit keeps each series' dominant vector length. With `cut_s` (entity streams) a stream is cut
+    into parts wherever it is idle `cut_s` or more, as detection's tracker cuts it (`cut_streams`)."""
 
     with_params: bool
+    cut_s: float | None = None
     sessions: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     series: dict[tuple[int, int], list[tuple[float, ...]]] = field(default_factory=lambda: defaultdict(list))
@@ -186,12 +212,19 @@ class TrainingSet:
     tracker: SessionTracker = field(default_factory=SessionTracker.unbounded)
     # Sessions of the window that `read_training(leave_out=...)` did not learn from.
     left_out: set[str] = field(default_factory=set)
+    # Entity streams: each stream's current part (its name in `sessions`), last event time and parts so far.
+    parts: dict[str, tuple[str, float, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.cut_s is not None:
+            self.tracker = SessionTracker(1, self.cut_s, sys.maxsize, math.inf, cut_streams=True)
 
     def add(self, rows: list[EventRow]) -> None:
         sessions, times = self.sessions, self.times
         for r in rows:
-            sessions[r.sid].append(r.event.key)
-            times[r.sid].append(r.ts)
+            sid = r.sid if self.cut_s is None else self._part(r.sid, r.ts)
+            sessions[sid].append(r.event.key)
+            times[sid].append(r.ts)
         if not self.with_params:
             return
         series, series_times = self.series, self.series_times
@@ -199,12 +232,28 @@ class TrainingSet:
             s = series_key(o, r.event.key)
             series[s].append(o.vector)
             series_times[s].append(r.ts)
+        self.tracker.take_cut()  # training scores no ends: the parts are in `sessions` already
+
+    def _part(self, sid: str, ts: float) -> str:
+        """The part of stream `sid` an event at `ts` belongs to (a new one after a gap of `cut_s`)."""
+        assert self.cut_s is not None
+        part = self.parts.get(sid)
+        if part is None:
+            name, last, n = sid, ts, 1
+        elif ts - part[1] >= self.cut_s:
+            # NUL keeps a part's name apart from every entity id a log field would hold.
+            name, last, n = f"{sid}\x00{part[2] + 1}", ts, part[2] + 1
+        else:
+            # Out of order within a part: the part's last time stays the latest, as the tracker's does.
+            name, last, n = part[0], max(part[1], ts), part[2]
+        self.parts[sid] = (name, last, n)
+        return name
 
 
 def read_training(
     config: Config,
     source: Source,
-    templater: Templater,
+    templater: Keys,
     *,
     span: Span,
     summary: RunSummary,
@@ -217,7 +266,8 @@ def read_training(
     templates nor their keys are learned."""
     keyer = SessionKeyer(config.source)
     reader = EventReader(templater, keyer, config)
-    data = TrainingSet(config.params.enabled)
+    cut = config.sessions.idle_timeout_seconds if config.source.entity_fields else None
+    data = TrainingSet(config.params.enabled, cut_s=cut)
     for page in source.pages(start=span.start, end=span.end):
         summary.docs_read += len(page)
         if leave_out:
@@ -284,7 +334,7 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -
     """Read, fit and save a new model version inside the run of `job` (its summary counts what was read)."""
     config, clients, summary = job.config, job.clients, job.summary
     src_cfg = replace(config.source, index=request.index) if request.index else config.source
-    templater = Templater(config.templater)
+    templater: Keys = FieldKeys(config.source) if config.source.key_field else Templater(config.templater)
     progress(f"reading training logs from {src_cfg.index} ...")
     data = read_training(
         config,
@@ -295,6 +345,13 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -
         leave_out=request.leave_out,
         progress=progress,
     )
+    if isinstance(templater, FieldKeys) and templater.stats["param_missing"]:
+        log.warning(
+            "%s documents lack a finite number in one of source.param_fields %s: the parameter model leaves "
+            "their vectors out",
+            templater.stats["param_missing"],
+            list(config.source.param_fields),
+        )
     if not data.sessions:
         raise DeeplogError(
             f"no usable training logs in {src_cfg.index} (skipped: {dict(summary.skipped) or 'none'})"
@@ -315,7 +372,7 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -
 
 
 def _fit(
-    job: Job, templater: Templater, data: TrainingSet, index: str, progress: Progress, *, publish: bool = True
+    job: Job, templater: Keys, data: TrainingSet, index: str, progress: Progress, *, publish: bool = True
 ) -> tuple[str, dict[str, Any]]:
     """Fit the models on `data`, save them as a new version and (`publish`) publish it -> (version, report).
     On a stop request (`stopping`) it ends between epochs, or before it publishes, with nothing published."""
@@ -334,7 +391,7 @@ def _fit(
     templater.save(path / TEMPLATER)
     meta = {
         "fingerprint": fingerprint(training),
-        "templater": f"{TEMPLATER}/templater.json",
+        "templater": f"{TEMPLATER}/{FIELDKEYS_FILE if isinstance(templater, FieldKeys) else TEMPLATER_FILE}",
         "source_index": index,
         "window": [summary.window_start, summary.window_end],
         "documents": summary.docs_read,
@@ -406,7 +463,7 @@ class Detection:
     """What a detection run needs loaded once: the current model version and its parts."""
 
     version: str
-    templater: Templater
+    templater: Keys
     detector: KeyDetector
     vocab: Vocabulary
     window: int
@@ -469,7 +526,7 @@ class Detection:
             )
         return cls(
             version=version,
-            templater=Templater.load(path / TEMPLATER, config.templater),
+            templater=_load_keys(config, path),
             detector=detector,
             vocab=vocab,
             window=model.args.window,
@@ -479,6 +536,18 @@ class Detection:
             partners=concurrent_partners(workflows) if config.model.concurrency else {},
             recent=recent,
         )
+
+
+def _load_keys(config: Config, path: Path) -> Keys:
+    """The model version's way to log keys, which must be the configuration's."""
+    if config.source.key_field:
+        return FieldKeys.load(path / TEMPLATER, config.source)
+    if (path / TEMPLATER / FIELDKEYS_FILE).is_file():
+        raise ArtifactError(
+            f"model version {path.name} takes its log keys from a field (source.key_field), this "
+            "configuration templates the message: set source.key_field as in training, or train again"
+        )
+    return Templater.load(path / TEMPLATER, config.templater)
 
 
 def run_once(
@@ -551,10 +620,13 @@ class DetectionRun:
             run_id=job.summary.run_id,
             index=config.output.anomalies_index,
             message_field=src.message_field,
-            session_field=src.session_field,
+            # An entity stream of one field is found by that field; the ids of several are joined with "|".
+            session_field=src.session_field
+            or (src.entity_fields[0] if len(src.entity_fields) == 1 else None),
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
             seal_key=seal.key(config.model.dir),
+            job=config.job.name,
         )
 
     def active_writer(self) -> sink.BackgroundWriter:
@@ -566,11 +638,10 @@ class DetectionRun:
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
         """Load the state and take its lease: `StateConflict` while another process runs on it."""
-        job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
         state = take_lease(
             job.clients,
             job.config.output.state_index,
-            job_name,
+            state_id(job.config.job.name, backfill=span.backfill),
             owner=lease_owner(job.summary.run_id),
             lease_s=job.config.schedule.lease_seconds,
         )
@@ -668,11 +739,17 @@ class DetectionRun:
             if not rows:
                 return
             observed = observe(self.tracker, rows)
+            cut = self.tracker.take_cut()
             self.seen.update(r.sid for r in rows)
             lo, hi = min(r.ts for r in rows), max(r.ts for r in rows)
             chunk.processed += len(rows)
             chunk.first = lo if chunk.first is None else min(chunk.first, lo)
             chunk.newest = hi if chunk.newest is None else max(chunk.newest, hi)
+        if cut:
+            # Entity streams: the parts a gap ended inside this page end here, as in training.
+            ended = self._score_ended(cut)
+            chunk.anomalies.extend(ended)
+            self.active_writer().submit(ended)
         chunk.pending_rows.extend(rows)
         chunk.pending_observed.extend(observed)
         if len(chunk.pending_rows) >= SCORE_BATCH:
@@ -875,6 +952,7 @@ def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTrack
         "idle_timeout_s": config.sessions.idle_timeout_seconds,
         "max_sessions": config.sessions.max_open,
         "ttl_s": config.sessions.ttl_seconds,
+        "cut_streams": bool(config.source.entity_fields),
     }
     return SessionTracker.from_dict(saved, **kw) if saved else SessionTracker(**kw)
 

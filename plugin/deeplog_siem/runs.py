@@ -2,8 +2,9 @@
 
 Contract: `RunSummary` holds a run's figures (documents read, processed and skipped by reason, sessions,
 anomalies by type, rejected writes, documents already written by an earlier run, stage durations, window,
-lag, model version, error); `document(index)`
--> the run document (`deeplog.run.*`, README "Run documents"), `line()` -> the summary log line.
+lag, model version, error); `document(index, job_name=)`
+-> the run document (`deeplog.run.*`, README "Run documents"; `deeplog.job`: the `job.name` of the
+configuration that ran it), `line()` -> the summary log line.
 `extra_fields()` and `extra_line()` are what a job adds of its own (the feedback job's figures: see
 `feedback.FeedbackSummary`). `record_run(clients, config, summary)` writes the document and logs the line;
 a failure to record is logged, never raised, and the document waits to go with the next run's.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import sink
-from .config import Config
+from .config import DEFAULT_JOB, Config
 from .errors import JobStopped, StateConflict
 from .es import Clients
 from .timefmt import utc_now
@@ -89,7 +90,7 @@ class RunSummary:
             + (f", error: {self.error}" if self.error else "")
         )
 
-    def document(self, index: str) -> dict[str, Any]:
+    def document(self, index: str, *, job_name: str = DEFAULT_JOB) -> dict[str, Any]:
         secs = self.durations_ms.get("total", 0) / 1000
         return {
             "_index": index,
@@ -97,6 +98,7 @@ class RunSummary:
             "@timestamp": utc_now(),
             "event": {"kind": "metric", "module": "deeplog", "dataset": "deeplog.run"},
             "deeplog": {
+                "job": job_name,
                 "run": {
                     "id": self.run_id,
                     "job": self.job,
@@ -117,7 +119,7 @@ class RunSummary:
                     "lag_seconds": self.lag_seconds,
                     "model_version": self.model_version,
                     **self.extra_fields(),
-                }
+                },
             },
             **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
         }
@@ -145,9 +147,10 @@ _UNRECORDED_LOCK = threading.Lock()
 
 def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
     """The run document and the one summary line; a failure to record is logged, never raised."""
-    log.info("%s", summary.line())
+    name = config.job.name
+    log.info("%s%s", "" if name == DEFAULT_JOB else f"job {name}: ", summary.line())
     with _UNRECORDED_LOCK:
-        batch = [*_UNRECORDED, summary.document(config.output.runs_index)]
+        batch = [*_UNRECORDED, summary.document(config.output.runs_index, job_name=name)]
         _UNRECORDED.clear()
     try:
         sink.write(clients, batch, attempts=2, backoff_s=0.5)

@@ -5,15 +5,21 @@ Contract:
   (`source.session_field`, dotted; several comma-separated fields are joined with "|", e.g.
   "host.name,process.pid" for logs without a task id) or by the first capture group of
   `source.session_regex` over the message (HDFS block id, OpenStack instance id). None = no session; counted
-  in `skipped["no_session"]`. `sessions_of` returns every id a message names (an HDFS delete naming many
-  blocks belongs to each block's session).
+  in `skipped["no_session"]`. With `source.entity_fields` (logs without a session id: `host.name`,
+  `user.name`, `source.ip`, `process.pid`, ...) the id is the entity: the fields' values joined with "|", a
+  missing one as "-"; a document with none of them has no session. `sessions_of` returns every id a message
+  names (an HDFS delete naming many blocks belongs to each block's session).
 - `SessionTracker(window, idle_timeout_s, max_sessions, ttl_s)`: per open session the last `window` keys, the
   parameter vector of each of those events (time gap since the session's previous event, then the key's
   numbers) and the last event time. `observe()` appends an event and returns its vector and the keys before
   it; `close_idle(now)` closes sessions with no event for `idle_timeout_s` (event time, the clock of `now`)
   or untouched by the job for `ttl_s` (wall clock) and returns them so the caller scores the end-of-session
-  key (EOS) after their last keys; beyond `max_sessions` the least recently updated session is dropped and
-  counted in `stats["evicted_lru"]`. `SessionTracker.unbounded()` never closes or drops a session (training
+  key (EOS) after their last keys; with `cut_streams=True` (entity streams) `observe()` also cuts a
+  session whose next event comes `idle_timeout_s` or more after its last one (event time): the old part is
+  closed (`stats["closed_gap"]`) and handed out by `take_cut()` to be scored like an idle one, and the event
+  starts a new session under the same id, so a gap inside a page cuts exactly where training cuts; beyond
+  `max_sessions` the least recently updated session is dropped and counted in `stats["evicted_lru"]`.
+  `SessionTracker.unbounded()` never closes or drops a session (training
   computes its parameter vectors with it, as detection does). `to_dict()`/`from_dict()` give a compact
   JSON-safe form for the run checkpoint. An open session is kept small (flat arrays: `bench templater`
   measures it).
@@ -77,14 +83,17 @@ class SessionKeyer:
         self.skipped: Counter[str] = Counter()
         self._fields: tuple[str, ...] = ()
         self._regex: re.Pattern[str] | None = None
-        if source.session_field is not None:
+        self._entity = bool(source.entity_fields)
+        if self._entity:
+            self._fields = tuple(f.strip() for f in source.entity_fields)
+        elif source.session_field is not None:
             self._fields = tuple(f.strip() for f in source.session_field.split(",") if f.strip())
             if not self._fields:
                 raise ConfigError("source.session_field: must name at least one field")
         elif source.session_regex is not None:
             self._regex = re.compile(source.session_regex)
         else:
-            raise ConfigError("source: set one of session_field and session_regex")
+            raise ConfigError("source: set one of session_field, session_regex and entity_fields")
 
     def session_of(self, message: str, doc: Mapping[str, Any] | None = None) -> str | None:
         sid = self._one(message, doc)
@@ -117,12 +126,25 @@ class SessionKeyer:
             return bounded(sid) if sid else None
         if doc is None:
             return None
+        if self._entity:
+            return self._entity_of(doc)
         parts = []
         for f in self._fields:
             v = get_field(doc, f)
             if v is None or isinstance(v, (Mapping, list)) or v == "":
                 return None
             parts.append(str(v))
+        return bounded("|".join(parts))
+
+    def _entity_of(self, doc: Mapping[str, Any]) -> str | None:
+        """The entity a document belongs to; a field it lacks is "-" (an event with a host but no user is
+        the host's), and one with none of the fields belongs to no entity."""
+        parts = []
+        for f in self._fields:
+            v = get_field(doc, f)
+            parts.append("-" if v is None or isinstance(v, (Mapping, list)) or v == "" else str(v))
+        if all(p == "-" for p in parts):
+            return None
         return bounded("|".join(parts))
 
 
@@ -268,6 +290,8 @@ class SessionTracker:
         max_sessions: int,
         ttl_s: float,
         param_depth: int = 10,
+        *,
+        cut_streams: bool = False,
     ) -> None:
         if window < 1:
             raise ConfigError(f"sessions.window: must be >= 1, got {window}")
@@ -281,6 +305,8 @@ class SessionTracker:
         self.idle_timeout_s = float(idle_timeout_s)
         self.max_sessions = max_sessions
         self.ttl_s = float(ttl_s)
+        self.cut_streams = cut_streams
+        self._cut: list[tuple[str, SessionTail]] = []  # sessions cut by a gap, not yet taken
         # Insertion order = least recently updated first (an update re-inserts at the end).
         self._tails: dict[str, SessionTail] = {}
         self.stats: Counter[str] = Counter()
@@ -315,6 +341,10 @@ class SessionTracker:
         tails = self._tails
         tail = tails.pop(session_id, None)
         wall = time.time() if wall is None else wall
+        if tail is not None and self.cut_streams and ts - tail.last_ts >= self.idle_timeout_s:
+            self._cut.append((session_id, tail))
+            self.stats["closed_gap"] += 1
+            tail = None
         if tail is None:
             tail = SessionTail(ts, wall)
             first = True
@@ -369,6 +399,11 @@ class SessionTracker:
             self.stats["closed_ttl" if t.last_ts > idle_before else "closed_idle"] += 1
         return closed
 
+    def take_cut(self) -> list[tuple[str, SessionTail]]:
+        """The sessions `observe` cut at a gap since the last call (entity streams), oldest cut first."""
+        cut, self._cut = self._cut, []
+        return cut
+
     def close_all(self) -> list[tuple[str, SessionTail]]:
         """Close every open session (end of a bounded replay or of training data)."""
         closed = list(self._tails.items())
@@ -398,9 +433,10 @@ class SessionTracker:
         max_sessions: int,
         ttl_s: float,
         param_depth: int = 10,
+        cut_streams: bool = False,
     ) -> SessionTracker:
         """Restore tails saved by `to_dict`; a smaller window keeps the newest events."""
-        tr = cls(window, idle_timeout_s, max_sessions, ttl_s, param_depth)
+        tr = cls(window, idle_timeout_s, max_sessions, ttl_s, param_depth, cut_streams=cut_streams)
         try:
             if data.get("version") != 1:
                 raise ValueError(f"unsupported version {data.get('version')!r}")

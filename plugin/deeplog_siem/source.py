@@ -175,9 +175,12 @@ class Source:
 
     @property
     def fields(self) -> list[str]:
-        wanted = [self.cfg.message_field, self.cfg.timestamp_field, self.cfg.host_field, self.order_field]
-        if self.cfg.session_field:
-            wanted.append(self.cfg.session_field)
+        cfg = self.cfg
+        wanted = [cfg.message_field, cfg.timestamp_field, cfg.host_field, self.order_field]
+        if cfg.session_field:
+            # Several fields joined name one session ("host.name,process.pid"): each is read.
+            wanted += [f.strip() for f in cfg.session_field.split(",") if f.strip()]
+        wanted += [*cfg.entity_fields, *([cfg.key_field] if cfg.key_field else []), *cfg.param_fields]
         return sorted(set(wanted))
 
     def _sort(self) -> list[dict[str, Any]]:

@@ -1,6 +1,9 @@
 """state: a job's checkpoint and open-session tails, persisted as one document in the state index.
 
-Contract: `load_state(clients, index, job) -> JobState` (an empty state when none was saved yet) and
+Contract: `state_id(job_name, backfill=)` is the id of a job's state document (`detect` for the default job,
+as before jobs had names; `<name>.detect` for a named one; `-backfill` appended for backfills), so jobs
+sharing the state index never read or lease each other's state. `load_state(clients, index, job) ->
+JobState` (an empty state when none was saved yet) and
 `save_state(clients, index, state)` (`prepare_state(state)` builds the saved form ahead, to pass as
 `save_state(..., prepared=)`). A save is a single-document index operation, so a crash leaves either
 the previous state or the new one, never a mix. Saves do not wait for a refresh: the state is only ever read
@@ -32,6 +35,7 @@ from typing import Any
 
 from elasticsearch import ConflictError
 
+from .config import DEFAULT_JOB
 from .errors import ArtifactError, StateConflict
 from .es import Clients
 from .source import Checkpoint
@@ -65,6 +69,13 @@ class JobState:
     primary_term: int | None = None
     lease: Lease | None = None
     lease_s: float | None = None  # this process's lease, renewed for this long by every save
+
+
+def state_id(job_name: str, *, backfill: bool = False) -> str:
+    """The id of job `job_name`'s detection state (a backfill keeps its own, so it never moves the live
+    checkpoint)."""
+    base = "detect" if job_name == DEFAULT_JOB else f"{job_name}.detect"
+    return f"{base}-backfill" if backfill else base
 
 
 def _pack(obj: Any) -> str:
