@@ -152,6 +152,8 @@ KINDS = [
     ("from 10.0.0.5:22 ok", "HOST"),
     ("via proxy.example.org:5070 ok", "HOST"),
     ("resolve mail.example.org ok", "HOST"),
+    ("via github.com:443 ok", "HOST"),
+    ("at Foo.java:123 ok", "NUM"),
     ("open /var/log/messages ok", "PATH"),
     ("load C:\\Windows\\system32\\x.dll ok", "PATH"),
     ("handle 0x7f3a ok", "HEX"),

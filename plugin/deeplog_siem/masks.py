@@ -37,10 +37,11 @@ _IP1 = r"\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
 IP = rf"(?<![\w.]){_IP1}(?:,?[ \t]+{_IP1})*(?![\w.])"
 # A host name of three or more parts with a port (proxy.example.org:8080; "Foo.java:12" is a source
 # line, not an address), or a domain name ending in a
-# top-level domain (mail.example.org, dsl-12.example.NET).
+# top-level domain, with its port if one follows (mail.example.org, github.com:443, dsl-12.example.NET).
 HOSTPORT = r"(?<![\w.@-])[A-Za-z0-9][\w-]*(?:\.[\w-]+){2,}:\d{1,5}(?![\w.:])"
 DOMAIN = (
-    r"(?<![\w.@/-])(?:[A-Za-z0-9-]+\.)+(?:com|net|org|edu|gov|mil|info|biz|io|[a-z]{2}|[A-Z]{2})(?![\w.-])"
+    r"(?<![\w.@/-])(?:[A-Za-z0-9-]+\.)+(?:com|net|org|edu|gov|mil|info|biz|io|[a-z]{2}|[A-Z]{2})"
+    r"(?::\d{1,5})?(?![\w.:-])"
 )
 # An absolute path that starts with a name (so "/10.0.0.1:50010" stays an address).
 PATH = r"(?<![\w/])/[A-Za-z_.][^\s]*"
