@@ -18,6 +18,9 @@ from .conftest import config_data
 OPENSSH = shared_data_dir() / "loghub_2k" / "OpenSSH_2k.log"
 
 
+needs_sample = pytest.mark.skipif(not OPENSSH.is_file(), reason="needs the loghub samples in ../shared/data")
+
+
 def _config_file(es_section: dict, prefix: str, tmp_path: Path) -> Path:
     path = tmp_path / "deeplog.yml"
     data = config_data(
@@ -36,6 +39,7 @@ def _ingest(cfg_file: Path, index: str, capsys: pytest.CaptureFixture[str], *ext
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@needs_sample
 def test_ingest_indexes_every_line_with_its_header_time_and_a_rerun_adds_nothing(
     es_section, clients, prefix, tmp_path, capsys
 ):
@@ -59,6 +63,7 @@ def test_ingest_indexes_every_line_with_its_header_time_and_a_rerun_adds_nothing
     assert clients.es.count(index=index)["count"] == len(lines)
 
 
+@needs_sample
 def test_ingest_with_a_named_format_and_a_missing_file(es_section, clients, prefix, tmp_path, capsys):
     cfg_file = _config_file(es_section, prefix, tmp_path)
     out = _ingest(cfg_file, f"{prefix}-none", capsys, "--format", "none")

@@ -20,6 +20,10 @@ from deeplog_siem.formats import AUTO_CANDIDATES, PRESETS
 from deeplog_siem.masks import BY_KIND
 from deeplog_siem.templater import Templater
 
+pytestmark = pytest.mark.skipif(
+    not (shared_data_dir() / "loghub_2k").is_dir(), reason="needs the loghub samples in ../shared/data"
+)
+
 # The family each sample's layout belongs to; HPC's lines carry no header of a known family.
 FAMILY = {
     "Android": "logcat",

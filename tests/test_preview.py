@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deeplog_lab.shared_data import shared_data_dir
@@ -21,6 +22,9 @@ from .conftest import config_data
 
 SAMPLE = shared_data_dir() / "loghub_2k" / "OpenSSH_2k.log"
 SMALL_MODEL = {"epochs": 2, "hidden": 16, "embedding": 8, "layers": 1, "device": "cpu", "window": 5}
+
+
+pytestmark = pytest.mark.skipif(not SAMPLE.is_file(), reason="needs the loghub samples in ../shared/data")
 
 
 def _setup(es_section: dict, clients, prefix: str, tmp_path: Path, **sections: dict) -> Path:

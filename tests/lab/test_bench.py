@@ -65,6 +65,10 @@ def test_the_replayed_mix_keeps_the_asked_share_of_abnormal_sessions():
 
 
 def test_bench_parsing_reports_grouping_accuracy_per_system_beside_drain3():
+    from deeplog_lab.shared_data import shared_data_dir
+
+    if not (shared_data_dir() / "loghub_2k" / "OpenSSH_2k.log").is_file():
+        pytest.skip("needs the loghub samples in ../shared/data")
     out = subprocess.run(
         [sys.executable, "-m", "deeplog_siem.cli", "bench", "parsing", "--json", "--systems", "OpenSSH,HDFS"],
         capture_output=True, text=True, timeout=300, check=True,
