@@ -3,7 +3,10 @@
 Contract: `preset(name) -> FormatPreset`; `resolve(cfg) -> ResolvedTemplating`, the effective settings the
 templater uses once the YAML's overrides (header_regex, masks, similarity_threshold) are applied on top of
 the preset of `cfg.format`. An unknown format name raises KeyError (the configuration admits only the names
-of PRESETS). Nothing here compiles a pattern: the templater does, and reports a bad one as ConfigError.
+of PRESETS, and `auto`, which format_detect replaces by one of `AUTO_CANDIDATES` before anything resolves
+it). Presets describe families of header layouts (syslog, Java layouts, web server logs, ...) and share the
+masks by kind of `masks.BY_KIND`; `hdfs`, `openstack` and `bgl` keep the masks they shipped with, since a
+saved model's fingerprint holds their text. Nothing here compiles a pattern: the templater does, and reports a bad one as ConfigError.
 Every preset is covered by tests on real-looking lines of its format; every header, mask and session regex
 here must stay analysable by regex_syntax (tests/test_adapters.py), or the templater's line-shape cache is
 off for that format. Every regex here runs in linear time on any line, crafted ones included
