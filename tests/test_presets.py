@@ -86,6 +86,9 @@ def test_a_configured_format_is_kept_and_auto_is_replaced_by_the_choice() -> Non
     assert cfg.format == "syslog" and choice.share == 0.0
     cfg, choice = chosen_config(TemplaterConfig(format="auto"), lines)
     assert cfg.format == "log4j" and choice.share == 1.0
+    # A header_regex of the configuration is the header whose share is reported.
+    own = TemplaterConfig(format="syslog", header_regex=r"^(?P<date>\S+) (?P<time>\S+) - (?P<content>.*)$")
+    assert chosen_config(own, lines)[1].share == 1.0
 
 
 def test_the_templater_refuses_auto_until_a_format_is_chosen() -> None:

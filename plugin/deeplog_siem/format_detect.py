@@ -69,9 +69,10 @@ def detect_format(messages: Iterable[Any], *, min_share: float = MIN_SHARE) -> F
     return FormatChoice(best, shares[best], len(texts), ignored, shares)
 
 
-def header_share(fmt: str, messages: Iterable[Any]) -> float:
-    """Share of the text messages the header of preset `fmt` matches (1.0 for a preset without one)."""
-    rx = PRESETS[fmt].header_regex
+def header_share(fmt: str, messages: Iterable[Any], header_regex: str | None = None) -> float:
+    """Share of the text messages the header (`header_regex`, else preset `fmt`'s) matches (1.0 when there
+    is none)."""
+    rx = header_regex if header_regex is not None else PRESETS[fmt].header_regex
     texts = [m for m in messages if isinstance(m, str) and m.strip()]
     if not rx or not texts:
         return 1.0
@@ -83,7 +84,8 @@ def chosen_config(cfg: TemplaterConfig, messages: Iterable[Any]) -> tuple[Templa
     sample = list(messages)
     if cfg.format != AUTO:
         texts = sum(1 for m in sample if isinstance(m, str) and m.strip())
-        return cfg, FormatChoice(cfg.format, header_share(cfg.format, sample), texts, len(sample) - texts)
+        share = header_share(cfg.format, sample, cfg.header_regex)
+        return cfg, FormatChoice(cfg.format, share, texts, len(sample) - texts)
     choice = detect_format(sample)
     log.info(
         "templater: format auto chose %s (header matched %.1f%% of %d sampled messages)",
