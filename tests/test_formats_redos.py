@@ -47,8 +47,25 @@ REAL = {
     "RAS KERNEL INFO CE sym 2, at 0x0b85eee0, mask 0x10 core.2275 172.16.96.116:33569",
     "syslog": "Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; logname= uid=0 "
     "euid=0 tty=NODEVssh ruser= rhost=218.188.2.4",
+    "rfc5424": "<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 "
+    'iut="3" eventSource="Application"] An application event log entry from 10.0.0.5:514',
+    "log4j": "2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@774] "
+    "- Notification time out: 3200 from /10.10.34.19:33425",
+    "web_error": "[Sun Dec 04 04:47:44 2005] [notice] workerEnv.init() ok /etc/httpd/conf/workers2.properties",
+    "web_access": '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326 '
+    '"http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)"',
+    "windows": "2016-09-28 04:30:30, Info                  CBS    Loaded Servicing Stack v6.1.7601.23505 with "
+    "Core: C:\\Windows\\winsxs\\amd64_microsoft-windows-servicingstack_31bf3856ad364e35\\cbscore.dll",
+    "logcat": "03-17 16:13:38.811  1702  2395 D WindowManager: printFreezingDisplayLogsopening app wtoken = "
+    "AppWindowToken{9f4ef63 token=Token{a64f992 ActivityRecord{de9231d u0 com.tencent.qt.qtl/.activity t761}}}",
+    "pipe": "20171223-22:15:29:606|Step_LSC|30002312|onStandStepChanged 3579 at 2017-12-23T22:15:29Z",
+    "bracket": "[10.30 16:49:06] chrome.exe - proxy.cse.cuhk.edu.hk:5070 close, 1190 bytes (1.16 KB) sent, "
+    "lifetime <1 sec",
+    "generic": "2024-03-01 12:00:00.123 [worker-1] ERROR app.db: connection to db-7.example.org:5432 lost "
+    "after 30 s, user alice@example.org, session 5f0c2a1e9d",
     "none": "Received block blk_-1608999687919862906 of size 91178 from /10.250.10.6 "
-    "id 0b85eee0-1a2b-3c4d-5e6f-0123456789ab",
+    "id 0b85eee0-1a2b-3c4d-5e6f-0123456789ab at Wed Jun 29 14:44:35 2005, 9.6 KB in 120 ms, "
+    "see https://example.org/x?y=1 mac 00:1a:2b:3c:4d:5e hash 9f4ef63a node-12",
 }
 SESSION_REGEXES = {"hdfs": HDFS_SESSION_REGEX, "openstack": OPENSTACK_SESSION_REGEX}
 # Characters the usual classes (\d, \w, \S, \s, [^\]], ...) compete for, and what makes a match fail late.
@@ -175,11 +192,14 @@ def _preset_work(fmt: str) -> Callable[[str], object]:
 
 
 def _shipped() -> Iterator[tuple[str, str, str, bool]]:
+    seen: set[str] = set()  # the family presets share their masks: each is checked once
     for fmt, preset in PRESETS.items():
         if preset.header_regex:
             yield fmt, "header", preset.header_regex, True
-        for name, rx in preset.masks:
-            yield fmt, f"mask {name}", rx, False
+        for i, (name, rx) in enumerate(preset.masks):
+            if rx not in seen:
+                seen.add(rx)
+                yield fmt, f"mask {i} {name}", rx, False
         if fmt in SESSION_REGEXES:
             yield fmt, "session", SESSION_REGEXES[fmt], False
 

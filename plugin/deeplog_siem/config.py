@@ -204,7 +204,24 @@ class MaskConfig:
 @dataclass(frozen=True)
 class TemplaterConfig:
     # Header preset naming the log format; only the message content after the header reaches Drain3.
-    format: Literal["hdfs", "openstack", "bgl", "syslog", "none"] = "hdfs"
+    # "auto": chosen by training from a sample of the source and recorded in the model (format_detect).
+    format: Literal[
+        "auto",
+        "hdfs",
+        "openstack",
+        "bgl",
+        "syslog",
+        "rfc5424",
+        "log4j",
+        "web_error",
+        "web_access",
+        "windows",
+        "logcat",
+        "pipe",
+        "bracket",
+        "generic",
+        "none",
+    ] = "hdfs"
     header_regex: str | None = None
     # None: the format preset's threshold (see formats.PRESETS).
     similarity_threshold: float | None = None

@@ -55,6 +55,7 @@ from .errors import ArtifactError, DeeplogError
 from .es import Clients
 from .fieldkeys import STATE_FILE as FIELDKEYS_FILE
 from .fieldkeys import FieldKeys
+from .format_detect import config_for_source
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .parammodel import ParameterModel
 from .prefetch import Prefetch
@@ -191,6 +192,7 @@ class TrainSummary:
     skipped: dict[str, int]
     report: dict[str, Any]
     sessions_left_out: int = 0  # sessions of the window not learned (`TrainRequest.leave_out`)
+    format: str = ""  # the templater's format (the one `auto` chose, when configured so)
 
 
 @dataclass
@@ -334,7 +336,18 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -
     """Read, fit and save a new model version inside the run of `job` (its summary counts what was read)."""
     config, clients, summary = job.config, job.clients, job.summary
     src_cfg = replace(config.source, index=request.index) if request.index else config.source
-    templater: Keys = FieldKeys(config.source) if config.source.key_field else Templater(config.templater)
+    templater: Keys
+    if config.source.key_field:
+        templater = FieldKeys(config.source)
+    else:
+        tcfg, _ = config_for_source(
+            config.templater,
+            Source(clients, src_cfg),
+            message_field=src_cfg.message_field,
+            start=request.span.start,
+            end=request.span.end,
+        )
+        templater = Templater(tcfg)
     progress(f"reading training logs from {src_cfg.index} ...")
     data = read_training(
         config,
@@ -368,6 +381,7 @@ def train_version(job: Job, request: TrainRequest, progress: Progress = quiet) -
         skipped=dict(summary.skipped),
         report=report,
         sessions_left_out=len(data.left_out),
+        format="key_field" if isinstance(templater, FieldKeys) else templater.settings.format,
     )
 
 

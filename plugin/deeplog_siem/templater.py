@@ -47,7 +47,7 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from .atomic import atomic_write
 from .config import TemplaterConfig
 from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain, restore_drain
 from .errors import ArtifactError, ConfigError
-from .formats import ResolvedTemplating, resolve
+from .formats import PRESETS, ResolvedTemplating, resolve
 from .regex_syntax import digit_tests
 from .vocab import NUM_RESERVED, UNK, Vocabulary
 
@@ -195,6 +195,11 @@ class Templater:
     """One Drain3 TemplateMiner behind a header splitter, a one-pass masker and two caches."""
 
     def __init__(self, cfg: TemplaterConfig, vocab: Vocabulary | None = None) -> None:
+        if cfg.format == "auto":
+            raise ConfigError(
+                "templater.format: auto is chosen from a sample of the source when training "
+                "(format_detect.chosen_config) or read from the trained model, not used as a format itself"
+            )
         self.cfg = cfg
         self.settings: ResolvedTemplating = resolve(cfg)
         s = self.settings
@@ -623,6 +628,12 @@ class Templater:
         """Rebuild a templater from `state_dict()`; everything is checked before anything is kept."""
         try:
             vocab = Vocabulary.from_dict(state["vocab"])
+            if cfg.format == "auto":
+                # The format training chose is part of the model: detection uses it, not a new guess.
+                saved_format = state["settings"]["format"]
+                if saved_format not in PRESETS:
+                    raise ValueError(f"unknown saved format {saved_format!r}")
+                cfg = replace(cfg, format=saved_format)
             t = cls(cfg, vocab)
             if state["fingerprint"] != t.fingerprint():
                 saved = state.get("settings", {})

@@ -62,3 +62,25 @@ def test_the_replayed_mix_keeps_the_asked_share_of_abnormal_sessions():
     n_bad = sum(1 for q in kept if tuple(q) in bad)
     assert sum(1 for b in s.test_labels if not b) == len(kept) - n_bad  # every normal session stays
     assert abs(n_bad / len(kept) - 0.03) < 0.002
+
+
+def test_bench_parsing_reports_grouping_accuracy_per_system_beside_drain3():
+    from deeplog_lab.shared_data import shared_data_dir
+
+    if not (shared_data_dir() / "loghub_2k" / "OpenSSH_2k.log").is_file():
+        pytest.skip("needs the loghub samples in ../shared/data")
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "parsing", "--json", "--systems", "OpenSSH,HDFS"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(r["systems"]) == {"OpenSSH", "HDFS"}
+    for k in ("mean_ga_raw", "mean_ga_content", "min_ga_raw", "min_ga_content", "drain3_mean_ga"):
+        assert 0.0 <= r[k] <= 1.0, k
+    assert r["systems"]["HDFS"]["ga_raw"] == 1.0
+    assert r["systems"]["HDFS"]["format"] == "hdfs" and r["systems"]["OpenSSH"]["format"] == "syslog"
+    assert r["min_ga_raw"] == min(v["ga_raw"] for v in r["systems"].values())
+    assert r["mean_ga_content"] == pytest.approx(
+        sum(v["ga_content"] for v in r["systems"].values()) / 2, abs=1e-4
+    )
+    assert r["lines_per_s"] > 0

@@ -74,6 +74,14 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("server", "run the embedded in-memory server (demo/tests) until Ctrl-C or SIGTERM", LAB),
     Command("replay", "render HDFS key sequences as realistic raw HDFS logs and index them", LAB),
+    Command(
+        "ingest", "index a raw log file, one document per line, to try the product on it", _runtime("ingest")
+    ),
+    Command(
+        "preview",
+        "read-only look at the source: format chosen, templates, sessions and suggested settings",
+        _runtime("preview"),
+    ),
     Command("train", "learn templates and the log-key model from the source index", _runtime("jobs")),
     Command("detect", "run detection once over new logs, or backfill a time range", _runtime("jobs")),
     Command("run", "run the scheduled job (detection, retraining) until SIGTERM/Ctrl-C", _runtime("jobs")),

@@ -29,7 +29,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         clients.close()
     print(
         f"model version {t.version} published in {cfg.model.dir}: {t.sessions} sessions, {t.docs} documents, "
-        f"{t.templates} templates, skipped {t.skipped or 0}"
+        f"{t.templates} templates (format {t.format}), skipped {t.skipped or 0}"
     )
     return 0
 
