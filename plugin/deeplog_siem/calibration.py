@@ -7,7 +7,8 @@ and each end) and keeps, per actual key, the surprise `-ln p` of the true next k
 surprise over its `TAIL_LEVEL` level, the scale of an exponential tail beyond the last level (at least
 `MIN_TAIL_SCALE`). A key with fewer than `MIN_KEY_WINDOWS` held-out windows uses the calibration of all
 windows pooled. A key no normal event had (`seen_keys`: the training data's keys; UNK never) is at least
-as rare as one in `normal_events + 1`. `KeyCalibration.rarity(keys, prob)` -> the rarity of each event
+as rare as one in `normal_events + 1`; an unseen template (UNK, probability 0 by construction) is exactly
+that rare. `KeyCalibration.rarity(keys, prob)` -> the rarity of each event
 (`risk`), vectorised: one pass per distinct key. The calibration is JSON (`to_dict` / `from_dict`, an
 `ArtifactError` naming the field of a damaged one) kept in the key model checkpoint's meta under
 `META_KEY`, so the versions feedback makes from it carry it; `KeyCalibration.from_meta(meta)` is None for
@@ -154,7 +155,11 @@ class KeyCalibration:
             tail = self.keys.get(k)
             if tail is not None:
                 out[m] = tail.rarity(s[m])
-            if k not in self.seen:
+            if k == UNK:
+                # Its probability is 0 by construction (never predicted), not evidence: what is known is
+                # that no normal event had it.
+                out[m] = 1.0 / (self.normal_events + 1)
+            elif k not in self.seen:
                 out[m] = out[m].clamp(max=1.0 / (self.normal_events + 1))
         return out
 
