@@ -8,7 +8,7 @@ version, written on every anomaly document with the ECS alert fields.
 - A parameter anomaly at its threshold is as rare as the configured false-alarm rate; larger errors rarer.
 - On the real server: `train` stores the calibration in the checkpoint, every anomaly document carries the
   risk, the band, the ECS alert fields and a Discover link; a version trained before calibration existed
-  still detects, with the documented bound.
+  still detects, with the documented bound; a version made by feedback carries its parent's calibration.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from deeplog_siem.calibration import META_KEY, KeyCalibration, calibrate_keys, c
 from deeplog_siem.config import ModelConfig
 from deeplog_siem.detector import KeyDetector, build_windows
 from deeplog_siem.errors import ArtifactError
+from deeplog_siem.feedback import apply_feedback
 from deeplog_siem.model import load_checkpoint, save_checkpoint, train_key_model
 from deeplog_siem.risk import ECS_SEVERITY, SEVERITIES, param_rarity, risk_score, severity
 from deeplog_siem.runner import run_once, train
@@ -214,3 +215,27 @@ def test_a_version_trained_before_calibration_still_detects_with_the_bound(
             # The documented bound, from the probability as the document rounds it.
             assert dl["risk_score"] == pytest.approx(risk_score(min(1.0, n * p)), abs=0.2 if p else 0)
             assert not math.isnan(dl["risk_score"])
+
+
+def test_a_version_made_by_feedback_carries_the_calibration_of_its_trained_parent(
+    clients, make_config, prefix
+):
+    from .test_feedback import ALL_TIME, MODEL, _scenario
+
+    s = load_sample()
+    normal = [t for t, lab in zip(s.test[:80], s.test_labels[:80], strict=True) if not lab][:5]
+    cfg = make_config(model=MODEL)
+    version, fp, _, _ = _scenario(clients, cfg, prefix, (s.train[:300], normal))
+    clients.es.update(
+        index=fp["_index"], id=fp["_id"], doc={"deeplog": {"feedback": "false_positive"}}, refresh=True
+    )
+    summary = apply_feedback(cfg, clients)
+    assert summary.status == "ok" and summary.feedback["applied"] == 1, summary.feedback
+    store = ModelStore(cfg.model.dir)
+    metas = [load_checkpoint(store.path(v) / KEYMODEL)[2]["meta"] for v in (version, summary.model_version)]
+    assert META_KEY in metas[0] and metas[1][META_KEY] == metas[0][META_KEY]
+    # Its anomalies are scored with it: still on the scale, with their bands.
+    assert run_once(cfg, clients, close_sessions=True, **ALL_TIME).status == "ok"
+    docs = _anomalies(clients, cfg.output.anomalies_index)
+    new = [d["deeplog"] for d in docs if d["deeplog"]["model_version"] == summary.model_version]
+    assert new and all(d["severity"] == severity(d["risk_score"]) for d in new)
