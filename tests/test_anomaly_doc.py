@@ -181,7 +181,7 @@ def test_feedback_fields_are_read_leniently():
 
 # Mapping types a value of each Python type may be written to.
 COMPATIBLE = {
-    str: {"keyword", "text", "date"},
+    str: {"keyword", "text", "date", "ip"},
     int: {"integer", "long", "short", "keyword"},
     float: {"float", "double", "half_float", "scaled_float"},
     bool: {"boolean"},

@@ -3,7 +3,10 @@
 Contract: `evaluate(detector, normal, abnormal, h)` takes sessions of vocabulary ids, flags a session when any
 of its events or its end (EOS) fails detection, and returns FP, FN, FP rate, recall and the paper-scale
 figures of ../shared/data/README.md (FP rate and recall projected onto the DeepLog paper's 553,366 normal
-and 16,838 abnormal test sessions). No session is de-duplicated. `run_evaluation(...)` is the whole
+and 16,838 abnormal test sessions), and `severity`: per band, the flagged normal (`fp`) and abnormal (`tp`)
+sessions whose highest severity (the risk of their rarest anomalous event, `deeplog_siem.risk`) it is, with
+`severity_high_or_critical` (those of the two upper bands at paper scale: precision and share of the
+anomalies found). The risk calibration is the one `deeplog-siem train` makes (validation sessions). No session is de-duplicated. `run_evaluation(...)` is the whole
 train-or-load / score / report pipeline behind `deeplog-siem evaluate`.
 
 The figures on the dev files, by seed, and what was tried to lower the FP rate are in BENCHMARKS.md
@@ -22,10 +25,13 @@ from typing import Any
 
 import torch
 
+from deeplog_siem.calibration import META_KEY as CALIBRATION_META
+from deeplog_siem.calibration import KeyCalibration, calibrate_version
 from deeplog_siem.config import ModelConfig
 from deeplog_siem.detector import KeyDetector
 from deeplog_siem.errors import ArtifactError
 from deeplog_siem.model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model
+from deeplog_siem.risk import SEVERITIES, risk_score, severity
 from deeplog_siem.windows import build_windows
 from deeplog_siem.workflow import concurrency_mask, concurrent_partners
 from deeplog_siem.workflow_mining import mine_workflows, model_predictor
@@ -59,13 +65,51 @@ def flag_sessions(
 ) -> torch.Tensor:
     """BoolTensor [S]: the sessions with at least one anomalous event (or end), scored `chunk` sessions at once;
     `partners` (workflow.concurrent_partners): concurrent steps' first occurrences are accepted, as in the job."""
-    flags = torch.zeros(len(sessions), dtype=torch.bool)
+    return session_rarity(detector, sessions, chunk, partners) < 2.0
+
+
+def session_rarity(
+    detector: KeyDetector,
+    sessions: Sequence[Sequence[int]],
+    chunk: int = 20_000,
+    partners: dict[int, frozenset[int]] | None = None,
+) -> torch.Tensor:
+    """DoubleTensor [S]: the smallest rarity (`KeyScores.rarity`, the highest risk) among each session's
+    anomalous events, 2.0 for a session without any (rarities are at most 1)."""
+    rarest = torch.full((len(sessions),), 2.0, dtype=torch.float64)
     for i in range(0, len(sessions), chunk):
         w = build_windows(sessions[i : i + chunk], detector.h)
         s = detector.score(w)
         flagged = s.anomalous & ~concurrency_mask(w.keys, w.targets, partners or {})
-        flags[i + w.session[flagged]] = True
-    return flags
+        rarest.scatter_reduce_(0, i + w.session[flagged], s.rarity[flagged], reduce="amin")
+    return rarest
+
+
+def severity_counts(normal: torch.Tensor, abnormal: torch.Tensor) -> dict[str, dict[str, int]]:
+    """Per band, the flagged normal (`fp`) and abnormal (`tp`) sessions whose highest severity it is, from
+    `session_rarity` of each file."""
+    out = {band: {"fp": 0, "tp": 0} for band in SEVERITIES}
+    for part, rarest in (("fp", normal), ("tp", abnormal)):
+        for q in rarest[rarest < 2.0].tolist():
+            out[severity(risk_score(q))][part] += 1
+    return out
+
+
+def high_or_critical(counts: dict[str, dict[str, int]], normal: int, abnormal: int) -> dict[str, float]:
+    """The sessions whose highest severity is high or critical, at paper scale: their precision and their
+    share of the true anomalies found."""
+    fp = sum(counts[b]["fp"] for b in ("high", "critical"))
+    tp = sum(counts[b]["tp"] for b in ("high", "critical"))
+    found = sum(c["tp"] for c in counts.values())
+    scaled = paper_scale(fp / normal if normal else 0.0, tp / abnormal if abnormal else 0.0)
+    return {
+        "fp": fp,
+        "tp": tp,
+        "fp_paper": scaled["fp_paper"],
+        "tp_paper": scaled["tp_paper"],
+        "precision_paper": scaled["precision_paper"],
+        "share_of_found": tp / found if found else 0.0,
+    }
 
 
 def paper_scale(fp_rate: float, recall: float) -> dict[str, float]:
@@ -88,11 +132,16 @@ def evaluate(
     partners: dict[int, frozenset[int]] | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    fp = int(flag_sessions(detector, normal, partners=partners).sum())
-    tp = int(flag_sessions(detector, abnormal, partners=partners).sum())
+    normal_rarest = session_rarity(detector, normal, partners=partners)
+    abnormal_rarest = session_rarity(detector, abnormal, partners=partners)
+    fp = int((normal_rarest < 2.0).sum())
+    tp = int((abnormal_rarest < 2.0).sum())
     fp_rate = fp / len(normal) if normal else 0.0
     recall = tp / len(abnormal) if abnormal else 0.0
+    severity_bands = severity_counts(normal_rarest, abnormal_rarest)
     return {
+        "severity": severity_bands,
+        "severity_high_or_critical": high_or_critical(severity_bands, len(normal), len(abnormal)),
         "fp": fp,
         "fn": len(abnormal) - tp,
         "fp_rate": fp_rate,
@@ -143,17 +192,23 @@ def run_evaluation(
         result.update(
             model=str(model_path), train_seconds=None, train_fingerprint=header["meta"].get("fingerprint")
         )
+        calibration = KeyCalibration.from_meta(header["meta"])
+        if calibration is None:
+            say(f"{model_path} has no risk calibration: risk scores use the model's probabilities alone")
     else:
         if "train" not in sets:
             raise ArtifactError("give --train FILE to train a model, or --model PATH to load one")
         model, report = train_key_model(sets["train"], len(vocab), cfg, progress=say)
         result.update(train_seconds=report.seconds, train=report.to_dict())
+        # As `deeplog-siem train` does: on the validation sessions, which never gave a gradient.
+        calibration = calibrate_version(model, sets["train"], cfg)
         if save:
             meta = {
                 "fingerprint": fingerprint(sets["train"]),
                 "train_file": os.path.basename(train or ""),
                 "metrics": report.to_dict(),
                 "templater": "hdfs_keys:" + os.path.basename(str(Path(train or ""))),
+                CALIBRATION_META: calibration.to_dict(),
             }
             save_checkpoint(save, model, vocab, meta)
             say(f"model saved to {save}")
@@ -164,7 +219,9 @@ def run_evaluation(
         device=device,
         cache_size=cfg.cache_size,
         min_probability=cfg.floor(model.args.vocab_size),
+        calibration=calibration,
     )
+    result["risk_calibration"] = "none (probabilities alone)" if calibration is None else calibration.source
     partners: dict[int, frozenset[int]] = {}
     if cfg.concurrency and "train" in sets:
         # The workflows `train` would build from the same sessions: which steps run concurrently.

@@ -19,6 +19,10 @@ Contract: `run(seed, ...) -> dict` (the figures behind `deeplog-siem evaluate-pa
    a path anomaly when the key model flags an event of the task, the line that follows a missing step, or
    the end of the session the task ends. `fp_rate`: normal tasks of sessions without any injected anomaly
    flagged by either model; `fp_rate_all_unlabelled` also counts unlabelled tasks of anomalous sessions.
+5. Risk (`deeplog_siem.risk`; the key model calibrated on the same held-out sessions as g): `severity` counts,
+   per band, the normal tasks of `fp_rate` and the recalled slowed tasks of each factor whose highest
+   severity (of their flagged events) it is; `high_or_critical_Nx` is the share of the slowed tasks with a
+   high or critical anomaly, `normal_high_or_critical_rate` the share of the normal tasks with one.
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from typing import Any
 
 import torch
 
+from deeplog_siem.calibration import calibrate_keys
 from deeplog_siem.config import ModelConfig, ParamsConfig, TemplaterConfig
 from deeplog_siem.detector import KeyDetector, build_windows
 from deeplog_siem.model import train_key_model
 from deeplog_siem.parammodel import ParameterModel
+from deeplog_siem.risk import SEVERITIES, param_rarity, risk_score, severity
 from deeplog_siem.sessions import SessionTracker
 from deeplog_siem.templater import Templater
 from deeplog_siem.vocab import PAD, UNK
@@ -132,19 +138,41 @@ def run(
     # Test: key model first.
     sids = list(te["per_session"])
     test_sessions = [[te["keys"][j] for j in te["per_session"][s]] for s in sids]
-    detector = KeyDetector(key_model, top_g, device="cpu", cache_size=mcfg.cache_size, min_probability=floor)
+    # Risk calibration on the same held-out normal sessions (as `deeplog-siem train` does on its own).
+    calibration = calibrate_keys(
+        key_model,
+        g_sessions,
+        window=mcfg.window,
+        normal_events=sum(len(x) + 1 for x in all_sessions),
+        seen_keys={k for x in all_sessions for k in x},
+    )
+    detector = KeyDetector(
+        key_model,
+        top_g,
+        device="cpu",
+        cache_size=mcfg.cache_size,
+        min_probability=floor,
+        calibration=calibration,
+    )
     t_score = time.perf_counter()
     win = build_windows(test_sessions, mcfg.window)
     ks = detector.score(win)
     n_events = len(te["keys"])
     key_flag = torch.zeros(n_events, dtype=torch.bool)
+    # The risk of each event's anomaly (0: none), key or parameter.
+    event_risk = torch.zeros(n_events, dtype=torch.float64)
     eos_flag: set[str] = set()
-    for s, pos, bad in zip(win.session.tolist(), win.position.tolist(), ks.anomalous.tolist(), strict=True):
-        if not bad:
-            continue
+    bad_rows = ks.anomalous.nonzero().flatten().tolist()
+    for s, pos, q in zip(
+        win.session[bad_rows].tolist(),
+        win.position[bad_rows].tolist(),
+        ks.rarity[bad_rows].tolist(),
+        strict=True,
+    ):
         idx = te["per_session"][sids[s]]
         if pos < len(idx):
             key_flag[idx[pos]] = True
+            event_risk[idx[pos]] = risk_score(q)
         else:
             eos_flag.add(sids[s])
     # Parameter model on the accepted events only.
@@ -156,6 +184,9 @@ def run(
     )
     param_flag = torch.zeros(n_events, dtype=torch.bool)
     param_flag[torch.tensor(accepted, dtype=torch.long)] = ps.anomalous
+    for j in ps.anomalous.nonzero().flatten().tolist():
+        q = param_rarity(float(ps.error[j]), ps.threshold[j], pcfg.confidence)
+        event_risk[accepted[j]] = max(float(event_risk[accepted[j]]), risk_score(q))
     score_s = time.perf_counter() - t_score
     # Per task.
     line_event = {line: i for i, line in enumerate(te["lines"])}
@@ -165,6 +196,16 @@ def run(
 
     def flagged(lines: list[int], flags: torch.Tensor) -> bool:
         return any(bool(flags[line_event[x]]) for x in lines if x in line_event)
+
+    def top_risk(lines: list[int], flags: torch.Tensor) -> float:
+        """The highest risk among the flagged events of these lines (0: none flagged)."""
+        return max(
+            (float(event_risk[line_event[x]]) for x in lines if x in line_event and flags[line_event[x]]),
+            default=0.0,
+        )
+
+    # Per band: normal tasks (as in fp_rate) and slowed tasks per factor whose highest severity it is.
+    bands: dict[str, Counter[str]] = {"normal": Counter(), **{f"{k:g}x": Counter() for k in SLOWDOWNS}}
 
     # Events of normal tasks in sessions without any injected anomaly: where the false positives come from.
     normal_event = torch.zeros(n_events, dtype=torch.bool)
@@ -197,6 +238,8 @@ def run(
             if t["session"] not in anomalous_sessions:
                 normal += 1
                 fp += any_flag
+                if any_flag:
+                    bands["normal"][severity(top_risk(t["lines"], key_flag | param_flag))] += 1
         elif lab["kind"] == "slowdown":
             name = f"{lab['factor']:g}x"
             hits[name][1] += 1
@@ -205,6 +248,9 @@ def run(
             # context) never reaches the parameter model, as in DeepLog; the job still reports the line.
             by_key = flagged(lab["lines"], key_flag)
             hits[name][0] += by_param or by_key
+            if by_param or by_key:
+                worst = max(top_risk(t["lines"], param_flag), top_risk(lab["lines"], key_flag))
+                bands[name][severity(worst)] += 1
             param_only[name] += by_param
             if not by_param:
                 why = " (slowed line rejected by the key model)" if by_key else ""
@@ -219,6 +265,7 @@ def run(
             if not found:
                 missed[f"{lab['kind']} {lab['task_type']}.{lab['step']}"] += 1
     path_total = sum(v[1] for v in path.values())
+    upper = ("high", "critical")
     result: dict[str, Any] = {
         "seed": seed,
         "n_train_tasks": n_train,
@@ -228,6 +275,9 @@ def run(
         "fp_tasks": fp,
         "normal_tasks": normal,
         "fp_rate_all_unlabelled": fp_all / normal_all if normal_all else 0.0,
+        # Per band, the tasks whose highest severity it is: normal tasks as in fp_rate, slowed tasks recalled.
+        "severity": {part: {b: c[b] for b in SEVERITIES} for part, c in bands.items()},
+        "normal_high_or_critical_rate": sum(bands["normal"][b] for b in upper) / normal if normal else 0.0,
         # Per event of the normal tasks counted in fp_rate.
         "fp_rate_key_events": float(key_flag[normal_event].float().mean()) if normal_event.any() else 0.0,
         "fp_rate_param_events": (
@@ -263,6 +313,7 @@ def run(
     }
     for name, (hit, total) in hits.items():
         result[f"recall_{name}"] = hit / total if total else 0.0
+        result[f"high_or_critical_{name}"] = sum(bands[name][b] for b in upper) / total if total else 0.0
         result[f"slowed_tasks_{name}"] = total
         result[f"localised_{name}"] = localised[name] / total if total else 0.0
         result[f"recall_{name}_param_only"] = param_only[name] / total if total else 0.0

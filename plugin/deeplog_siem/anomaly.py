@@ -44,6 +44,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import DEFAULT_JOB
+from .links import discover_url
+from .related import related_values
+from .risk import ECS_SEVERITY, fallback_rarity, param_rarity, risk_score, severity
 from .seal import sign
 from .timefmt import utc_now
 from .vocab import EOS, NUM_RESERVED, PAD, UNK, Vocabulary
@@ -54,6 +57,13 @@ RULES = {
     "session_end": ("DeepLog log-key model", "The session ended where the model expected more events."),
     "parameter": ("DeepLog parameter-value model", "A parameter value deviated from its predicted value."),
 }
+
+
+ECS_VERSION = "8.11.0"
+ECS_CATEGORY = ("intrusion_detection",)
+ECS_TYPE = ("info",)
+PRODUCT = "deeplog-siem"
+OBSERVER_TYPE = "log-anomaly-detection"
 
 
 class InvalidAnomaly(ValueError):
@@ -74,6 +84,36 @@ class EventInfo:
     module: str = "deeplog"
     dataset: str = "deeplog.anomaly"
     created: str
+    # ECS alert fields: the risk score and its band as Elastic detection rules number them. Optional when
+    # read back: documents written before risk scores existed have neither.
+    risk_score: float | None = None
+    severity: int | None = None
+    category: tuple[str, ...] = ECS_CATEGORY
+    type: tuple[str, ...] = ECS_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class EcsInfo:
+    version: str = ECS_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObserverInfo:
+    """The product and the job that wrote the document."""
+
+    name: str
+    product: str = PRODUCT
+    vendor: str = PRODUCT
+    type: str = OBSERVER_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedInfo:
+    """ECS `related.*`: the hosts, users and IP addresses the event names (`related.related`)."""
+
+    hosts: tuple[str, ...] = ()
+    user: tuple[str, ...] = ()
+    ip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +134,7 @@ class SessionInfo:
     id: str
     position: int
     query: str
+    url: str | None = None  # the session's logs in Kibana Discover (only with `kibana.url`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +185,9 @@ class Details:
     session: SessionInfo
     key: KeyInfo
     window: WindowInfo
+    # 0-100 and its band (`risk`); optional when read back (documents written before risk scores existed).
+    risk_score: float | None = None
+    severity: str | None = None
     # Stored for reading, not indexed (`enabled: false`: indexing every candidate's values would cost more
     # than the rest of the document); `expected_keys` is the searchable form, most likely first. Key
     # anomalies only.
@@ -195,6 +239,10 @@ class AnomalyDoc:
     event: EventInfo
     rule: RuleInfo
     deeplog: Details
+    # ECS alert fields; optional when read back (documents written before they existed).
+    ecs: EcsInfo | None = None
+    observer: ObserverInfo | None = None
+    related: RelatedInfo | None = None
 
     @property
     def detector(self) -> str:
@@ -400,6 +448,9 @@ class DocContext:
     # `seal.key(model.dir)`: the detection job seals what feedback learns from (None: documents unsealed).
     seal_key: bytes | None = field(default=None, repr=False)
     job: str = DEFAULT_JOB  # `job.name`: every document names its job (`deeplog.job`)
+    # `kibana.url` and `kibana.space`: each document links to its session's logs in Discover.
+    kibana_url: str | None = None
+    kibana_space: str | None = None
 
     def query(self, session_id: str) -> str:
         return session_query(self.session_field, session_id, self.message_field)
@@ -427,6 +478,8 @@ class KeyVerdict:
     expected: Sequence[tuple[int, float]]  # (key, probability), most likely first
     # Under a feedback version: the trained model's probability when it (the anchor) rejects the key.
     anchor_probability: float | None = None
+    # The share of normal events at least as unusual (`KeyScores.rarity`); None: `risk.fallback_rarity`.
+    rarity: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,6 +495,9 @@ class ParamVerdict:
     high: Sequence[float]
     error: float
     threshold: float
+    # The share of normal vectors at least as unusual (`risk.param_rarity` with `params.confidence`); None:
+    # the error's Gaussian tail alone.
+    rarity: float | None = None
 
 
 def anomaly_id(
@@ -470,17 +526,25 @@ def session_query(session_field: str | None, session_id: str, message_field: str
     return f'{message_field}:"{escaped}"'
 
 
-def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str) -> dict[str, Any]:
+def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str, rarity: float) -> dict[str, Any]:
     """The parts every anomaly document has, as `AnomalyDoc` and `Details` keyword arguments."""
     name, description = RULES[anomaly_type]
     history = [int(k) for k in ev.history if k != PAD]
     e = ev.event
+    risk = risk_score(rarity)
+    band = severity(risk)
+    query = ctx.query(ev.session_id)
+    url = discover_url(ctx.kibana_url, query, e.timestamp, space=ctx.kibana_space) if ctx.kibana_url else None
+    hosts, users, ips = related_values(e.host, e.message, ev.params)
     doc = {
         "timestamp": e.timestamp,
         "message": e.message,
         "host": HostInfo(e.host or None),
-        "event": EventInfo(created=utc_now()),
+        "event": EventInfo(created=utc_now(), risk_score=risk, severity=ECS_SEVERITY[band]),
         "rule": RuleInfo(name, f"deeplog-{anomaly_type}", description),
+        "ecs": EcsInfo(),
+        "observer": ObserverInfo(name=f"{PRODUCT} {ctx.job}"),
+        "related": RelatedInfo(hosts, users, ips),
     }
     details = {
         "job": ctx.job,
@@ -488,8 +552,10 @@ def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str) -> dict[str, A
         "model_version": ctx.model_version,
         "run_id": ctx.run_id,
         "source": SourceInfo(e.index, e.id),
-        "session": SessionInfo(ev.session_id, int(ev.position), ctx.query(ev.session_id)),
+        "session": SessionInfo(ev.session_id, int(ev.position), query, url),
         "window": WindowInfo(tuple(history), tuple(ctx.vocab.template(k) for k in history)),
+        "risk_score": risk,
+        "severity": band,
     }
     return {"doc": doc, "details": details}
 
@@ -523,7 +589,8 @@ def key_document(
             f'unexpected {key_label(v.actual, vocab)} "{actual_text}" at event {ev.position} of session '
             f"{ev.session_id} (p={v.probability:.4g}, {why}); expected: {exp_summary}"
         )
-    parts = _common(ctx, ev, kind)
+    rarity = v.rarity if v.rarity is not None else fallback_rarity(v.probability, len(vocab))
+    parts = _common(ctx, ev, kind, rarity)
     details = Details(
         **parts["details"],
         score=round(1.0 - float(v.probability), 6),
@@ -577,7 +644,8 @@ def parameter_document(
     def rounded(xs: Sequence[float]) -> tuple[float, ...]:
         return tuple(round(float(x), 6) for x in xs)
 
-    parts = _common(ctx, ev, "parameter")
+    rarity = v.rarity if v.rarity is not None else param_rarity(v.error, v.threshold, None)
+    parts = _common(ctx, ev, "parameter", rarity)
     details = Details(
         **parts["details"],
         # Two-sided Gaussian confidence of the error: 0.999 at 3.29 standard deviations.

@@ -3,7 +3,8 @@
 Contract: `KeyDetector(model, top_g, device=, cache_size=, min_probability=).score(windows)` -> `KeyScores` with,
 for every window (one event, or the end of a session), the 0-based rank and the probability of the actual key,
 the top-g candidate keys with their probabilities, `unseen` (the key is UNK: no template matched) and
-`anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`). The candidate set is
+`anomalous` (rank >= g, or probability < min_probability, or unseen, or `anchored`) and `rarity`, the share
+of normal events at least as unusual (`calibration.KeyCalibration`, or its documented bound without one). The candidate set is
 DeepLog's top-g, refined by an optional probability floor: keys the model gives almost no mass are not
 candidates even when they rank in the top g (with 30 keys and one near-certain successor, the tail of the
 top-g is noise). Scoring is batched: identical windows are scored once (`torch.unique`), the distribution of
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import ANCHOR, KEYMODEL
+from .calibration import KeyCalibration, key_rarity
 from .errors import ArtifactError
 from .model import KeyLSTM, load_checkpoint
 from .vocab import PAD, UNK
@@ -59,6 +61,8 @@ class KeyScores:
     # raise its probability anchor_ratio times; all False without an anchor.
     anchored: torch.Tensor
     anchor_prob: torch.Tensor  # [N] float: the anchor's probability of the actual key (`prob` without one)
+    # [N] double: the share of normal events at least as unusual (`calibration`; the risk score's input).
+    rarity: torch.Tensor
 
     def __len__(self) -> int:
         return self.rank.numel()
@@ -76,6 +80,7 @@ class KeyDetector:
         min_probability: float = 0.0,
         anchor: KeyLSTM | None = None,
         anchor_ratio: float = 2.0,
+        calibration: KeyCalibration | None = None,
     ):
         if not 0.0 <= min_probability < 1.0:
             raise ValueError(f"min_probability must be in [0, 1), got {min_probability}")
@@ -90,6 +95,8 @@ class KeyDetector:
             )
         self.anchor = anchor.to(self.device).eval() if anchor is not None and anchor_ratio > 0 else None
         self.anchor_ratio = anchor_ratio
+        # None: a version trained before calibration existed (`calibration.key_rarity`'s bound).
+        self.calibration = calibration
         # Cached rows hold the model's distribution, then the anchor's (when there is one).
         self._width = self.vocab_size * (2 if self.anchor is not None else 1)
         self.top_g = min(top_g, self.vocab_size)
@@ -251,7 +258,9 @@ class KeyDetector:
         if keys.shape[0] == 0:
             e = torch.empty(0, dtype=torch.long)
             ek = torch.empty((0, self.top_g), dtype=torch.long)
-            return KeyScores(e, e.float(), ek, ek.float(), e.bool(), e.bool(), e.bool(), e.float())
+            return KeyScores(
+                e, e.float(), ek, ek.float(), e.bool(), e.bool(), e.bool(), e.float(), e.double()
+            )
         uniq, inverse, ids = self._unique(keys)
         both = self.distributions(uniq, ids)  # [U, V] or [U, 2V]
         probs = both[:, : self.vocab_size]  # [U, V]
@@ -270,6 +279,11 @@ class KeyDetector:
             a_rejects = (a_rank >= g) | (anchor_prob < self.min_probability)
             anchored = ~anomalous & a_rejects & (prob < self.anchor_ratio * anchor_prob)
             anomalous = anomalous | anchored
+        # The calibration describes the trained model; an event flagged only by the anchor is as rare as
+        # the anchor finds it.
+        rarity = key_rarity(
+            self.calibration, targets, torch.where(anchored, anchor_prob, prob), self.vocab_size
+        )
         return KeyScores(
             rank=rank,
             prob=prob,
@@ -279,6 +293,7 @@ class KeyDetector:
             unseen=unseen,
             anchored=anchored,
             anchor_prob=anchor_prob,
+            rarity=rarity,
         )
 
 

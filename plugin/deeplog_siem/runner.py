@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import gcpause, paramfeedback, seal, sink, stopping
+from . import calibration, gcpause, paramfeedback, seal, sink, stopping
 from .anomaly import (
     DocContext,
     EventRef,
@@ -49,6 +49,7 @@ from .anomaly import (
     parameter_anomaly,
 )
 from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
+from .calibration import KeyCalibration, calibrate_version
 from .config import Config
 from .detector import KeyDetector, KeyScores, Windows, build_windows, load_anchor
 from .errors import ArtifactError, DeeplogError
@@ -60,6 +61,7 @@ from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint
 from .parammodel import ParameterModel
 from .prefetch import Prefetch
 from .recent import RecentSample
+from .risk import param_rarity
 from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
@@ -421,6 +423,7 @@ def _fit(
     )
     workflows.save(path)
     meta["workflows"] = WORKFLOWS_FILE
+    meta[calibration.META_KEY] = calibrate_version(model, training, config.model).to_dict()
     save_checkpoint(path / KEYMODEL, model, templater.vocab, meta)
     # Normal windows for the feedback job: replayed while fine-tuning, held out for its safety check.
     fb = config.feedback
@@ -504,7 +507,14 @@ class Detection:
         # one torch thread, since OpenMP workers spinning between batches cost more CPU than they save.
         use_threads(config.model.threads or 1)
         device = resolve_device(config.model.device)
-        model, vocab, _meta = load_checkpoint(path / KEYMODEL)
+        model, vocab, header = load_checkpoint(path / KEYMODEL)
+        risk = KeyCalibration.from_meta(header["meta"])
+        if risk is None:
+            log.warning(
+                "model version %s has no risk calibration (trained before it existed): risk scores use the "
+                "model's probabilities alone until the next `deeplog-siem train`",
+                version,
+            )
         # A feedback version is scored against the trained model it descends from (`detector`: the anchor).
         anchor = load_anchor(path, model) if config.feedback.anchor_ratio > 0 else None
         detector = KeyDetector(
@@ -515,6 +525,7 @@ class Detection:
             min_probability=config.model.floor(model.args.vocab_size),
             anchor=anchor,
             anchor_ratio=config.feedback.anchor_ratio,
+            calibration=risk,
         )
         workflows = None
         if (path / WORKFLOWS_FILE).is_file():
@@ -641,6 +652,8 @@ class DetectionRun:
             min_probability=det.detector.min_probability,
             seal_key=seal.key(config.model.dir),
             job=config.job.name,
+            kibana_url=config.kibana.url,
+            kibana_space=config.kibana.space,
         )
 
     def active_writer(self) -> sink.BackgroundWriter:
@@ -843,6 +856,7 @@ class DetectionRun:
                 high=ps.high[n],
                 error=float(ps.error[n]),
                 threshold=ps.threshold[n],
+                rarity=param_rarity(float(ps.error[n]), ps.threshold[n], self.config.params.confidence),
             )
             ev = SessionEvent(self._event_ref(r.doc, r.ts), r.sid, int(o.position), o.history, r.event.params)
             found.append(parameter_anomaly(self.ctx, ev, verdict, where.fields()))
@@ -946,6 +960,7 @@ class DetectionRun:
             rank=int(scores.rank[i]),
             expected=list(zip(scores.topk_keys[i].tolist(), scores.topk_probs[i].tolist(), strict=True)),
             anchor_probability=float(scores.anchor_prob[i]) if bool(scores.anchored[i]) else None,
+            rarity=float(scores.rarity[i]),
         )
         return key_anomaly(self.ctx, ev, verdict, where.fields())
 
