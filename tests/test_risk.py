@@ -173,7 +173,7 @@ def test_every_anomaly_carries_its_risk_band_and_ecs_alert_fields(clients, make_
         assert ev["severity"] == ECS_SEVERITY[dl["severity"]]
         assert ev["category"] == ["intrusion_detection"] and ev["type"] == ["info"]
         assert d["ecs"]["version"] and d["observer"]["product"] == "deeplog-siem"
-        assert d["observer"]["name"] == "deeplog-siem detect"
+        assert d["observer"]["name"] == f"deeplog-siem {cfg.job.name}"
         if d.get("host", {}).get("name"):
             assert d["related"]["hosts"] == [d["host"]["name"]]
             assert d["host"]["name"] in hosts
