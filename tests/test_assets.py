@@ -302,7 +302,7 @@ def test_templates_follow_config_names_with_distinct_priorities(make_config, pre
     # the packaged file is not modified by adapting it
     assert load_template("anomalies")["index_patterns"] == ["deeplog-anomalies*"]
     hashes = {b["_meta"]["deeplog-siem"]["assets_hash"] for b in templates.values()}
-    assert len(hashes) == 4 and hashes == {
+    assert len(hashes) == len(KINDS) and hashes == {
         b["_meta"]["deeplog-siem"]["assets_hash"] for b in index_templates(cfg).values()
     }
     with pytest.raises(ConfigError, match=r"output\.runs_index: same index name as output\.anomalies_index"):
@@ -493,7 +493,7 @@ def _index(clients, index: str, doc: dict[str, Any]) -> None:
 def test_documents_validate_against_the_strict_mappings(clients, make_config, prefix):
     cfg = make_config()
     steps = create_indices(clients, cfg)
-    assert [s.action for s in steps] == ["created"] * 4
+    assert [s.action for s in steps] == ["created"] * len(KINDS)
     anomalies, runs = f"{prefix}-anomalies", f"{prefix}-runs"
     _index(clients, anomalies, sample_anomaly_document())
     _index(clients, anomalies, sample_parameter_anomaly())

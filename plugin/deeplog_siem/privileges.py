@@ -7,7 +7,8 @@ proxy and map every call to an `Endpoint` here.
 
 Contract: `ENDPOINTS` is the table of APIs (method, path pattern, privilege, scope); `match(method, path)` ->
 (`Endpoint`, placeholders) or None for a call the table does not know. `COMMANDS` maps each command to its
-`Use`s (an endpoint and, for an index API, which index: source, anomalies, runs, workflows or state);
+`Use`s (an endpoint and, for an index API, which index: source, anomalies, runs, workflows, state, incidents
+or preview);
 `required(command)` -> {"cluster": {...}, "source": {...}, ...} is the union of their privileges.
 
 The privileges are Elasticsearch's built-in ones, each the least one granting the API as the API's
@@ -32,7 +33,7 @@ from typing import Literal
 
 Scope = Literal["cluster", "index"]
 Flavour = Literal["elasticsearch", "opensearch"]
-TARGETS = ("source", "anomalies", "runs", "workflows", "state")
+TARGETS = ("source", "anomalies", "runs", "workflows", "state", "incidents", "preview")
 BOTH: tuple[Flavour, ...] = ("elasticsearch", "opensearch")
 
 
@@ -134,6 +135,7 @@ class Use:
 
 RETENTION = "retention is configured"
 MODEL = "a model version exists"
+PREVIEW = "detect --preview"
 
 
 def _reads_source() -> tuple[Use, ...]:
@@ -152,7 +154,7 @@ def _records_run() -> tuple[Use, ...]:
     return (Use("bulk", "runs"), Use("index create", "runs", "the index is missing (bulk auto-creates it)"))
 
 
-_OUTPUTS = ("anomalies", "runs", "workflows", "state")
+_OUTPUTS = ("anomalies", "runs", "workflows", "state", "incidents")
 _TRAIN = (
     Use("info"),
     *_reads_source(),
@@ -171,6 +173,15 @@ _DETECT = (
     *_reads_source(),
     Use("bulk", "anomalies"),
     Use("index create", "anomalies", "the index is missing (bulk auto-creates it)"),
+    # Incidents: the touched sessions' anomalies read back, the incidents recomputed and written.
+    Use("refresh", "anomalies", "a chunk has anomalies"),
+    Use("search", "anomalies", "a chunk has anomalies"),
+    Use("bulk", "incidents", "a chunk has anomalies"),
+    Use("index create", "incidents", "the index is missing (bulk auto-creates it)"),
+    # `detect --preview`: a backfill into the preview index, which no template covers.
+    Use("index exists", "preview", PREVIEW),
+    Use("index create", "preview", PREVIEW),
+    Use("bulk", "preview", PREVIEW),
     *_records_run(),
 )
 _FEEDBACK_APPLY = (

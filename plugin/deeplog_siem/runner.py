@@ -31,7 +31,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
-from . import gcpause, paramfeedback, seal, sink, stopping
+from . import gcpause, incidents, paramfeedback, seal, sink, stopping
 from .anomaly import (
     DocContext,
     EventRef,
@@ -53,6 +53,7 @@ from .recent import RecentSample
 from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
+from .setup_assets import ensure_index_like
 from .source import Source, SourceDoc, advance
 from .state import JobState, lease_owner, prepare_state, release_lease, save_state, take_lease
 from .templater import ParsedEvent, Templater
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 DETECT_JOB = "detect"
+PREVIEW_JOB = "detect-preview"
 
 
 def quiet(_: str) -> None:
@@ -88,6 +90,9 @@ class Span:
     start: str | None = None
     end: str | None = None
     close_sessions: bool = False
+    # A backfill that alerts nobody: anomalies go to `output.preview`, no incident is written, and the
+    # live checkpoint, tails and sample of recent traffic stay as they are.
+    preview: bool = False
 
     @property
     def backfill(self) -> bool:
@@ -491,13 +496,20 @@ def run_once(
     detection: Detection | None = None,
     stop: threading.Event | None = None,
     progress: Progress = quiet,
+    preview: bool = False,
 ) -> RunSummary:
-    """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
-    summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
+    """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill;
+    `preview`: a backfill into `output.preview` that alerts nobody, see `Span.preview`)."""
+    span = Span(start, end, close_sessions, preview)
+    if preview and not span.backfill:
+        raise DeeplogError("a preview is a backfill: give --start and/or --end")
+    job_name = PREVIEW_JOB if preview else DETECT_JOB
+    summary = RunSummary(run_id=uuid.uuid4().hex, job=job_name, window_start=start, window_end=end)
     with recorded(clients, config, summary):
         det = detection or Detection.load(config)
         summary.model_version = det.version
-        span = Span(start, end, close_sessions)
+        if preview:
+            ensure_index_like(clients, config.output.preview, "anomalies")
         run = DetectionRun.open(Job(config, clients, summary), det, span)
         try:
             run.run(stop, progress)
@@ -549,7 +561,7 @@ class DetectionRun:
             vocab=det.vocab,
             model_version=det.version,
             run_id=job.summary.run_id,
-            index=config.output.anomalies_index,
+            index=config.output.preview if span.preview else config.output.anomalies_index,
             message_field=src.message_field,
             session_field=src.session_field,
             top_g=det.top_g,
@@ -566,7 +578,9 @@ class DetectionRun:
     @classmethod
     def open(cls, job: Job, det: Detection, span: Span) -> DetectionRun:
         """Load the state and take its lease: `StateConflict` while another process runs on it."""
-        job_name = DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
+        job_name = (
+            PREVIEW_JOB if span.preview else DETECT_JOB if not span.backfill else f"{DETECT_JOB}-backfill"
+        )
         state = take_lease(
             job.clients,
             job.config.output.state_index,
@@ -646,7 +660,8 @@ class DetectionRun:
 
     def finish(self) -> None:
         summary, tracker = self.summary, self.tracker
-        _save_recent(self.config, self.det)
+        if not self.span.preview:
+            _save_recent(self.config, self.det)
         summary.sessions = len(self.seen)
         summary.sessions_evicted = tracker.stats["evicted_lru"]
         if not self.span.backfill:
@@ -801,6 +816,14 @@ class DetectionRun:
         )
         prepared = prepare_state(nxt)
         result = self.active_writer().flush()
+        if not self.span.preview and self.chunk.anomalies:
+            # Before the checkpoint moves: a run that dies here reads the chunk again, and the rerun
+            # recomputes these incidents from all their anomalies.
+            bucket_s = incidents.bucket_seconds(self.config)
+            keys = {incidents.incident_key(a, bucket_s) for a in self.chunk.anomalies}
+            result.add(
+                incidents.refresh_incidents(self.clients, self.config, {k for k in keys if k is not None})
+            )
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents; and only
         # over the state this run read (StateConflict if another process saved since).
         save_state(self.clients, self.config.output.state_index, nxt, prepared)

@@ -2,9 +2,9 @@
 
 Contract:
 - `index_templates(cfg, lifecycle=None) -> {name: body}`: composable index templates for the anomalies, runs,
-  workflows and state indices named in `cfg.output` (template name = index name, pattern `NAME*`). The
+  workflows, state and incidents indices named in `cfg.output` (template name = index name, pattern `NAME*`). The
   bodies come from `assets/templates/*.json`; `_meta.deeplog_siem.assets_hash` identifies their content.
-- `index_mappings(kind)`: the `mappings` of one packaged template (kind: anomalies | runs | workflows | state).
+- `index_mappings(kind)`: the `mappings` of one packaged template (kind: anomalies | runs | workflows | state | incidents).
 - `ingest_pipelines() -> {name: body}` and `lifecycle_policies(cfg, "ilm"|"ism") -> {name: body}`.
 - `create_indices(clients, cfg, dry_run=False) -> [Step]`: creates every missing output index with the
   template's settings and mappings (so it works even where templates could not be installed) and updates the
@@ -32,8 +32,8 @@ from .setup_steps import CHANGES, Action, Step, asset_text, content_hash
 
 log = logging.getLogger(__name__)
 
-KINDS = ("anomalies", "runs", "workflows", "state")
-Kind = Literal["anomalies", "runs", "workflows", "state"]
+KINDS = ("anomalies", "runs", "workflows", "state", "incidents")
+Kind = Literal["anomalies", "runs", "workflows", "state", "incidents"]
 Lifecycle = Literal["ilm", "ism"]
 PIPELINES = ("deeplog-event-ingested", "deeplog-hdfs", "deeplog-openstack", "deeplog-syslog")
 MANAGED_BY = "deeplog-siem"
@@ -100,6 +100,7 @@ def index_names(cfg: Config) -> dict[str, str]:
         "runs": cfg.output.runs_index,
         "workflows": cfg.output.workflows_index,
         "state": cfg.output.state_index,
+        "incidents": cfg.output.incidents,
     }
     seen: dict[str, str] = {}
     for kind, name in names.items():
@@ -119,7 +120,7 @@ def _mappings_meta(mappings: dict[str, Any]) -> dict[str, Any]:
 
 
 def index_templates(cfg: Config, lifecycle: Lifecycle | None = None) -> dict[str, dict[str, Any]]:
-    """Template name -> body for the four output indices of `cfg` (lifecycle settings only when given)."""
+    """Template name -> body for the output indices of `cfg` (lifecycle settings only when given)."""
     out: dict[str, dict[str, Any]] = {}
     for kind, name in index_names(cfg).items():
         body = copy.deepcopy(load_template(kind))
@@ -435,6 +436,23 @@ def create_indices(
         except ApiError as e:
             steps.append(Step("index", name, "failed", _error_text(e)))
     return steps
+
+
+def ensure_index_like(clients: Clients, name: str, kind: Kind) -> bool:
+    """Create index `name` with the settings and mappings of the packaged `kind` template unless it exists
+    (a backfill preview's index, which no template pattern covers) -> whether it was created."""
+    if clients.es.indices.exists(index=name):
+        return False
+    template = load_template(kind)["template"]
+    mappings = copy.deepcopy(template["mappings"])
+    mappings["_meta"] = _mappings_meta(mappings)
+    try:
+        _req(clients.es, "PUT", f"/{name}", {"settings": template.get("settings", {}), "mappings": mappings})
+    except ApiError as e:
+        if "resource_already_exists" not in str(e.body):
+            raise
+        return False
+    return True
 
 
 def run_setup(
