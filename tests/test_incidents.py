@@ -16,9 +16,11 @@ import pytest
 from elasticsearch import helpers
 
 from deeplog_lab.replay import EPOCH, documents, render
-from deeplog_siem import incidents
+from deeplog_siem import incident_verdicts, incidents
+from deeplog_siem.artifacts import ModelStore
 from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients
+from deeplog_siem.feedback import apply_feedback
 from deeplog_siem.runner import run_once
 from deeplog_siem.setup_assets import create_indices
 
@@ -255,3 +257,85 @@ def test_incident_index_names_follow_the_anomalies_index(make_config):
     assert make_config(output={"anomalies_index": "soc"}).output.incidents == "incidents-soc"
     with pytest.raises(Exception, match="output.incidents_index: must not start with"):
         make_config(output={"anomalies_index": "a", "incidents_index": "a-incidents"})
+
+
+# ------------------------------------------------------------------------------------ verdicts on incidents
+
+
+def _incident_hit(clients: Clients, cfg: Config, doc_id: str) -> dict[str, Any]:
+    clients.es.indices.refresh(index=cfg.output.incidents)
+    return clients.es.get(index=cfg.output.incidents, id=doc_id)["_source"]["deeplog"]
+
+
+def test_a_verdict_on_an_incident_reaches_its_anomalies_and_no_others(clients, make_config):
+    cfg = make_config()
+    _mapped_for_scoring(clients, cfg)
+    _write(
+        clients,
+        [
+            _anomaly(cfg, 1, "s1", "2026-01-01T00:00:00.000Z"),
+            _anomaly(cfg, 2, "s1", "2026-01-01T00:00:05.000Z"),
+            _anomaly(cfg, 3, "s1", "2026-01-01T00:00:07.000Z", feedback="true_positive"),
+            _anomaly(cfg, 4, "s2", "2026-01-01T00:01:00.000Z"),
+            _anomaly(cfg, 5, "s1", "2026-01-01T00:02:00.000Z", job="db"),
+            _anomaly(cfg, 6, "s3", "2026-01-01T00:03:00.000Z"),
+        ],
+    )
+    s1, s2 = incidents.IncidentKey(None, "s1"), incidents.IncidentKey(None, "s2")
+    incidents.refresh_incidents(clients, cfg, {s1, s2, incidents.IncidentKey("db", "s1")})
+    inc = cfg.output.incidents
+    verdict = {"feedback": "false_positive", "feedback_by": "alice"}
+    clients.es.update(index=inc, id=incidents.incident_id(s1), doc={"deeplog": verdict})
+    # Forged: a genuine incident whose links name anomalies of another session and another job (the links
+    # are never read); an incident of job "db" filed under another id; one whose bucket is not a bucket of
+    # this configuration; a verdict that is neither of the two.
+    clients.es.update(
+        index=inc,
+        id=incidents.incident_id(s2),
+        doc={"deeplog": {**verdict, "incident": {"anomaly_ids": ["a5", "a6"]}}},
+    )
+    forged = {"session": {"id": "s1"}, "job": "db", **verdict}
+    clients.es.index(index=inc, id="forged", document={"deeplog": forged})
+    bucketed = {**forged, "incident": {"bucket_start": "2026-01-01T00:00:00.000Z"}}
+    clients.es.index(
+        index=inc, id=incidents.incident_id(incidents.IncidentKey("db", "s1")), document={"deeplog": bucketed}
+    )
+    clients.es.index(
+        index=inc, id="bogus", document={"deeplog": {"session": {"id": "s3"}, "feedback": "yes"}}
+    )
+
+    counts = incident_verdicts.apply_incident_verdicts(clients, cfg)
+    assert counts == {"applied": 2, "invalid": 3}
+    anomalies = anomaly_sources(clients, cfg)
+    fb = {
+        aid: (a["deeplog"].get("feedback"), a["deeplog"].get("feedback_by")) for aid, a in anomalies.items()
+    }
+    assert fb == {
+        "a1": ("false_positive", "alice"),
+        "a2": ("false_positive", "alice"),
+        "a3": ("true_positive", None),  # the responder's own verdict on the anomaly stays
+        "a4": ("false_positive", "alice"),
+        "a5": (None, None),
+        "a6": (None, None),
+    }
+    got = _incident_hit(clients, cfg, incidents.incident_id(s1))
+    assert (got["feedback_status"], got["feedback_anomalies"]) == ("applied", 2)
+    assert "do not match its id" in _incident_hit(clients, cfg, "forged")["feedback_error"]
+    db = _incident_hit(clients, cfg, incidents.incident_id(incidents.IncidentKey("db", "s1")))
+    assert "bucket_start" in db["feedback_error"]
+    assert "must be one of" in _incident_hit(clients, cfg, "bogus")["feedback_error"]
+    # Processed once: a second pass finds nothing pending.
+    assert incident_verdicts.apply_incident_verdicts(clients, cfg) == {}
+
+    # The marked anomalies are ordinary pending verdicts for the feedback job, which checks each as any other:
+    # these are not documents the detection job wrote (no key, window or seal), so they teach nothing.
+    from .test_feedback_untrusted import _published
+
+    version = _published(clients, cfg)
+    summary = apply_feedback(cfg, clients)
+    marked = anomaly_sources(clients, cfg)
+    for aid in ("a1", "a2", "a4"):
+        d = marked[aid]["deeplog"]
+        assert d["feedback_status"] in ("invalid", "unsupported") and d["feedback_error"], d
+    assert ModelStore(cfg.model.dir).current()[0] == version
+    assert summary.feedback["applied"] == 0 and summary.feedback["found"] >= 3

@@ -186,6 +186,11 @@ _DETECT = (
 )
 _FEEDBACK_APPLY = (
     Use("info"),
+    # Verdicts on incidents, passed on to their anomalies first.
+    Use("index exists", "incidents"),
+    Use("refresh", "incidents"),
+    Use("search", "incidents"),
+    Use("document update", "incidents", "an incident has a verdict"),
     Use("index exists", "anomalies"),
     Use("refresh", "anomalies"),
     Use("search", "anomalies"),
