@@ -572,7 +572,8 @@ def test_asset_paths_are_package_data():
         for name in names:
             assert len(rel.parts) <= 1, rel / name
             found += 1
-    assert found == len(KINDS) + 4 + 1  # templates, ingest pipelines, saved objects
+    alerting = len(list((REPO / "alerting").iterdir()))
+    assert found == len(KINDS) + 4 + 1 + alerting  # templates, ingest pipelines, saved objects, alerting
 
 
 def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, prefix):

@@ -105,6 +105,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _e("document index", "PUT|POST /{index}/_doc/{id}", "write", "index"),
     _e("document update", "POST /{index}/_update/{id}", "write", "index"),
     _e("document create", "PUT|POST /{index}/_create/{id}", "write", "index"),
+    # OpenSearch Alerting (setup installs the monitors); its permission stands in the privilege's place.
+    _e(
+        "alerting monitor search",
+        "POST|GET /_plugins/_alerting/monitors/_search",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
+    _e(
+        "alerting monitor create",
+        "POST /_plugins/_alerting/monitors",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
+    _e(
+        "alerting monitor update",
+        "PUT /_plugins/_alerting/monitors/{id}",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
     # A bulk write to a missing index creates it: `create_index` goes with `write` wherever bulk writes.
     _e("bulk", "POST|PUT /_bulk", "write", "index"),
 )
@@ -115,6 +137,7 @@ OPENSEARCH = {
     "manage_index_templates": "cluster_manage_index_templates",
     "manage_pipeline": "cluster_manage_pipelines",
     "manage_ilm": "cluster:admin/opendistro/ism/*",
+    "manage_alerting": "cluster:admin/opendistro/alerting/*",
     "read": "read",
     "view_index_metadata": "indices_monitor",
     "write": "write",
@@ -136,6 +159,7 @@ class Use:
 RETENTION = "retention is configured"
 MODEL = "a model version exists"
 PREVIEW = "detect --preview"
+ALERTING = "OpenSearch with the Alerting plugin"
 
 
 def _reads_source() -> tuple[Use, ...]:
@@ -210,6 +234,9 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         Use("ISM policy list", when=RETENTION),
         Use("ISM policy get", when=RETENTION),
         Use("ISM policy put", when=RETENTION),
+        Use("alerting monitor search", when=ALERTING),
+        Use("alerting monitor create", when=ALERTING),
+        Use("alerting monitor update", when=ALERTING),
         Use("ingest pipeline list"),
         Use("ingest pipeline get", when="the server has ingest pipelines"),
         Use("ingest pipeline put", when="the server has ingest pipelines"),
@@ -273,6 +300,7 @@ _ORDER = (
     "manage_index_templates",
     "manage_pipeline",
     "manage_ilm",
+    "manage_alerting",
     "read",
     "view_index_metadata",
     "create_index",

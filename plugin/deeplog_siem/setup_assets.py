@@ -10,7 +10,8 @@ Contract:
   template's settings and mappings (so it works even where templates could not be installed) and updates the
   mapping of an existing index whose mapping hash differs (additive changes; a conflict is reported).
 - `run_setup(clients, cfg, kibana_url=None, dry_run=False) -> SetupReport`: templates, lifecycle policies,
-  ingest pipelines, indices, then the Kibana saved objects. What the server does not support is a `skipped`
+  ingest pipelines, indices, the Kibana saved objects, then the alerting (`alerting`: OpenSearch Alerting
+  monitors, the Elastic Security detection rules). What the server does not support is a `skipped`
   step with the reason; nothing already up to date is written again (a second run reports no change).
 """
 
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from elasticsearch import ApiError
 
+from .alerting import install_detection_rules, install_monitors
 from .config import Config
 from .errors import ConfigError, DeeplogError
 from .es import Clients
@@ -475,6 +477,16 @@ def run_setup(
             report.steps += install_saved_objects(cfg, url, dry_run)
         except DeeplogError as e:
             report.steps.append(Step("saved object", "*", "failed", str(e)))
+    report.steps += install_monitors(clients, cfg, dry_run)
+    if url is None:
+        report.steps.append(
+            Step("detection rule", "*", "skipped", "no Kibana URL (set kibana.url or pass --kibana-url)")
+        )
+    elif clients.flavour != "elasticsearch":
+        why = "OpenSearch Dashboards has no detection engine: the OpenSearch Alerting monitors alert instead"
+        report.steps.append(Step("detection rule", "*", "skipped", why))
+    else:
+        report.steps += install_detection_rules(cfg, url, dry_run)
     for s in report.steps:
         log.debug("setup step: %s", s.line())
     return report
