@@ -256,6 +256,13 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     # The daemon runs detection, the feedback job and (with schedule.retrain_cron) retraining, which reads
     # the anomalies index as the feedback job does, for the flagged sessions it leaves out.
     "run": tuple(dict.fromkeys(_DETECT + _FEEDBACK_APPLY + _TRAIN)),
+    # The watchdog: the newest detection run document.
+    "check": (
+        Use("info"),
+        Use("index exists", "runs"),
+        Use("refresh", "runs"),
+        Use("search", "runs"),
+    ),
     # These read and write the model directory only.
     "model list": (),
     "model restore": (),
