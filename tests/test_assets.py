@@ -176,7 +176,7 @@ def _fields_used(o: dict[str, Any]) -> list[tuple[str, bool]]:
 
 def test_every_field_a_visualization_or_search_uses_is_mapped():
     objects = repo_ndjson()
-    by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs"}
+    by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs", "deeplog-incidents": "incidents"}
     checked = 0
     for o in objects:
         if o["type"] not in ("visualization", "search") or vega_spec(o) is not None:
@@ -282,7 +282,11 @@ def test_saved_objects_follow_the_configured_index_names_and_carry_markers(make_
     cfg = make_config()
     objects = saved_objects(cfg)
     titles = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
-    assert titles == {"deeplog-anomalies": f"{prefix}-anomalies*", "deeplog-runs": f"{prefix}-runs*"}
+    assert titles == {
+        "deeplog-anomalies": f"{prefix}-anomalies*",
+        "deeplog-runs": f"{prefix}-runs*",
+        "deeplog-incidents": f"{prefix}-incidents*",
+    }
     for o in objects:
         if o["type"] != "index-pattern":
             assert re.search(r"\(deeplog-siem asset [0-9a-f]{16}\)$", o["attributes"]["description"])

@@ -5,6 +5,7 @@ severity, job and entity-bucket grouping read from the anomaly documents."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +22,9 @@ from deeplog_siem.artifacts import ModelStore
 from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients
 from deeplog_siem.feedback import apply_feedback
+from deeplog_siem.kibana import saved_objects
 from deeplog_siem.runner import run_once
-from deeplog_siem.setup_assets import create_indices
+from deeplog_siem.setup_assets import create_indices, index_mappings
 
 from . import test_reliability as reliability
 from .conftest import real_cluster
@@ -339,3 +341,45 @@ def test_a_verdict_on_an_incident_reaches_its_anomalies_and_no_others(clients, m
         assert d["feedback_status"] in ("invalid", "unsupported") and d["feedback_error"], d
     assert ModelStore(cfg.model.dir).current()[0] == version
     assert summary.feedback["applied"] == 0 and summary.feedback["found"] >= 3
+
+
+# ------------------------------------------------------------------------------------------- dashboard
+
+
+def test_the_dashboard_opens_on_incidents_by_risk_with_a_job_control():
+    objects = {o["id"]: o for o in saved_objects()}
+    (dash,) = [o for o in objects.values() if o["type"] == "dashboard"]
+    refs = {r["name"]: r["id"] for r in dash["references"]}
+    panels = sorted(
+        json.loads(dash["attributes"]["panelsJSON"]), key=lambda p: (p["gridData"]["y"], p["gridData"]["x"])
+    )
+    first, second = (objects[refs[p["panelRefName"]]] for p in panels[:2])
+    types = incident_field_types()
+
+    vis = json.loads(first["attributes"]["visState"])
+    assert vis["type"] == "input_control_vis"
+    (control,) = vis["params"]["controls"]
+    assert (control["fieldName"], control["type"]) == ("deeplog.job", "list")
+    (ref,) = [r for r in first["references"] if r["name"] == control["indexPatternRefName"]]
+    assert ref["id"] == "deeplog-incidents" and types["deeplog.job"] == "keyword"
+
+    assert second["type"] == "search" and second["references"][0]["id"] == "deeplog-incidents"
+    assert second["attributes"]["sort"][0] == ["deeplog.incident.risk_score", "desc"]
+    for column in second["attributes"]["columns"]:
+        assert column in types, column
+    view = objects["deeplog-incidents"]["attributes"]
+    assert view["title"] == "deeplog-incidents*" and types[view["timeFieldName"]] == "date"
+
+
+def incident_field_types() -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def walk(props: dict[str, Any], prefix: str) -> None:
+        for name, spec in props.items():
+            if "properties" in spec:
+                walk(spec["properties"], f"{prefix}{name}.")
+            else:
+                out[f"{prefix}{name}"] = spec.get("type", "object")
+
+    walk(index_mappings("incidents")["properties"], "")
+    return out
