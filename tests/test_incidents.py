@@ -383,3 +383,20 @@ def incident_field_types() -> dict[str, str]:
 
     walk(index_mappings("incidents")["properties"], "")
     return out
+
+
+def test_an_anomalies_index_without_the_shipped_mapping_skips_incidents_not_detection(
+    clients, es_section, prefix, model_dir, sample, caplog
+):
+    # No setup: the first bulk write creates the anomalies index with dynamic (text) fields.
+    cfg = parse_config(config_data(es_section, prefix, model_dir))
+    lines = render(sample.test[:40], seed=63, start=EPOCH + timedelta(days=1))
+    index_docs(clients, list(documents(lines, cfg.source.index, run="a")))
+    with caplog.at_level("WARNING", logger="deeplog_siem.runner"):
+        summary = run_once(cfg, clients, close_sessions=True)
+    assert summary.status == "ok" and summary.anomalies_total > 0
+    assert not clients.es.indices.exists(index=cfg.output.incidents)
+    assert any(
+        "incidents are not written" in r.getMessage() and "deeplog.session.id" in r.getMessage()
+        for r in caplog.records
+    )

@@ -224,6 +224,36 @@ class _Incident:
         }
 
 
+# What reading the anomalies back sorts and filters on: an anomalies index auto-created by a bulk write
+# (no `setup`) maps these as text, which neither sorts nor matches a session id as one term.
+_NEEDED = {
+    "@timestamp": "date",
+    "deeplog.session.id": "keyword",
+    "deeplog.source.index": "keyword",
+    "deeplog.source.id": "keyword",
+    "deeplog.anomaly_type": "keyword",
+    "deeplog.model_version": "keyword",
+}
+
+
+def unusable(clients: Clients, index: str) -> str | None:
+    """Why incidents cannot be computed from `index` (its mapping is not the shipped one), or None."""
+    # A plain GET, as `source` asks: the client's field_caps() sends a body some compatible servers ignore.
+    caps = clients.es.perform_request(
+        "GET",
+        f"/{index}/_field_caps",
+        params={"fields": ",".join(_NEEDED), "ignore_unavailable": "true", "allow_no_indices": "true"},
+        headers={"accept": "application/json"},
+    ).body.get("fields", {})
+    wrong = [f for f, t in _NEEDED.items() if set(caps.get(f, {})) != {t}]
+    if not wrong:
+        return None
+    return (
+        f"{index} does not map {', '.join(wrong)} as the shipped template does (created by a write before "
+        "`deeplog-siem setup`?): incidents are not written; run setup and reindex it"
+    )
+
+
 def refresh_incidents(clients: Clients, config: Config, keys: Iterable[IncidentKey]) -> sink.WriteResult:
     """Recompute the touched incidents from their anomalies and write them (see the contract)."""
     wanted = set(keys)

@@ -198,6 +198,7 @@ _DETECT = (
     Use("bulk", "anomalies"),
     Use("index create", "anomalies", "the index is missing (bulk auto-creates it)"),
     # Incidents: the touched sessions' anomalies read back, the incidents recomputed and written.
+    Use("field caps", "anomalies", "a chunk has anomalies"),
     Use("refresh", "anomalies", "a chunk has anomalies"),
     Use("search", "anomalies", "a chunk has anomalies"),
     Use("bulk", "incidents", "a chunk has anomalies"),

@@ -556,6 +556,8 @@ class DetectionRun:
         self.writer: sink.BackgroundWriter | None = None  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
+        # Why incidents cannot be written in this run ("" when they can; None until asked).
+        self.incidents_skipped: str | None = None
         src = config.source
         self.ctx = DocContext(
             vocab=det.vocab,
@@ -816,7 +818,7 @@ class DetectionRun:
         )
         prepared = prepare_state(nxt)
         result = self.active_writer().flush()
-        if not self.span.preview and self.chunk.anomalies:
+        if not self.span.preview and self.chunk.anomalies and self._incidents_usable():
             # Before the checkpoint moves: a run that dies here reads the chunk again, and the rerun
             # recomputes these incidents from all their anomalies.
             bucket_s = incidents.bucket_seconds(self.config)
@@ -829,6 +831,16 @@ class DetectionRun:
         save_state(self.clients, self.config.output.state_index, nxt, prepared)
         self.state = nxt
         return result
+
+    def _incidents_usable(self) -> bool:
+        """Whether this run can compute incidents (asked once per run; a wrong mapping is warned about and
+        skips them, it must not hold detection back)."""
+        if self.incidents_skipped is None:
+            why = incidents.unusable(self.clients, self.config.output.anomalies_index)
+            if why is not None:
+                log.warning("%s", why)
+            self.incidents_skipped = why or ""
+        return not self.incidents_skipped
 
     def _score_ended(self, closed: list[tuple[str, SessionTail]]) -> list[dict[str, Any]]:
         """The end-of-session key (EOS) after each closed session's last keys; the anomalies of the ends the
