@@ -92,6 +92,13 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _strings(value: Any) -> list[str] | None:
+    """The strings of a list read back (another tool may have written anything there)."""
+    if not isinstance(value, list):
+        return None
+    return [v for v in value if isinstance(v, str)][:MAX_LINKS]
+
+
 def incident_key(source: Mapping[str, Any], bucket_s: int) -> IncidentKey | None:
     """The incident an anomaly document belongs to (None: it names no session or has no usable time)."""
     sid = _str(_get(source, "deeplog.session.id"))
@@ -198,9 +205,7 @@ class _Incident:
                 "workflow": {
                     "name": _str(wf.get("name")),
                     "diverged_at": _str(wf.get("diverged_at")),
-                    "expected_next": wf.get("expected_next")
-                    if isinstance(wf.get("expected_next"), list)
-                    else None,
+                    "expected_next": _strings(wf.get("expected_next")),
                     "summary": _str(wf.get("summary")),
                 },
             },
