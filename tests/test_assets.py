@@ -176,7 +176,7 @@ def _fields_used(o: dict[str, Any]) -> list[tuple[str, bool]]:
 
 def test_every_field_a_visualization_or_search_uses_is_mapped():
     objects = repo_ndjson()
-    by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs"}
+    by_pattern = {"deeplog-anomalies": "anomalies", "deeplog-runs": "runs", "deeplog-incidents": "incidents"}
     checked = 0
     for o in objects:
         if o["type"] not in ("visualization", "search") or vega_spec(o) is not None:
@@ -298,7 +298,11 @@ def test_saved_objects_follow_the_configured_index_names_and_carry_markers(make_
     cfg = make_config()
     objects = saved_objects(cfg)
     titles = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
-    assert titles == {"deeplog-anomalies": f"{prefix}-anomalies*", "deeplog-runs": f"{prefix}-runs*"}
+    assert titles == {
+        "deeplog-anomalies": f"{prefix}-anomalies*",
+        "deeplog-runs": f"{prefix}-runs*",
+        "deeplog-incidents": f"{prefix}-incidents*",
+    }
     for o in objects:
         if o["type"] != "index-pattern":
             assert re.search(r"\(deeplog-siem asset [0-9a-f]{16}\)$", o["attributes"]["description"])
@@ -318,7 +322,7 @@ def test_templates_follow_config_names_with_distinct_priorities(make_config, pre
     # the packaged file is not modified by adapting it
     assert load_template("anomalies")["index_patterns"] == ["deeplog-anomalies*"]
     hashes = {b["_meta"]["deeplog-siem"]["assets_hash"] for b in templates.values()}
-    assert len(hashes) == 4 and hashes == {
+    assert len(hashes) == len(KINDS) and hashes == {
         b["_meta"]["deeplog-siem"]["assets_hash"] for b in index_templates(cfg).values()
     }
     with pytest.raises(ConfigError, match=r"output\.runs_index: same index name as output\.anomalies_index"):
@@ -509,7 +513,7 @@ def _index(clients, index: str, doc: dict[str, Any]) -> None:
 def test_documents_validate_against_the_strict_mappings(clients, make_config, prefix):
     cfg = make_config()
     steps = create_indices(clients, cfg)
-    assert [s.action for s in steps] == ["created"] * 4
+    assert [s.action for s in steps] == ["created"] * len(KINDS)
     anomalies, runs = f"{prefix}-anomalies", f"{prefix}-runs"
     _index(clients, anomalies, sample_anomaly_document())
     _index(clients, anomalies, sample_parameter_anomaly())
@@ -588,7 +592,8 @@ def test_asset_paths_are_package_data():
         for name in names:
             assert len(rel.parts) <= 1, rel / name
             found += 1
-    assert found == len(KINDS) + 4 + 1  # templates, ingest pipelines, saved objects
+    alerting = len(list((REPO / "alerting").iterdir()))
+    assert found == len(KINDS) + 4 + 1 + alerting  # templates, ingest pipelines, saved objects, alerting
 
 
 def test_the_jobs_own_documents_fit_the_strict_mappings(clients, make_config, prefix):

@@ -67,6 +67,7 @@ def scenario(
             o.runs_index: "runs",
             o.workflows_index: "workflows",
             o.state_index: "state",
+            o.incidents: "incidents",
         }
         if name == "plain":
             cfg = c

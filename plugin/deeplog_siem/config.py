@@ -449,15 +449,55 @@ class OutputConfig:
     runs_index: str = "deeplog-runs"
     workflows_index: str = "deeplog-workflows"
     state_index: str = "deeplog-state"
+    # None: named after the anomalies index (`incidents`, `preview` below)
+    incidents_index: str | None = None
+    preview_index: str | None = None
+    # None: 3600 when sessions come from `source.session_field` (an entity: a host, a user), else 0
+    incident_bucket_seconds: int | None = None
+
+    @property
+    def incidents(self) -> str:
+        """The incidents index: `incidents_index`, else the anomalies index's name with "incidents" for its
+        last "anomalies" (`deeplog-anomalies` -> `deeplog-incidents`), else `incidents-` before it."""
+        return self.incidents_index or _sibling(self.anomalies_index, "incidents")
+
+    @property
+    def preview(self) -> str:
+        """Where `detect --preview` writes: `preview_index`, else named after the anomalies index as
+        `incidents` is (`deeplog-preview`). Not matched by the anomalies index's pattern, so no rule, data
+        view or incident sees a preview."""
+        return self.preview_index or _sibling(self.anomalies_index, "preview")
 
     def validate(self, key: str) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+        names = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_index")}
+        for name, v in names.items():
+            if v is None:
+                continue
             _check(
-                f"{key}.{f.name}",
-                bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", v)),
+                f"{key}.{name}",
+                isinstance(v, str) and bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]*", v)),
                 f"must be a lowercase index name, got {v!r}",
             )
+        for name, v in (("incidents_index", self.incidents), ("preview_index", self.preview)):
+            # A name the anomalies template pattern (`NAME*`) matches would take the anomaly mapping and show
+            # up wherever anomalies are searched (rules, the dashboard).
+            _check(
+                f"{key}.{name}",
+                not v.startswith(self.anomalies_index),
+                f"must not start with output.anomalies_index ({self.anomalies_index!r}), got {v!r}",
+            )
+        b = self.incident_bucket_seconds
+        if b is not None:
+            _check(
+                f"{key}.incident_bucket_seconds",
+                b >= 0,
+                f"must be >= 0 (0: one incident per session), got {b}",
+            )
+
+
+def _sibling(anomalies_index: str, word: str) -> str:
+    head, found, tail = anomalies_index.rpartition("anomalies")
+    return f"{head}{word}{tail}" if found else f"{word}-{anomalies_index}"
 
 
 @dataclass(frozen=True)

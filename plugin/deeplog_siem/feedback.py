@@ -57,6 +57,7 @@ from .config import DEFAULT_JOB, Config, FeedbackConfig, ModelConfig
 from .detector import KeyDetector, load_anchor
 from .errors import ArtifactError, DeeplogError
 from .es import Clients
+from .incident_verdicts import apply_incident_verdicts
 from .jobdocs import job_query
 from .model import KeyLSTM, load_checkpoint, resolve_device, save_checkpoint, use_threads
 from .parammodel import key_text
@@ -892,6 +893,8 @@ def _sort_one(run: _Run, parent: _Parent, h: dict[str, Any], secret: bytes | Non
 def _apply(run: _Run) -> None:
     config, summary, store = run.config, run.summary, run.store
     fbc = summary.feedback
+    # Verdicts on whole incidents reach their anomalies first, so this run reads them with the rest.
+    apply_incident_verdicts(run.clients, config)
     # Pending feedback first: with none, a daemon started before the first training has nothing to fail on.
     hits = _pending(run.clients, config)
     fbc["found"] = len(hits)

@@ -35,7 +35,11 @@ from .urls import has_userinfo, origin, redact, redact_text
 log = logging.getLogger(__name__)
 
 # Data-view id -> the output index whose name (plus `*`) becomes its title.
-DATA_VIEWS = {"deeplog-anomalies": "anomalies_index", "deeplog-runs": "runs_index"}
+DATA_VIEWS = {
+    "deeplog-anomalies": "anomalies_index",
+    "deeplog-runs": "runs_index",
+    "deeplog-incidents": "incidents",
+}
 # Index a packaged Vega spec reads -> the output index whose name (plus `*`) replaces it.
 VEGA_INDICES = {"deeplog-workflows*": "workflows_index", "deeplog-anomalies*": "anomalies_index"}
 MARKER = "deeplog-siem asset"

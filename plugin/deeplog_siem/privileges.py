@@ -7,7 +7,8 @@ proxy and map every call to an `Endpoint` here.
 
 Contract: `ENDPOINTS` is the table of APIs (method, path pattern, privilege, scope); `match(method, path)` ->
 (`Endpoint`, placeholders) or None for a call the table does not know. `COMMANDS` maps each command to its
-`Use`s (an endpoint and, for an index API, which index: source, anomalies, runs, workflows or state);
+`Use`s (an endpoint and, for an index API, which index: source, anomalies, runs, workflows, state, incidents
+or preview);
 `required(command)` -> {"cluster": {...}, "source": {...}, ...} is the union of their privileges.
 
 The privileges are Elasticsearch's built-in ones, each the least one granting the API as the API's
@@ -32,7 +33,7 @@ from typing import Literal
 
 Scope = Literal["cluster", "index"]
 Flavour = Literal["elasticsearch", "opensearch"]
-TARGETS = ("source", "anomalies", "runs", "workflows", "state")
+TARGETS = ("source", "anomalies", "runs", "workflows", "state", "incidents", "preview")
 BOTH: tuple[Flavour, ...] = ("elasticsearch", "opensearch")
 
 
@@ -104,6 +105,28 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _e("document index", "PUT|POST /{index}/_doc/{id}", "write", "index"),
     _e("document update", "POST /{index}/_update/{id}", "write", "index"),
     _e("document create", "PUT|POST /{index}/_create/{id}", "write", "index"),
+    # OpenSearch Alerting (setup installs the monitors); its permission stands in the privilege's place.
+    _e(
+        "alerting monitor search",
+        "POST|GET /_plugins/_alerting/monitors/_search",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
+    _e(
+        "alerting monitor create",
+        "POST /_plugins/_alerting/monitors",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
+    _e(
+        "alerting monitor update",
+        "PUT /_plugins/_alerting/monitors/{id}",
+        "manage_alerting",
+        "cluster",
+        "opensearch",
+    ),
     # A bulk write to a missing index creates it: `create_index` goes with `write` wherever bulk writes.
     _e("bulk", "POST|PUT /_bulk", "write", "index"),
 )
@@ -114,6 +137,7 @@ OPENSEARCH = {
     "manage_index_templates": "cluster_manage_index_templates",
     "manage_pipeline": "cluster_manage_pipelines",
     "manage_ilm": "cluster:admin/opendistro/ism/*",
+    "manage_alerting": "cluster:admin/opendistro/alerting/*",
     "read": "read",
     "view_index_metadata": "indices_monitor",
     "write": "write",
@@ -134,6 +158,8 @@ class Use:
 
 RETENTION = "retention is configured"
 MODEL = "a model version exists"
+PREVIEW = "detect --preview"
+ALERTING = "OpenSearch with the Alerting plugin"
 
 
 def _reads_source() -> tuple[Use, ...]:
@@ -152,7 +178,7 @@ def _records_run() -> tuple[Use, ...]:
     return (Use("bulk", "runs"), Use("index create", "runs", "the index is missing (bulk auto-creates it)"))
 
 
-_OUTPUTS = ("anomalies", "runs", "workflows", "state")
+_OUTPUTS = ("anomalies", "runs", "workflows", "state", "incidents")
 _TRAIN = (
     Use("info"),
     *_reads_source(),
@@ -171,10 +197,25 @@ _DETECT = (
     *_reads_source(),
     Use("bulk", "anomalies"),
     Use("index create", "anomalies", "the index is missing (bulk auto-creates it)"),
+    # Incidents: the touched sessions' anomalies read back, the incidents recomputed and written.
+    Use("field caps", "anomalies", "a chunk has anomalies"),
+    Use("refresh", "anomalies", "a chunk has anomalies"),
+    Use("search", "anomalies", "a chunk has anomalies"),
+    Use("bulk", "incidents", "a chunk has anomalies"),
+    Use("index create", "incidents", "the index is missing (bulk auto-creates it)"),
+    # `detect --preview`: a backfill into the preview index, which no template covers.
+    Use("index exists", "preview", PREVIEW),
+    Use("index create", "preview", PREVIEW),
+    Use("bulk", "preview", PREVIEW),
     *_records_run(),
 )
 _FEEDBACK_APPLY = (
     Use("info"),
+    # Verdicts on incidents, passed on to their anomalies first.
+    Use("index exists", "incidents"),
+    Use("refresh", "incidents"),
+    Use("search", "incidents"),
+    Use("document update", "incidents", "an incident has a verdict"),
     Use("index exists", "anomalies"),
     Use("refresh", "anomalies"),
     Use("search", "anomalies"),
@@ -194,6 +235,9 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         Use("ISM policy list", when=RETENTION),
         Use("ISM policy get", when=RETENTION),
         Use("ISM policy put", when=RETENTION),
+        Use("alerting monitor search", when=ALERTING),
+        Use("alerting monitor create", when=ALERTING),
+        Use("alerting monitor update", when=ALERTING),
         Use("ingest pipeline list"),
         Use("ingest pipeline get", when="the server has ingest pipelines"),
         Use("ingest pipeline put", when="the server has ingest pipelines"),
@@ -213,6 +257,13 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     # The daemon runs detection, the feedback job and (with schedule.retrain_cron) retraining, which reads
     # the anomalies index as the feedback job does, for the flagged sessions it leaves out.
     "run": tuple(dict.fromkeys(_DETECT + _FEEDBACK_APPLY + _TRAIN)),
+    # The watchdog: the newest detection run document.
+    "check": (
+        Use("info"),
+        Use("index exists", "runs"),
+        Use("refresh", "runs"),
+        Use("search", "runs"),
+    ),
     # These read and write the model directory only.
     "model list": (),
     "model restore": (),
@@ -264,6 +315,7 @@ _ORDER = (
     "manage_index_templates",
     "manage_pipeline",
     "manage_ilm",
+    "manage_alerting",
     "read",
     "view_index_metadata",
     "create_index",

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import calibration, gcpause, paramfeedback, seal, sink, stopping
+from . import calibration, gcpause, incidents, paramfeedback, seal, sink, stopping
 from .anomaly import (
     DocContext,
     EventRef,
@@ -65,6 +65,7 @@ from .risk import param_rarity
 from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
+from .setup_assets import ensure_index_like
 from .source import Source, SourceDoc, advance
 from .state import (
     JobState,
@@ -88,6 +89,7 @@ Progress = Callable[[str], None]
 # What turns documents into log keys: Drain over the message, or a field naming the event (source.key_field).
 Keys = Templater | FieldKeys
 DETECT_JOB = "detect"
+PREVIEW_JOB = "detect-preview"
 
 
 def quiet(_: str) -> None:
@@ -111,6 +113,9 @@ class Span:
     start: str | None = None
     end: str | None = None
     close_sessions: bool = False
+    # A backfill that alerts nobody: anomalies go to `output.preview`, no incident is written, and the
+    # live checkpoint, tails and sample of recent traffic stay as they are.
+    preview: bool = False
 
     @property
     def backfill(self) -> bool:
@@ -585,13 +590,20 @@ def run_once(
     detection: Detection | None = None,
     stop: threading.Event | None = None,
     progress: Progress = quiet,
+    preview: bool = False,
 ) -> RunSummary:
-    """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill)."""
-    summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB, window_start=start, window_end=end)
+    """One detection pass over everything new since the checkpoint (or over [start, end) for a backfill;
+    `preview`: a backfill into `output.preview` that alerts nobody, see `Span.preview`)."""
+    span = Span(start, end, close_sessions, preview)
+    if preview and not span.backfill:
+        raise DeeplogError("a preview is a backfill: give --start and/or --end")
+    job_name = PREVIEW_JOB if preview else DETECT_JOB
+    summary = RunSummary(run_id=uuid.uuid4().hex, job=job_name, window_start=start, window_end=end)
     with recorded(clients, config, summary):
         det = detection or Detection.load(config)
         summary.model_version = det.version
-        span = Span(start, end, close_sessions)
+        if preview:
+            ensure_index_like(clients, config.output.preview, "anomalies")
         run = DetectionRun.open(Job(config, clients, summary), det, span)
         try:
             run.run(stop, progress)
@@ -638,12 +650,14 @@ class DetectionRun:
         self.writer: sink.BackgroundWriter | None = None  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
+        # Why incidents cannot be written in this run ("" when they can; None until asked).
+        self.incidents_skipped: str | None = None
         src = config.source
         self.ctx = DocContext(
             vocab=det.vocab,
             model_version=det.version,
             run_id=job.summary.run_id,
-            index=config.output.anomalies_index,
+            index=config.output.preview if span.preview else config.output.anomalies_index,
             message_field=src.message_field,
             # An entity stream of one field is found by that field; the ids of several are joined with "|".
             session_field=src.session_field
@@ -668,7 +682,7 @@ class DetectionRun:
         state = take_lease(
             job.clients,
             job.config.output.state_index,
-            state_id(job.config.job.name, backfill=span.backfill),
+            state_id(job.config.job.name, backfill=span.backfill, preview=span.preview),
             owner=lease_owner(job.summary.run_id),
             lease_s=job.config.schedule.lease_seconds,
         )
@@ -744,7 +758,8 @@ class DetectionRun:
 
     def finish(self) -> None:
         summary, tracker = self.summary, self.tracker
-        _save_recent(self.config, self.det)
+        if not self.span.preview:
+            _save_recent(self.config, self.det)
         summary.sessions = len(self.seen)
         summary.sessions_evicted = tracker.stats["evicted_lru"]
         if not self.span.backfill:
@@ -906,11 +921,29 @@ class DetectionRun:
         )
         prepared = prepare_state(nxt)
         result = self.active_writer().flush()
+        if not self.span.preview and self.chunk.anomalies and self._incidents_usable():
+            # Before the checkpoint moves: a run that dies here reads the chunk again, and the rerun
+            # recomputes these incidents from all their anomalies.
+            bucket_s = incidents.bucket_seconds(self.config)
+            keys = {incidents.incident_key(a, bucket_s) for a in self.chunk.anomalies}
+            result.add(
+                incidents.refresh_incidents(self.clients, self.config, {k for k in keys if k is not None})
+            )
         # Only now, with every anomaly acknowledged, may the checkpoint move past these documents; and only
         # over the state this run read (StateConflict if another process saved since).
         save_state(self.clients, self.config.output.state_index, nxt, prepared)
         self.state = nxt
         return result
+
+    def _incidents_usable(self) -> bool:
+        """Whether this run can compute incidents (asked once per run; a wrong mapping is warned about and
+        skips them, it must not hold detection back)."""
+        if self.incidents_skipped is None:
+            why = incidents.unusable(self.clients, self.config.output.anomalies_index)
+            if why is not None:
+                log.warning("%s", why)
+            self.incidents_skipped = why or ""
+        return not self.incidents_skipped
 
     def _score_ended(self, closed: list[tuple[str, SessionTail]]) -> list[dict[str, Any]]:
         """The end-of-session key (EOS) after each closed session's last keys; the anomalies of the ends the

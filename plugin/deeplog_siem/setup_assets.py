@@ -2,15 +2,16 @@
 
 Contract:
 - `index_templates(cfg, lifecycle=None) -> {name: body}`: composable index templates for the anomalies, runs,
-  workflows and state indices named in `cfg.output` (template name = index name, pattern `NAME*`). The
+  workflows, state and incidents indices named in `cfg.output` (template name = index name, pattern `NAME*`). The
   bodies come from `assets/templates/*.json`; `_meta.deeplog_siem.assets_hash` identifies their content.
-- `index_mappings(kind)`: the `mappings` of one packaged template (kind: anomalies | runs | workflows | state).
+- `index_mappings(kind)`: the `mappings` of one packaged template (kind: anomalies | runs | workflows | state | incidents).
 - `ingest_pipelines() -> {name: body}` and `lifecycle_policies(cfg, "ilm"|"ism") -> {name: body}`.
 - `create_indices(clients, cfg, dry_run=False) -> [Step]`: creates every missing output index with the
   template's settings and mappings (so it works even where templates could not be installed) and updates the
   mapping of an existing index whose mapping hash differs (additive changes; a conflict is reported).
 - `run_setup(clients, cfg, kibana_url=None, dry_run=False) -> SetupReport`: templates, lifecycle policies,
-  ingest pipelines, indices, then the Kibana saved objects. What the server does not support is a `skipped`
+  ingest pipelines, indices, the Kibana saved objects, then the alerting (`alerting`: OpenSearch Alerting
+  monitors, the Elastic Security detection rules). What the server does not support is a `skipped`
   step with the reason; nothing already up to date is written again (a second run reports no change).
 """
 
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 from elasticsearch import ApiError
 
+from .alerting import install_detection_rules, install_monitors
 from .config import Config
 from .errors import ConfigError, DeeplogError
 from .es import Clients
@@ -32,8 +34,8 @@ from .setup_steps import CHANGES, Action, Step, asset_text, content_hash
 
 log = logging.getLogger(__name__)
 
-KINDS = ("anomalies", "runs", "workflows", "state")
-Kind = Literal["anomalies", "runs", "workflows", "state"]
+KINDS = ("anomalies", "runs", "workflows", "state", "incidents")
+Kind = Literal["anomalies", "runs", "workflows", "state", "incidents"]
 Lifecycle = Literal["ilm", "ism"]
 PIPELINES = ("deeplog-event-ingested", "deeplog-hdfs", "deeplog-openstack", "deeplog-syslog")
 MANAGED_BY = "deeplog-siem"
@@ -100,6 +102,7 @@ def index_names(cfg: Config) -> dict[str, str]:
         "runs": cfg.output.runs_index,
         "workflows": cfg.output.workflows_index,
         "state": cfg.output.state_index,
+        "incidents": cfg.output.incidents,
     }
     seen: dict[str, str] = {}
     for kind, name in names.items():
@@ -119,7 +122,7 @@ def _mappings_meta(mappings: dict[str, Any]) -> dict[str, Any]:
 
 
 def index_templates(cfg: Config, lifecycle: Lifecycle | None = None) -> dict[str, dict[str, Any]]:
-    """Template name -> body for the four output indices of `cfg` (lifecycle settings only when given)."""
+    """Template name -> body for the output indices of `cfg` (lifecycle settings only when given)."""
     out: dict[str, dict[str, Any]] = {}
     for kind, name in index_names(cfg).items():
         body = copy.deepcopy(load_template(kind))
@@ -437,6 +440,23 @@ def create_indices(
     return steps
 
 
+def ensure_index_like(clients: Clients, name: str, kind: Kind) -> bool:
+    """Create index `name` with the settings and mappings of the packaged `kind` template unless it exists
+    (a backfill preview's index, which no template pattern covers) -> whether it was created."""
+    if clients.es.indices.exists(index=name):
+        return False
+    template = load_template(kind)["template"]
+    mappings = copy.deepcopy(template["mappings"])
+    mappings["_meta"] = _mappings_meta(mappings)
+    try:
+        _req(clients.es, "PUT", f"/{name}", {"settings": template.get("settings", {}), "mappings": mappings})
+    except ApiError as e:
+        if "resource_already_exists" not in str(e.body):
+            raise
+        return False
+    return True
+
+
 def run_setup(
     clients: Clients, cfg: Config, kibana_url: str | None = None, dry_run: bool = False
 ) -> SetupReport:
@@ -457,6 +477,16 @@ def run_setup(
             report.steps += install_saved_objects(cfg, url, dry_run)
         except DeeplogError as e:
             report.steps.append(Step("saved object", "*", "failed", str(e)))
+    report.steps += install_monitors(clients, cfg, dry_run)
+    if url is None:
+        report.steps.append(
+            Step("detection rule", "*", "skipped", "no Kibana URL (set kibana.url or pass --kibana-url)")
+        )
+    elif clients.flavour != "elasticsearch":
+        why = "OpenSearch Dashboards has no detection engine: the OpenSearch Alerting monitors alert instead"
+        report.steps.append(Step("detection rule", "*", "skipped", why))
+    else:
+        report.steps += install_detection_rules(cfg, url, dry_run)
     for s in report.steps:
         log.debug("setup step: %s", s.line())
     return report

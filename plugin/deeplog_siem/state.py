@@ -71,10 +71,12 @@ class JobState:
     lease_s: float | None = None  # this process's lease, renewed for this long by every save
 
 
-def state_id(job_name: str, *, backfill: bool = False) -> str:
-    """The id of job `job_name`'s detection state (a backfill keeps its own, so it never moves the live
-    checkpoint)."""
+def state_id(job_name: str, *, backfill: bool = False, preview: bool = False) -> str:
+    """The id of job `job_name`'s detection state (a backfill, and a preview, keep their own, so neither
+    moves the live checkpoint)."""
     base = "detect" if job_name == DEFAULT_JOB else f"{job_name}.detect"
+    if preview:
+        return f"{base}-preview"
     return f"{base}-backfill" if backfill else base
 
 

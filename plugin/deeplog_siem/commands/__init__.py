@@ -86,6 +86,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("detect", "run detection once over new logs, or backfill a time range", _runtime("jobs")),
     Command("run", "run the scheduled job (detection, retraining) until SIGTERM/Ctrl-C", _runtime("jobs")),
     Command(
+        "check",
+        "watchdog: exit 1 when no detection run was recorded lately (for cron or systemd)",
+        _runtime("check"),
+    ),
+    Command(
         "demo", "end-to-end demo on real HDFS sessions with the embedded server; prints what it found", LAB
     ),
     Command(

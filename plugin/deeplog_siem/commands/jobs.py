@@ -1,8 +1,9 @@
 """`deeplog-siem train|detect|run`: the jobs against the cluster.
 
 Contract: config -> `train` publishes a new model version; `detect` runs detection once (--once: new
-documents since the checkpoint; --start/--end: a backfill with its own checkpoint) and exits 1 unless the
-run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C. The clients are closed on every path.
+documents since the checkpoint; --start/--end: a backfill with its own checkpoint; with --preview, a backfill
+into `output.preview` that alerts nobody: no incident, the live checkpoint, tails and recent-traffic sample
+untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C. The clients are closed on every path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from ..runner import run_once
 
     cfg = load(args)
+    if args.preview and (args.once or not (args.start or args.end)):
+        raise DeeplogError("--preview is a backfill: give --start and/or --end, not --once")
     if not args.once and not (args.start or args.end):
         raise DeeplogError(
             "detect needs --once (new documents since the checkpoint) or --start/--end (backfill)"
@@ -51,6 +54,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             end=args.end,
             close_sessions=args.close_sessions,
             progress=progress,
+            preview=args.preview,
         )
     finally:
         clients.close()
@@ -92,6 +96,11 @@ def register(sub: Subparsers, wanted: Wanted) -> None:
         "--close-sessions",
         action="store_true",
         help="treat every open session as finished at the end (scores end-of-session; for backfills)",
+    )
+    p.add_argument(
+        "--preview",
+        action="store_true",
+        help="backfill into output.preview_index: no incidents, no alerts, the live checkpoint untouched",
     )
     p.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
     p.set_defaults(func=cmd_detect)
