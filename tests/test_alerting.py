@@ -308,10 +308,9 @@ def mapped(kind: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------- every asset
 
 
-def test_the_alerting_folder_is_the_one_top_level_copy():
-    link = REPO / "plugin" / "deeplog_siem" / "assets" / "alerting"
-    assert link.is_symlink() and link.resolve() == (REPO / "alerting").resolve()
-    shipped = sorted(p.name for p in (REPO / "alerting").iterdir())
+def test_the_alerting_folder_ships_every_rule_and_monitor():
+    folder = REPO / "plugin" / "deeplog_siem" / "assets" / "alerting"
+    shipped = sorted(p.name for p in folder.iterdir())
     assert shipped == [
         "elastalert2-incidents.yaml",
         "elastic-security-rules.ndjson",
@@ -519,4 +518,6 @@ def test_setup_installs_monitors_only_where_alerting_exists(
 
 def test_every_asset_file_is_listed_by_the_package():
     names = [n for n, _ in asset_files("alerting", "")]
-    assert sorted(names) == sorted(p.name for p in (REPO / "alerting").iterdir())
+    assert sorted(names) == sorted(
+        p.name for p in (REPO / "plugin" / "deeplog_siem" / "assets" / "alerting").iterdir()
+    )

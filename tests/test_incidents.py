@@ -23,6 +23,7 @@ from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients
 from deeplog_siem.feedback import apply_feedback
 from deeplog_siem.kibana import saved_objects
+from deeplog_siem.risk import ECS_SEVERITY, severity
 from deeplog_siem.runner import run_once
 from deeplog_siem.setup_assets import create_indices, index_mappings
 
@@ -77,8 +78,10 @@ def test_one_incident_per_session_idempotent_under_reprocessing(
             d["leading_anomaly_id"] in ids
             and d["summary"] == anomalies[d["leading_anomaly_id"]]["deeplog"]["summary"]
         )
-        # The anomalies carry no risk yet in this version of the documents: the safe defaults.
-        assert (d["risk_score"], d["severity"], inc["event"]["severity"]) == (0.0, "low", 21)
+        # The incident is as risky as its riskiest anomaly.
+        top = max(anomalies[i]["deeplog"]["risk_score"] for i in ids)
+        assert d["risk_score"] == top and d["severity"] == severity(top)
+        assert inc["event"]["severity"] == ECS_SEVERITY[severity(top)]
     diverged = [a for a in anomalies.values() if (a["deeplog"].get("workflow") or {}).get("diverged_at")]
     if diverged:
         assert any(i["deeplog"]["incident"]["workflow"]["diverged_at"] for i in got.values())
@@ -306,8 +309,11 @@ def test_a_verdict_on_an_incident_reaches_its_anomalies_and_no_others(clients, m
         index=inc, id="bogus", document={"deeplog": {"session": {"id": "s3"}, "feedback": "yes"}}
     )
 
+    # Each job passes on its own incidents' verdicts: the default job leaves job "db"'s pending.
     counts = incident_verdicts.apply_incident_verdicts(clients, cfg)
-    assert counts == {"applied": 2, "invalid": 3}
+    assert counts == {"applied": 2, "invalid": 1}
+    db_cfg = make_config(job={"name": "db"})
+    assert incident_verdicts.apply_incident_verdicts(clients, db_cfg) == {"invalid": 2}
     anomalies = anomaly_sources(clients, cfg)
     fb = {
         aid: (a["deeplog"].get("feedback"), a["deeplog"].get("feedback_by")) for aid, a in anomalies.items()
@@ -328,6 +334,7 @@ def test_a_verdict_on_an_incident_reaches_its_anomalies_and_no_others(clients, m
     assert "must be one of" in _incident_hit(clients, cfg, "bogus")["feedback_error"]
     # Processed once: a second pass finds nothing pending.
     assert incident_verdicts.apply_incident_verdicts(clients, cfg) == {}
+    assert incident_verdicts.apply_incident_verdicts(clients, db_cfg) == {}
 
     # The marked anomalies are ordinary pending verdicts for the feedback job, which checks each as any other:
     # these are not documents the detection job wrote (no key, window or seal), so they teach nothing.

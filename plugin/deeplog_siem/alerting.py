@@ -101,7 +101,7 @@ def _unsupported(clients: Clients) -> str | None:
     if clients.flavour != "opensearch":
         return (
             "Elasticsearch has no OpenSearch Alerting: the detection rule (with --kibana-url) and the Kibana "
-            "rules in alerting/ are its alerting (README, Alerting)"
+            "rules in the package's assets/alerting are its alerting (README, Alerting)"
         )
     try:
         _req(clients, "POST", "/_plugins/_alerting/monitors/_search", {"size": 0, "query": {"match_all": {}}})
@@ -109,12 +109,12 @@ def _unsupported(clients: Clients) -> str | None:
         if e.meta.status in (400, 404, 405):
             return (
                 f"the server has no Alerting plugin (_plugins/_alerting answered {e.meta.status}); install the "
-                "monitors in alerting/opensearch-monitor-*.json by hand where it has (README, Alerting)"
+                "monitors in the package's assets/alerting/opensearch-monitor-*.json by hand where it has (README, Alerting)"
             )
         raise
     except Exception as e:  # noqa: BLE001 - a transport refusal means "not here"
         return (
-            f"the server refused the Alerting API ({e}); install alerting/opensearch-monitor-*.json by hand"
+            f"the server refused the Alerting API ({e}); install the package's assets/alerting/opensearch-monitor-*.json by hand"
         )
     return None
 
