@@ -331,3 +331,33 @@ def test_the_session_query_finds_only_that_sessions_logs_whatever_its_id(clients
     q = session_query("session" if field == "session" else None, hostile, "message")
     hits = clients.es.search(index=index, query={"query_string": {"query": q}})["hits"]["hits"]
     assert [h["_id"] for h in hits] == ["0"], q
+
+
+@pytest.mark.parametrize("stream", ["web-01|4242", "web-01|-", "-|4242"])
+def test_the_session_query_of_an_entity_stream_finds_that_streams_logs(clients, prefix, stream):
+    """An entity stream's id joins its fields' values ("-" where a document lacks one): the query asks for
+    each field, so Discover shows the stream's logs and no other host's or process's."""
+    from deeplog_siem.anomaly import session_query
+    from deeplog_siem.config import SourceConfig
+    from deeplog_siem.sessions import MISSING_ENTITY, SessionKeyer
+
+    index = f"{prefix}-logs"
+    mappings = {
+        "properties": {"host": {"properties": {"name": {"type": "keyword"}}}, "pid": {"type": "keyword"}}
+    }
+    clients.es.indices.create(index=index, mappings=mappings)
+    docs = [
+        {"host": {"name": "web-01"}, "pid": "4242"},
+        {"host": {"name": "web-01"}, "pid": "7"},
+        {"host": {"name": "web-02"}, "pid": "4242"},
+        {"host": {"name": "web-01"}},
+        {"pid": "4242"},
+    ]
+    keyer = SessionKeyer(SourceConfig(index=index, entity_fields=("host.name", "pid")))
+    for i, doc in enumerate(docs):
+        clients.es.index(index=index, id=str(i), document={**doc, "message": f"line {i}"})
+    clients.es.indices.refresh(index=index)
+    q = session_query("host.name,pid", stream, "message", missing=MISSING_ENTITY)
+    hits = clients.es.search(index=index, query={"query_string": {"query": q}})["hits"]["hits"]
+    expected = [str(i) for i, d in enumerate(docs) if keyer.session_of("", d) == stream]
+    assert expected and sorted(h["_id"] for h in hits) == expected, q

@@ -441,6 +441,8 @@ class DocContext:
     index: str  # the anomalies index
     message_field: str
     session_field: str | None = None
+    # The value the keyer writes for an entity field a document lacks (entity streams), else None.
+    session_missing: str | None = None
     # The detector's settings, which the documents' summaries cite: required, since a default would make a
     # document give a wrong reason for its verdict.
     top_g: int
@@ -453,7 +455,7 @@ class DocContext:
     kibana_space: str | None = None
 
     def query(self, session_id: str) -> str:
-        return session_query(self.session_field, session_id, self.message_field)
+        return session_query(self.session_field, session_id, self.message_field, missing=self.session_missing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,15 +517,30 @@ def key_label(key: int, vocab: Vocabulary) -> str:
     return {PAD: "<PAD>", UNK: "<UNK>", EOS: "<end of session>"}.get(key, f"K{key}")
 
 
-def session_query(session_field: str | None, session_id: str, message_field: str) -> str:
+def session_query(
+    session_field: str | None, session_id: str, message_field: str, *, missing: str | None = None
+) -> str:
     """A Lucene/KQL query string that finds the session's raw logs in Discover: the id is one quoted phrase
     whatever it holds (it comes from the logs). Inside quotes both languages treat only the backslash and the
     quote as special; KQL would keep any other escape as written, so those two alone are escaped, backslash
-    first."""
-    escaped = session_id.replace("\\", "\\\\").replace('"', '\\"')
-    if session_field:
-        return f'{session_field}:"{escaped}"'
-    return f'{message_field}:"{escaped}"'
+    first. Several comma-separated fields (or an entity stream's fields) made the id by joining their values
+    with "|": each field gets its own phrase, and a value the keyer wrote as `missing` asks for the field's
+    absence. An id that does not split into one value per field (a value holding "|") falls back to the
+    message."""
+
+    def phrase(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    fields = [f.strip() for f in (session_field or "").split(",") if f.strip()]
+    if len(fields) == 1:
+        return f"{fields[0]}:{phrase(session_id)}"
+    values = session_id.split("|")
+    if fields and len(values) == len(fields):
+        present = [f"{f}:{phrase(v)}" for f, v in zip(fields, values, strict=True) if v != missing]
+        absent = [f"NOT {f}:*" for f, v in zip(fields, values, strict=True) if v == missing]
+        if present:
+            return " AND ".join(present + absent)
+    return f"{message_field}:{phrase(session_id)}"
 
 
 def _common(ctx: DocContext, ev: SessionEvent, anomaly_type: str, rarity: float) -> dict[str, Any]:

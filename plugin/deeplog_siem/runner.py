@@ -64,7 +64,7 @@ from .recent import RecentSample
 from .risk import param_rarity
 from .runs import RunSummary, Timer, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
-from .sessions import Observed, SessionKeyer, SessionTail, SessionTracker, series_key
+from .sessions import MISSING_ENTITY, Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .setup_assets import ensure_index_like
 from .source import Source, SourceDoc, advance
 from .state import (
@@ -659,9 +659,9 @@ class DetectionRun:
             run_id=job.summary.run_id,
             index=config.output.preview if span.preview else config.output.anomalies_index,
             message_field=src.message_field,
-            # An entity stream of one field is found by that field; the ids of several are joined with "|".
-            session_field=src.session_field
-            or (src.entity_fields[0] if len(src.entity_fields) == 1 else None),
+            # An entity stream is found by its fields, as a session of comma-separated fields is.
+            session_field=src.session_field or ",".join(src.entity_fields) or None,
+            session_missing=MISSING_ENTITY if src.entity_fields else None,
             top_g=det.top_g,
             min_probability=det.detector.min_probability,
             seal_key=seal.key(config.model.dir),

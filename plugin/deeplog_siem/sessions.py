@@ -76,6 +76,10 @@ def bounded(sid: str) -> str:
     return f"{sid[: MAX_SESSION_ID - len(digest) - 1]}~{digest}"
 
 
+# An entity field a document lacks, in the entity's id.
+MISSING_ENTITY = "-"
+
+
 class SessionKeyer:
     """Maps a log document to its session id (at most `MAX_SESSION_ID` characters, see `bounded`)."""
 
@@ -142,8 +146,8 @@ class SessionKeyer:
         parts = []
         for f in self._fields:
             v = get_field(doc, f)
-            parts.append("-" if v is None or isinstance(v, (Mapping, list)) or v == "" else str(v))
-        if all(p == "-" for p in parts):
+            parts.append(MISSING_ENTITY if v is None or isinstance(v, (Mapping, list)) or v == "" else str(v))
+        if all(p == MISSING_ENTITY for p in parts):
             return None
         return bounded("|".join(parts))
 
