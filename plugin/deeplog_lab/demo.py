@@ -2,7 +2,8 @@
 
 Contract: `run_demo(options) -> DemoResult`: starts the embedded server, replays the packaged labelled
 sample (normal training sessions first, then a test mix with known anomalous sessions), trains, runs one
-detection pass, and measures session-level precision and recall of the anomaly index against the labels.
+detection pass, and measures session-level precision and recall of the anomaly index against the labels;
+it also reads back the anomalies per severity band and the riskiest session incidents.
 The server is stopped before returning unless the caller keeps it.
 """
 
@@ -43,6 +44,9 @@ class DemoResult:
     precision: float
     recall: float
     examples: list[dict[str, Any]] = field(default_factory=list)
+    severity: dict[str, int] = field(default_factory=dict)  # anomaly documents per severity band
+    incidents: int = 0
+    top_incidents: list[dict[str, Any]] = field(default_factory=list)  # the riskiest, riskiest first
 
 
 def demo_config(url: str, model_dir: str) -> Config:
@@ -66,6 +70,28 @@ def session_scores(clients: Clients, index: str) -> dict[str, int]:
         aggs={"s": {"terms": {"field": "deeplog.session.id", "size": 65000}}},
     )
     return {b["key"]: b["doc_count"] for b in resp["aggregations"]["s"]["buckets"]}
+
+
+def severity_counts(clients: Clients, index: str) -> dict[str, int]:
+    """Anomaly documents per severity band (`deeplog.severity`), low to critical."""
+    resp = clients.es.search(index=index, size=0, aggs={"s": {"terms": {"field": "deeplog.severity"}}})
+    got = {b["key"]: b["doc_count"] for b in resp["aggregations"]["s"]["buckets"]}
+    return {band: got.get(band, 0) for band in ("low", "medium", "high", "critical")}
+
+
+def _count(clients: Clients, index: str) -> int:
+    clients.es.indices.refresh(index=index)
+    return int(clients.es.count(index=index)["count"])
+
+
+def top_incidents(clients: Clients, index: str, n: int = 5) -> list[dict[str, Any]]:
+    """The `n` riskiest session incidents (`deeplog-siem`'s incidents index), riskiest first."""
+    resp = clients.es.search(
+        index=index,
+        size=n,
+        sort=[{"deeplog.incident.risk_score": {"order": "desc"}}, {"deeplog.incident.anomaly_count": "desc"}],
+    )
+    return [h["_source"] for h in resp["hits"]["hits"]]
 
 
 def run_demo(
@@ -116,6 +142,9 @@ def run_demo(
                 precision=tp / len(flagged) if flagged else 0.0,
                 recall=tp / n_bad if n_bad else 0.0,
                 examples=_examples(clients, cfg.output.anomalies_index),
+                severity=severity_counts(clients, cfg.output.anomalies_index),
+                incidents=_count(clients, cfg.output.incidents),
+                top_incidents=top_incidents(clients, cfg.output.incidents),
             )
             if keep is not None:
                 keep(server, result)
@@ -162,6 +191,8 @@ def write_summary(path: Path, result: DemoResult) -> None:
                 "recall": result.recall,
                 "anomalies": dict(result.detect.anomalies),
                 "docs_read": result.detect.docs_read,
+                "severity": result.severity,
+                "incidents": result.incidents,
             },
             indent=2,
         )

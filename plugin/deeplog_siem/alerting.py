@@ -113,9 +113,7 @@ def _unsupported(clients: Clients) -> str | None:
             )
         raise
     except Exception as e:  # noqa: BLE001 - a transport refusal means "not here"
-        return (
-            f"the server refused the Alerting API ({e}); install the package's assets/alerting/opensearch-monitor-*.json by hand"
-        )
+        return f"the server refused the Alerting API ({e}); install the package's assets/alerting/opensearch-monitor-*.json by hand"
     return None
 
 

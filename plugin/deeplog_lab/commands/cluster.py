@@ -124,6 +124,15 @@ def _print_demo(r: DemoResult) -> None:
         f"indices              anomalies: {out.anomalies_index}  runs: {out.runs_index}  state: {out.state_index}"
     )
     print(f"model                {r.config.model.dir}/{d.model_version}")
+    print(f"severity             anomaly documents per band: {r.severity}")
+    print(f"incidents            {r.incidents} sessions in {out.incidents}; the riskiest:")
+    for inc in r.top_incidents:
+        dl = inc["deeplog"]
+        i = dl["incident"]
+        print(
+            f"  {i['severity']:<8} risk {i['risk_score']:5.1f}  {dl['session']['id']:<28} "
+            f"{i['anomaly_count']} anomalies {dict(i['counts'])}"
+        )
     for i, ex in enumerate(r.examples, 1):
         dl = ex["deeplog"]
         print(f"\nexample {i}: {dl['summary']}")
