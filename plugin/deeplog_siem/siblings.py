@@ -1,0 +1,106 @@
+"""siblings: templates that differ from each other at one token position only, and when that position holds a
+value rather than a word of the event.
+
+Contract: `Siblings(min_values)`; `add(cid, tokens) -> (signature, ids) | None` registers a template and
+returns a group to merge once `min_values` templates of one token count differ at one position only (the
+signature is their tokens with `<*>` there); `merged(signature, survivor)` records that the group became
+one template; `absorber(tokens) -> cid | None` is the merged template a new template belongs to. `forget`
+drops a template. `to_state()` / `from_state(data)` hold the merged signatures as plain data.
+
+Why: Drain compares a message with a template by the share of equal tokens, so a word naming the event and
+a word that is a value (a user name) weigh the same. A threshold strict enough to keep "... HTTPS" apart
+from "... SOCKS5" gives each user name its own template. Across templates, though, the two differ: an
+event word takes one or two forms at its position, a value takes many. Counting the distinct templates
+that differ at one position only tells them apart without knowing any product's words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+WILDCARD = "<*>"
+# The words left besides the value position must still say what happened: a one- or two-word message
+# that differs in one word is another message, not another value.
+MIN_WORDS = 3
+_PLACEHOLDER = re.compile(r"<[^<>\s]*>")
+_WORD = re.compile(r"[A-Za-z]{2}")
+
+Signature = tuple[str, ...]
+
+
+class Siblings:
+    def __init__(self, min_values: int) -> None:
+        self.min_values = min_values
+        self._groups: dict[Signature, dict[int, str]] = {}  # cluster id -> its token at the position
+        self._merged: dict[Signature, int] = {}
+
+    def absorber(self, tokens: Sequence[str]) -> int | None:
+        """The merged template whose `<*>` position alone tells `tokens` apart from it, if any."""
+        if not self._merged:
+            return None
+        for sig, _ in _signatures(tokens):
+            cid = self._merged.get(sig)
+            if cid is not None:
+                return cid
+        return None
+
+    def add(self, cid: int, tokens: Sequence[str]) -> tuple[Signature, list[int]] | None:
+        found = None
+        for sig, value in _signatures(tokens):
+            group = self._groups.setdefault(sig, {})
+            group[cid] = value
+            if found is None and sig not in self._merged and _is_value(group, value, self.min_values):
+                found = (sig, list(group))
+        return found
+
+    def forget(self, cid: int, tokens: Sequence[str]) -> None:
+        for sig, _ in _signatures(tokens):
+            group = self._groups.get(sig)
+            if group is not None:
+                group.pop(cid, None)
+
+    def merged(self, sig: Signature, survivor: int) -> None:
+        self._merged[sig] = survivor
+        self._groups.pop(sig, None)
+
+    def retarget(self, old: int, new: int) -> None:
+        """Template `old` was merged into `new`: what was merged into `old` now belongs to `new`."""
+        for sig, cid in self._merged.items():
+            if cid == old:
+                self._merged[sig] = new
+
+    def targets(self) -> set[int]:
+        return set(self._merged.values())
+
+    def to_state(self) -> list[list[object]]:
+        return [[cid, list(sig)] for sig, cid in self._merged.items()]
+
+    def load_state(self, data: Sequence[Sequence[object]]) -> None:
+        for cid, sig in data:
+            self._merged[tuple(str(t) for t in sig)] = int(cid)  # type: ignore[arg-type, call-overload]
+
+
+def _is_value(group: dict[int, str], value: str, min_values: int) -> bool:
+    """Whether the position a group differs at holds a value: it takes many forms, or the form just added
+    is another one with its masked value left empty ("()" beside "(<HOST>)")."""
+    if len(group) >= min_values:
+        return True
+    bare = _PLACEHOLDER.sub("", value)
+    return any(v != value and _PLACEHOLDER.sub("", v) == bare for v in group.values())
+
+
+def _signatures(tokens: Sequence[str]) -> list[tuple[Signature, str]]:
+    """`tokens` with each position in turn replaced by `<*>`, with the token it replaced (positions already
+    `<*>` give none). None when fewer than `MIN_WORDS` words are left besides the position: what is left
+    would not name an event."""
+    t = list(tokens)
+    words = sum(1 for tok in t if _WORD.search(tok) and "<" not in tok)
+    out = []
+    for i, tok in enumerate(t):
+        if tok == WILDCARD or words - (1 if _WORD.search(tok) and "<" not in tok else 0) < MIN_WORDS:
+            continue
+        t[i] = WILDCARD
+        out.append((tuple(t), tok))
+        t[i] = tok
+    return out
