@@ -29,7 +29,7 @@ FAMILY = {
     "Android": "logcat",
     "Apache": "web_error",
     "HDFS": "hdfs",
-    "HPC": "none",
+    "HPC": "epoch",
     "Hadoop": "log4j",
     "HealthApp": "pipe",
     "Linux": "syslog",

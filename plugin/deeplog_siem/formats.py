@@ -33,8 +33,9 @@ UUID = r"(?<![\w-])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[
 HEX = r"(?<![\w])0[xX][0-9a-fA-F]+(?![\w])"
 
 # With every kind of value masked, what is left to differ between two messages of one event is mostly a
-# word (a user or a state name): a threshold that lets one token in five differ keeps events that differ
-# in one constant word apart in all but short messages.
+# word, either one that names the event or one that is a value (a user name). Drain cannot tell them apart,
+# so the threshold is strict enough to keep one differing word apart even in six-token messages, and the
+# value merge (siblings) folds back the positions that take many forms across templates.
 KIND_THRESHOLD = 0.85
 # A word that names the event takes one or two forms at its position; a value takes many.
 MERGE_VALUES = 4
@@ -214,6 +215,19 @@ PRESETS: dict[str, FormatPreset] = {
         similarity_threshold=KIND_THRESHOLD,
         merge_values=MERGE_VALUES,
     ),
+    # Records of a cluster's or a batch system's event store: a few fields (a record id, a node, a component,
+    # a state), then the time in Unix seconds, an optional one-digit flag, then the message. At most four fields, tried shortest first,
+    # so the timestamp is the first ten-digit field and matching stays linear.
+    # 134681 node-246 unix.hw state_change.unavailable 1077804742 1 Component State Change: ...
+    "epoch": FormatPreset(
+        header_regex=(
+            r"^(?:(?P<fields>\S+(?: \S+){0,3}?) )?(?P<timestamp>\d{10}(?:\.\d+)?) (?:(?P<flag>-?\d) )?"
+            r"(?P<content>.*)$"
+        ),
+        masks=BY_KIND,
+        similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
+    ),
     # The generic layout: a date and time, an optional thread or pid, a level, an optional component.
     # 2024-03-01 12:00:00.123 [worker-1] ERROR app.db: connection lost
     # 2024-03-01T12:00:00Z 812 WARN cache: evicting 12 entries
@@ -252,6 +266,7 @@ AUTO_CANDIDATES: tuple[str, ...] = (
     "log4j",
     "pipe",
     "bracket",
+    "epoch",
     "generic",
 )
 
