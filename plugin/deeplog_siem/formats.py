@@ -34,9 +34,9 @@ HEX = r"(?<![\w])0[xX][0-9a-fA-F]+(?![\w])"
 
 # With every kind of value masked, what is left to differ between two messages of one event is mostly a
 # word, either one that names the event or one that is a value (a user name). Drain cannot tell them apart,
-# so the threshold is strict enough to keep one differing word apart even in six-token messages, and the
-# value merge (siblings) folds back the positions that take many forms across templates.
-KIND_THRESHOLD = 0.85
+# so it only generalises a word in very long messages, and the value merge (siblings) folds back the
+# positions that take many forms across templates.
+KIND_THRESHOLD = 0.95
 # A word that names the event takes one or two forms at its position; a value takes many.
 MERGE_VALUES = 4
 

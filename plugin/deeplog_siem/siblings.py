@@ -82,9 +82,12 @@ class Siblings:
 
 
 def _is_value(group: dict[int, str], value: str, min_values: int) -> bool:
-    """Whether the position a group differs at holds a value: it takes many forms, or the form just added
-    is another one with its masked value left empty ("()" beside "(<HOST>)")."""
+    """Whether the position a group differs at holds a value: it takes many forms; or one of its forms is a
+    masked value as a whole, so the others are values too (a user named "admin" beside one named "1234");
+    or the form just added is another one with its masked value left empty ("()" beside "(<HOST>)")."""
     if len(group) >= min_values:
+        return True
+    if len(group) > 1 and any(_PLACEHOLDER.fullmatch(v) for v in group.values()):
         return True
     bare = _PLACEHOLDER.sub("", value)
     return any(v != value and _PLACEHOLDER.sub("", v) == bare for v in group.values())
