@@ -82,26 +82,37 @@ class Siblings:
 
 
 def _is_value(group: dict[int, str], value: str, min_values: int) -> bool:
-    """Whether the position a group differs at holds a value: it takes many forms; or one of its forms is a
-    masked value as a whole, so the others are values too (a user named "admin" beside one named "1234");
-    or the form just added is another one with its masked value left empty ("()" beside "(<HOST>)")."""
+    """Whether the position a group differs at holds a value: it takes many forms; or one of its forms,
+    with its masked values read as any text, is another form ("mask=<NUM>" beside "mask=ffffffff", a user
+    "<NUM>" beside a user "admin", "(<HOST>)" beside "()"): the values there are of a kind."""
     if len(group) >= min_values:
         return True
-    if len(group) > 1 and any(_PLACEHOLDER.fullmatch(v) for v in group.values()):
-        return True
-    bare = _PLACEHOLDER.sub("", value)
-    return any(v != value and _PLACEHOLDER.sub("", v) == bare for v in group.values())
+    forms = set(group.values())
+    if len(forms) < 2:
+        return False
+    for f in forms:
+        if "<" in f:
+            rx = _any_value(f)
+            if any(o != f and rx.fullmatch(o) for o in forms):
+                return True
+    return False
+
+
+def _any_value(form: str) -> re.Pattern[str]:
+    parts = _PLACEHOLDER.split(form)
+    return re.compile(".*".join(re.escape(p) for p in parts), re.DOTALL)
 
 
 def _signatures(tokens: Sequence[str]) -> list[tuple[Signature, str]]:
     """`tokens` with each position in turn replaced by `<*>`, with the token it replaced (positions already
-    `<*>` give none). None when fewer than `MIN_WORDS` words are left besides the position: what is left
-    would not name an event."""
+    `<*>` give none). None when fewer than `MIN_WORDS` tokens holding a word (outside masked values) are
+    left besides the position: what is left would not name an event."""
     t = list(tokens)
-    words = sum(1 for tok in t if _WORD.search(tok) and "<" not in tok)
+    is_word = [_WORD.search(_PLACEHOLDER.sub(" ", tok)) is not None for tok in t]
+    words = sum(is_word)
     out = []
     for i, tok in enumerate(t):
-        if tok == WILDCARD or words - (1 if _WORD.search(tok) and "<" not in tok else 0) < MIN_WORDS:
+        if tok == WILDCARD or words - is_word[i] < MIN_WORDS:
             continue
         t[i] = WILDCARD
         out.append((tuple(t), tok))
