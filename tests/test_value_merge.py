@@ -9,6 +9,7 @@ from pathlib import Path
 from deeplog_lab.bench.parsing import systems
 from deeplog_lab.shared_data import shared_data_dir
 from deeplog_siem.config import TemplaterConfig
+from deeplog_siem.runner import TrainingSet
 from deeplog_siem.templater import Templater
 from deeplog_siem.vocab import UNK
 
@@ -70,3 +71,21 @@ def test_keys_a_model_was_trained_on_are_never_folded_together(tmp_path: Path) -
     for line, key in zip(lines, later, strict=True):
         if line in first:
             assert key in trained
+
+
+def test_training_reads_the_keys_it_collected_through_the_merges() -> None:
+    lines = [ln for ln in OPENSSH.content if _SHORT.match(ln)]
+    t = Templater(TemplaterConfig(format="none"))
+    data = TrainingSet(with_params=True)
+    for i, ev in enumerate(t.parse_many(lines, learn=True)):
+        assert ev is not None
+        data.sessions["s"].append(ev.key)
+        data.series[(0, ev.key)].append((float(i),))
+        data.series_times[(0, ev.key)].append(float(i))
+    assert len(set(data.sessions["s"])) > 1 and t.aliases  # keys handed out before the merge
+    data.rekey(t.aliases)
+    (key,) = set(data.sessions["s"])
+    assert key == t.parse(lines[0], learn=False).key  # type: ignore[union-attr]
+    assert list(data.series) == [(0, key)]
+    assert data.series_times[(0, key)] == sorted(data.series_times[(0, key)])
+    assert [v[0] for v in data.series[(0, key)]] == data.series_times[(0, key)]
