@@ -89,3 +89,13 @@ def test_training_reads_the_keys_it_collected_through_the_merges() -> None:
     assert list(data.series) == [(0, key)]
     assert data.series_times[(0, key)] == sorted(data.series_times[(0, key)])
     assert [v[0] for v in data.series[(0, key)]] == data.series_times[(0, key)]
+
+
+def test_values_of_another_kind_at_a_position_keep_the_event_s_key() -> None:
+    """Android prints one flag field in decimal or in hexadecimal (`diff=0`, `diff=c8`): `<NUM>` or `<HEX>`
+    at a position is still a value there, so every such line keeps its event's key."""
+    android = next(s for s in systems(shared_data_dir()) if s.system == "Android")
+    lines = [ln for ln in android.content if ln.startswith("setSystemUiVisibility ")]
+    t, keys = _learn(lines)
+    assert len(lines) >= 100 and len(set(keys)) == 1
+    assert any("=c" in ln for ln in lines)  # hexadecimal values with letters are among them

@@ -118,3 +118,20 @@ def _signatures(tokens: Sequence[str]) -> list[tuple[Signature, str]]:
         out.append((tuple(t), tok))
         t[i] = tok
     return out
+
+
+def kind_blind_match(template: Sequence[str], tokens: Sequence[str]) -> list[int] | None:
+    """The positions to widen to `<*>` when `tokens` is `template`'s event with values of another kind (a
+    number printed in decimal in one message and in hexadecimal in the next: `diff=<NUM>`, `diff=<HEX>`);
+    None when the two differ otherwise. `<*>` in the template takes any token."""
+    if len(template) != len(tokens):
+        return None
+    widen = []
+    for i, (a, b) in enumerate(zip(template, tokens, strict=True)):
+        if a == b or a == WILDCARD:
+            continue
+        if "<" in a and "<" in b and _PLACEHOLDER.sub("<>", a) == _PLACEHOLDER.sub("<>", b):
+            widen.append(i)
+            continue
+        return None
+    return widen

@@ -61,7 +61,7 @@ from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain,
 from .errors import ArtifactError, ConfigError
 from .formats import PRESETS, ResolvedTemplating, resolve
 from .regex_syntax import digit_tests
-from .siblings import Siblings
+from .siblings import Siblings, kind_blind_match
 from .vocab import NUM_RESERVED, UNK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -498,6 +498,8 @@ class Templater:
         if change == "cluster_created":
             if self._siblings is not None:
                 into = self._siblings.absorber(cluster.log_template_tokens)
+                if into is None:
+                    into = self._kind_blind(cluster)
                 if into is not None:
                     # One more value at a merged template's value position: that template's key.
                     remove_cluster(self.miner.drain, cid)
@@ -525,6 +527,32 @@ class Templater:
                 if self._siblings is not None:
                     self._siblings.add(cid, cluster.log_template_tokens)
         return cid, key
+
+    def _kind_blind(self, cluster: LogCluster) -> int | None:
+        """A template of the new cluster's event whose values there are of another kind: widened to `<*>`
+        at those positions, its cluster id."""
+        drain = self.miner.drain
+        tokens = cluster.log_template_tokens
+        for cid in drain.get_clusters_ids_for_seq_len(len(tokens)):
+            other = drain.id_to_cluster.get(cid)
+            if other is None or cid == cluster.cluster_id:
+                continue
+            widen = kind_blind_match(other.log_template_tokens, tokens)
+            if widen is None:
+                continue
+            if widen:
+                new = list(other.log_template_tokens)
+                for i in widen:
+                    new[i] = WILDCARD
+                self._siblings.forget(cid, other.log_template_tokens)  # type: ignore[union-attr]
+                other.log_template_tokens = new
+                key = self._cluster_key[cid]
+                self.vocab.rename(key, other.get_template())
+                self._siblings.add(cid, new)  # type: ignore[union-attr]
+                self.stats["templates_changed"] += 1
+                self.clear_caches()
+            return cid
+        return None
 
     def _merge(self, sig: tuple[str, ...], ids: list[int], cid: int) -> tuple[int, int]:
         """Fold the templates `ids` (differing only where `sig` has a `<*>`) into one with that `<*>`;
