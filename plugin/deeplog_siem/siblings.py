@@ -4,8 +4,11 @@ value rather than a word of the event.
 Contract: `Siblings(min_values)`; `add(cid, tokens) -> (signature, ids) | None` registers a template and
 returns a group to merge once `min_values` templates of one token count differ at one position only (the
 signature is their tokens with `<*>` there); `merged(signature, survivor)` records that the group became
-one template; `absorber(tokens) -> cid | None` is the merged template a new template belongs to. `forget`
-drops a template. `to_state()` / `from_state(data)` hold the merged signatures as plain data.
+one template, `retarget(old, new)` that template `old` was folded into `new`; `absorber(tokens) -> cid |
+None` is the merged template a new template belongs to; `forget` drops a template. `to_state()` /
+`load_state(data)` hold the merged signatures as plain data, `targets()` the templates they lead to.
+`kind_blind_match(template, tokens)`: the positions where `tokens` holds values of another kind than
+`template` (and nothing else differs), to widen to `<*>`.
 
 Why: Drain compares a message with a template by the share of equal tokens, so a word naming the event and
 a word that is a value (a user name) weigh the same. A threshold strict enough to keep "... HTTPS" apart
@@ -20,8 +23,8 @@ import re
 from collections.abc import Sequence
 
 WILDCARD = "<*>"
-# The words left besides the value position must still say what happened: a one- or two-word message
-# that differs in one word is another message, not another value.
+# The words left besides the value position must still say what happened: a message of a few words that
+# differs in one of them is another message, not another value.
 MIN_WORDS = 3
 _PLACEHOLDER = re.compile(r"<[^<>\s]*>")
 _WORD = re.compile(r"[A-Za-z]{2}")

@@ -11,7 +11,11 @@ Contract:
   parsed.
 - Only the content matched by the format's header regex (named group `content`) is templated.
 - Keys are stable: one Drain3 cluster <-> one vocabulary id for life. When Drain3 generalises a template the
-  id stays and `Vocabulary.rename` records old and new text. `learn=False` only matches known templates
+  id stays and `Vocabulary.rename` records old and new text. With the value merge on (`merge_values`, the
+  family presets) templates that differ only where a value goes are folded into the oldest one: its id
+  stays, the others lead to it through `aliases` (saved with the state; `canonical(key)`), and a merge
+  never folds two keys that the templater was given or loaded with. Keys handed out while learning are
+  read through `canonical` by whatever kept them. `learn=False` only matches known templates
   (drain3 `match`); a message that matches none gets key UNK, its masked content as template text.
 - `params`: the raw text of each parameter of the template, left to right: every masked value (<NUM>, <IP>,
   ...) and every token Drain3 turned into <*>. `numbers`: the values of the parameters whose mask is in
