@@ -312,7 +312,7 @@ def test_shipped_patterns_are_analysed_and_give_the_expected_shape_tables() -> N
     # The family presets share masks.BY_KIND, whose hexadecimal kinds read "0x" and a leading zero.
     for name in ("syslog", "rfc5424", "log4j", "web_error", "web_access", "windows", "logcat", "pipe"):
         expected[name] = "0111111111"
-    expected.update(bracket="0111111111", generic="0111111111", none="0111111111")
+    expected.update(bracket="0111111111", epoch="0111111111", generic="0111111111", none="0111111111")
     assert set(expected) == set(PRESETS)
     for name, preset in PRESETS.items():
         table = _shape_table([p for p in (preset.header_regex, *(rx for _, rx in preset.masks)) if p], [])

@@ -61,6 +61,8 @@ REAL = {
     "pipe": "20171223-22:15:29:606|Step_LSC|30002312|onStandStepChanged 3579 at 2017-12-23T22:15:29Z",
     "bracket": "[10.30 16:49:06] chrome.exe - proxy.cse.cuhk.edu.hk:5070 close, 1190 bytes (1.16 KB) sent, "
     "lifetime <1 sec",
+    "epoch": "134681 node-246 unix.hw state_change.unavailable 1077804742 1 Component State Change: Component "
+    '"alt0" is in the unavailable state (HWID=3180)',
     "generic": "2024-03-01 12:00:00.123 [worker-1] ERROR app.db: connection to db-7.example.org:5432 lost "
     "after 30 s, user alice@example.org, session 5f0c2a1e9d",
     "none": "Received block blk_-1608999687919862906 of size 91178 from /10.250.10.6 "

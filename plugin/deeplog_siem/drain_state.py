@@ -94,3 +94,14 @@ def restore_drain(drain: Drain, state: DrainState) -> None:
     drain.id_to_cluster = clusters
     drain.root_node = root
     drain.clusters_counter = state.clusters_counter
+
+
+def remove_cluster(drain: Drain, cluster_id: int) -> None:
+    """Take one cluster out of the drain: its entry and every leaf that lists it."""
+    drain.id_to_cluster.pop(cluster_id, None)
+    stack = [drain.root_node]
+    while stack:
+        n = stack.pop()
+        if cluster_id in n.cluster_ids:
+            n.cluster_ids = [i for i in n.cluster_ids if i != cluster_id]
+        stack.extend(n.key_to_child_node.values())

@@ -33,9 +33,12 @@ UUID = r"(?<![\w-])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[
 HEX = r"(?<![\w])0[xX][0-9a-fA-F]+(?![\w])"
 
 # With every kind of value masked, what is left to differ between two messages of one event is mostly a
-# word (a user or a state name): a threshold that lets one token in five differ keeps events that differ
-# in one constant word apart in all but short messages.
-KIND_THRESHOLD = 0.8
+# word, either one that names the event or one that is a value (a user name). Drain cannot tell them apart,
+# so it only generalises a word in very long messages, and the value merge (siblings) folds back the
+# positions that take many forms across templates.
+KIND_THRESHOLD = 0.95
+# A word that names the event takes one or two forms at its position; a value takes many.
+MERGE_VALUES = 4
 
 HEXID = r"(?<![\w-])[0-9a-f]{32}(?![\w-])"
 
@@ -48,6 +51,8 @@ class FormatPreset:
     header_regex: str | None
     masks: tuple[tuple[str, str], ...]
     similarity_threshold: float
+    # How many templates differing at one position only make that position a value (0: never merged).
+    merge_values: int = 0
 
 
 PRESETS: dict[str, FormatPreset] = {
@@ -113,6 +118,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # <165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3"] msg
     "rfc5424": FormatPreset(
@@ -122,6 +128,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Java logging layouts (log4j, logback, java.util.logging's one-line form):
     # 2015-10-18 18:01:47,978 INFO [main] org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created ...
@@ -137,6 +144,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Web server error logs (Apache httpd 2.2 and 2.4, nginx):
     # [Sun Dec 04 04:47:44 2005] [notice] workerEnv.init() ok /etc/httpd/conf/workers2.properties
@@ -151,6 +159,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Web server access logs (common and combined log formats): the request line, status and size are the
     # content, the client and time the header.
@@ -161,6 +170,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Windows servicing and setup logs (CBS.log, DISM, WindowsUpdate.log-like): date time, level, component.
     # 2016-09-28 04:30:30, Info                  CBS    Loaded Servicing Stack v6.1.7601.23505 with Core: ...
@@ -171,6 +181,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Android logcat, threadtime format: date time pid tid level tag: message.
     # 03-17 16:13:38.811  1702  2395 D WindowManager: printFreezingDisplayLogsopening app wtoken = ...
@@ -181,6 +192,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # Pipe-separated records: timestamp|component|[pid|]message.
     # 20171223-22:15:29:606|Step_LSC|30002312|onStandStepChanged 3579
@@ -190,6 +202,7 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # A bracketed timestamp, then an optional "program - " (proxy, VPN and desktop client logs).
     # [10.30 16:49:06] chrome.exe - proxy.example.org:5070 open through proxy proxy.example.org:5070 HTTPS
@@ -200,6 +213,20 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
+    ),
+    # Records of a cluster's or a batch system's event store: a few fields (a record id, a node, a component,
+    # a state), then the time in Unix seconds, an optional one-digit flag, then the message. At most four fields, tried shortest first,
+    # so the timestamp is the first ten-digit field and matching stays linear.
+    # 134681 node-246 unix.hw state_change.unavailable 1077804742 1 Component State Change: ...
+    "epoch": FormatPreset(
+        header_regex=(
+            r"^(?:(?P<fields>\S+(?: \S+){0,3}?) )?(?P<timestamp>\d{10}(?:\.\d+)?) (?:(?P<flag>-?\d) )?"
+            r"(?P<content>.*)$"
+        ),
+        masks=BY_KIND,
+        similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # The generic layout: a date and time, an optional thread or pid, a level, an optional component.
     # 2024-03-01 12:00:00.123 [worker-1] ERROR app.db: connection lost
@@ -214,12 +241,14 @@ PRESETS: dict[str, FormatPreset] = {
         ),
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
     # The message is already the content (a shipper split the header off) or its format is unknown.
     "none": FormatPreset(
         header_regex=None,
         masks=BY_KIND,
         similarity_threshold=KIND_THRESHOLD,
+        merge_values=MERGE_VALUES,
     ),
 }
 
@@ -237,6 +266,7 @@ AUTO_CANDIDATES: tuple[str, ...] = (
     "log4j",
     "pipe",
     "bracket",
+    "epoch",
     "generic",
 )
 
@@ -253,9 +283,13 @@ class ResolvedTemplating:
     depth: int
     max_children: int
     extra_delimiters: tuple[str, ...]
+    merge_values: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        # merge_values only when on, so that the settings (and fingerprints) of states saved before the
+        # value merge existed read the same.
+        extra: dict[str, object] = {"merge_values": self.merge_values} if self.merge_values else {}
+        return extra | {
             "format": self.format,
             "header_regex": self.header_regex,
             "masks": [list(m) for m in self.masks],
@@ -285,4 +319,5 @@ def resolve(cfg: TemplaterConfig) -> ResolvedTemplating:
         depth=cfg.depth,
         max_children=cfg.max_children,
         extra_delimiters=tuple(cfg.extra_delimiters),
+        merge_values=p.merge_values,
     )

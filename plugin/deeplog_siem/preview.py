@@ -78,7 +78,11 @@ def preview(config: Config, docs: Sequence[SourceDoc]) -> Preview:
             no_session += 1
         for sid in sids:
             lengths[sid] += 1
-    templates = [(k, c, templater.vocab.template(k)) for k, c in counts.most_common()]
+    # Keys handed out before a value merge count under the key that replaced them, as training reads them.
+    merged: Counter[int] = Counter()
+    for k, c in counts.items():
+        merged[templater.canonical(k)] += c
+    templates = [(k, c, templater.vocab.template(k)) for k, c in merged.most_common()]
     ls = sorted(lengths.values())
     summary = (
         {

@@ -32,7 +32,7 @@ import sys
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -243,6 +243,28 @@ class TrainingSet:
             series_times[s].append(r.ts)
         self.tracker.take_cut()  # training scores no ends: the parts are in `sessions` already
 
+    def rekey(self, aliases: Mapping[int, int]) -> None:
+        """Read every key through `aliases` (keys the templater merged into another while training read
+        the logs): the model learns the keys detection will see."""
+        if not aliases:
+            return
+        for keys in self.sessions.values():
+            keys[:] = [aliases.get(k, k) for k in keys]
+        old_series, old_times = self.series, self.series_times
+        self.series, self.series_times = defaultdict(list), defaultdict(list)
+        folded: set[tuple[int, int]] = set()
+        for s, vectors in old_series.items():
+            new = (aliases.get(s[0], s[0]), aliases.get(s[1], s[1]))
+            if new in self.series:
+                folded.add(new)
+            self.series[new].extend(vectors)
+            self.series_times[new].extend(old_times[s])
+        for s in folded:
+            # Series folded together go back to reading order, as the parameter model reads them.
+            order = sorted(range(len(self.series[s])), key=self.series_times[s].__getitem__)
+            self.series[s] = [self.series[s][i] for i in order]
+            self.series_times[s] = [self.series_times[s][i] for i in order]
+
     def _part(self, sid: str, ts: float) -> str:
         """The part of stream `sid` an event at `ts` belongs to (a new one after a gap of `cut_s`)."""
         assert self.cut_s is not None
@@ -289,6 +311,8 @@ def read_training(
                 f"  {summary.docs_read} documents, {len(data.sessions)} sessions, "
                 f"{templater.num_templates} templates"
             )
+    if isinstance(templater, Templater):
+        data.rekey(templater.aliases)
     return data
 
 

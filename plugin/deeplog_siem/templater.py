@@ -11,7 +11,11 @@ Contract:
   parsed.
 - Only the content matched by the format's header regex (named group `content`) is templated.
 - Keys are stable: one Drain3 cluster <-> one vocabulary id for life. When Drain3 generalises a template the
-  id stays and `Vocabulary.rename` records old and new text. `learn=False` only matches known templates
+  id stays and `Vocabulary.rename` records old and new text. With the value merge on (`merge_values`, the
+  family presets) templates that differ only where a value goes are folded into the oldest one: its id
+  stays, the others lead to it through `aliases` (saved with the state; `canonical(key)`), and a merge
+  never folds two keys that the templater was given or loaded with. Keys handed out while learning are
+  read through `canonical` by whatever kept them. `learn=False` only matches known templates
   (drain3 `match`); a message that matches none gets key UNK, its masked content as template text.
 - `params`: the raw text of each parameter of the template, left to right: every masked value (<NUM>, <IP>,
   ...) and every token Drain3 turned into <*>. `numbers`: the values of the parameters whose mask is in
@@ -57,10 +61,11 @@ from drain3.template_miner_config import TemplateMinerConfig
 
 from .atomic import atomic_write
 from .config import TemplaterConfig
-from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain, restore_drain
+from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain, remove_cluster, restore_drain
 from .errors import ArtifactError, ConfigError
 from .formats import PRESETS, ResolvedTemplating, resolve
 from .regex_syntax import digit_tests
+from .siblings import Siblings, kind_blind_match
 from .vocab import NUM_RESERVED, UNK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -211,6 +216,11 @@ class Templater:
         self._unowned: dict[str, int] = {
             t: i for i, t in enumerate(self.vocab.templates[NUM_RESERVED:], NUM_RESERVED)
         }
+        # Keys a model may have been trained on: a value merge never folds two of them into one.
+        self._trained = len(self.vocab)
+        # Merged-away key -> the key that replaced it (kept in the saved state).
+        self.aliases: dict[int, int] = {}
+        self._siblings = Siblings(s.merge_values) if s.merge_values else None
 
         try:
             self._header = re.compile(s.header_regex, re.DOTALL) if s.header_regex else None
@@ -294,6 +304,11 @@ class Templater:
                 append(_event(lay.key, lay.template, lay.params(msg), lay.numbers(msg), False))
         self.stats["l1_hits"] += n - misses
         return out
+
+    def canonical(self, key: int) -> int:
+        """The key that `key` stands for now: the survivor when the value merge folded it into another.
+        Keys returned while learning may be folded later; whatever kept them reads them through this."""
+        return self.aliases.get(key, key)
 
     def numeric_labels(self, key: int) -> tuple[str, ...]:
         """Names of the numeric dimensions of `key`, in order: the word before each numeric parameter
@@ -466,8 +481,8 @@ class Templater:
         drain = self.miner.drain
         if learn:
             cluster, change = drain.add_log_message(masked)
-            key = self._on_learned(cluster, change)
-            res: tuple[int | None, int, str] = (cluster.cluster_id, key, self.vocab.templates[key])
+            cid, key = self._on_learned(cluster, change)
+            res: tuple[int | None, int, str] = (cid, key, self.vocab.templates[key])
         else:
             # "fallback": a linear search among same-length clusters when the tree walk finds nothing,
             # so a known template is not reported as unseen; it runs once per distinct masked content.
@@ -481,10 +496,20 @@ class Templater:
             self._put(self._l2, masked, res)
         return res
 
-    def _on_learned(self, cluster: LogCluster, change: str) -> int:
+    def _on_learned(self, cluster: LogCluster, change: str) -> tuple[int, int]:
         template = cluster.get_template()
         cid = cluster.cluster_id
         if change == "cluster_created":
+            if self._siblings is not None:
+                into = self._siblings.absorber(cluster.log_template_tokens)
+                if into is None:
+                    into = self._kind_blind(cluster)
+                if into is not None:
+                    # One more value at a merged template's value position: that template's key.
+                    remove_cluster(self.miner.drain, cid)
+                    self.miner.drain.id_to_cluster[into].size += cluster.size
+                    self.stats["templates_absorbed"] += 1
+                    return into, self._cluster_key[into]
             key = self._unowned.pop(template, None)
             if key is None:
                 key = self.vocab.add(template)
@@ -492,6 +517,10 @@ class Templater:
             self.stats["templates_created"] += 1
             self.clear_caches()
             log.debug("templater: new key %s: %s", key, template)
+            if self._siblings is not None:
+                group = self._siblings.add(cid, cluster.log_template_tokens)
+                if group is not None:
+                    return self._merge(*group, cid)
         else:
             key = self._cluster_key[cid]
             if change == "cluster_template_changed":
@@ -499,7 +528,70 @@ class Templater:
                 self.vocab.rename(key, template)
                 self.stats["templates_changed"] += 1
                 self.clear_caches()
-        return key
+                if self._siblings is not None:
+                    self._siblings.add(cid, cluster.log_template_tokens)
+        return cid, key
+
+    def _kind_blind(self, cluster: LogCluster) -> int | None:
+        """A template of the new cluster's event whose values there are of another kind: widened to `<*>`
+        at those positions, its cluster id."""
+        drain = self.miner.drain
+        tokens = cluster.log_template_tokens
+        for cid in drain.get_clusters_ids_for_seq_len(len(tokens)):
+            other = drain.id_to_cluster.get(cid)
+            if other is None or cid == cluster.cluster_id:
+                continue
+            widen = kind_blind_match(other.log_template_tokens, tokens)
+            if widen is None:
+                continue
+            if widen:
+                new = list(other.log_template_tokens)
+                for i in widen:
+                    new[i] = WILDCARD
+                self._siblings.forget(cid, other.log_template_tokens)  # type: ignore[union-attr]
+                other.log_template_tokens = new
+                key = self._cluster_key[cid]
+                self.vocab.rename(key, other.get_template())
+                self._siblings.add(cid, new)  # type: ignore[union-attr]
+                self.stats["templates_changed"] += 1
+                self.clear_caches()
+            return cid
+        return None
+
+    def _merge(self, sig: tuple[str, ...], ids: list[int], cid: int) -> tuple[int, int]:
+        """Fold the templates `ids` (differing only where `sig` has a `<*>`) into one with that `<*>`;
+        returns the (cluster id, key) that `cid` maps to afterwards."""
+        drain = self.miner.drain
+        members = [i for i in ids if i in drain.id_to_cluster and _one_apart(drain.id_to_cluster[i], sig)]
+        trained = [i for i in members if self._cluster_key[i] < self._trained]
+        if len(members) < 2 or len(trained) > 1:
+            return cid, self._cluster_key[cid]
+        survivor = trained[0] if trained else min(members)
+        skey = self._cluster_key[survivor]
+        kept = drain.id_to_cluster[survivor]
+        for i in members:
+            if i == survivor:
+                continue
+            gone = drain.id_to_cluster[i]
+            self._siblings.forget(i, gone.log_template_tokens)  # type: ignore[union-attr]
+            kept.size += gone.size
+            remove_cluster(drain, i)
+            old = self._cluster_key.pop(i)
+            for k, v in self.aliases.items():
+                if v == old:
+                    self.aliases[k] = skey
+            self.aliases[old] = skey
+            self._siblings.retarget(i, survivor)  # type: ignore[union-attr]
+        self._siblings.forget(survivor, kept.log_template_tokens)  # type: ignore[union-attr]
+        kept.log_template_tokens = list(sig)
+        template = kept.get_template()
+        log.info("templater: keys of %s merged into %s: %r", len(members) - 1, skey, template)
+        self.vocab.rename(skey, template)
+        self._siblings.merged(sig, survivor)  # type: ignore[union-attr]
+        self._siblings.add(survivor, kept.log_template_tokens)  # type: ignore[union-attr]
+        self.stats["templates_merged"] += len(members) - 1
+        self.clear_caches()
+        return survivor, skey
 
     def _param_slices(
         self, masked: str, spans: list[tuple[int, int, int, int, str]], template: str, c0: int
@@ -573,6 +665,15 @@ class Templater:
             ],
             "tree": exported.tree,
             "vocab": self.vocab.to_dict(),
+        } | self._merge_state()
+
+    def _merge_state(self) -> dict[str, Any]:
+        # Only with the value merge on, so that states saved without it stay byte for byte as they were.
+        if self._siblings is None:
+            return {}
+        return {
+            "aliases": sorted([k, v] for k, v in self.aliases.items()),
+            "merged": self._siblings.to_state(),
         }
 
     def save(self, directory: Path | str) -> Path:
@@ -657,12 +758,33 @@ class Templater:
             if len(set(cluster_key.values())) != len(cluster_key):
                 raise ValueError("two clusters share one key")
             saved = DrainState(int(state["clusters_counter"]), tuple(clusters), state["tree"])
+            live = set(cluster_key.values())
+            aliases = {int(k): int(v) for k, v in state.get("aliases", [])}
+            for k, v in aliases.items():
+                if not NUM_RESERVED <= k < len(vocab) or k in live or v not in live:
+                    raise ValueError(f"alias {k} -> {v} does not lead from a merged key to a live one")
+            if t._siblings is not None:
+                t._siblings.load_state(state.get("merged", []))
+                if not t._siblings.targets() <= set(cluster_key):
+                    raise ValueError("a merged template names an unknown cluster")
+                for c in clusters:
+                    t._siblings.add(c.cluster_id, c.tokens)
             restore_drain(t.miner.drain, saved)  # checks the tree and counter before changing anything
         except ArtifactError:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(f"{source}: malformed ({type(e).__name__}: {e})") from None
         t._cluster_key = cluster_key
-        owned = set(cluster_key.values())
+        t.aliases = aliases
+        owned = set(cluster_key.values()) | set(aliases)
         t._unowned = {tp: i for i, tp in enumerate(vocab.templates) if i >= NUM_RESERVED and i not in owned}
         return t
+
+
+def _one_apart(cluster: LogCluster, sig: tuple[str, ...]) -> bool:
+    """Whether the cluster's tokens equal `sig` but at one position, where `sig` has `<*>`."""
+    tokens = cluster.log_template_tokens
+    if len(tokens) != len(sig):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(tokens, sig, strict=True)) if a != b]
+    return len(diff) == 1 and sig[diff[0]] == WILDCARD

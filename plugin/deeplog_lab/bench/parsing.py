@@ -85,7 +85,9 @@ def systems(data_dir: Path) -> list[Sample]:
 
 def _ours(lines: Sequence[str], fmt: str) -> list[int]:
     tpl = Templater(TemplaterConfig(format=fmt))  # type: ignore[arg-type]
-    return [ev.key if ev is not None else -1 for ev in tpl.parse_many(lines, learn=True)]
+    keys = [ev.key if ev is not None else -1 for ev in tpl.parse_many(lines, learn=True)]
+    # Training reads its keys through the aliases of the templates merged while it learned; so does this.
+    return [tpl.canonical(k) for k in keys]
 
 
 def _drain3(lines: Sequence[str]) -> list[int]:
