@@ -131,7 +131,7 @@ def _print_demo(r: DemoResult) -> None:
         i = dl["incident"]
         print(
             f"  {i['severity']:<8} risk {i['risk_score']:5.1f}  {dl['session']['id']:<28} "
-            f"{i['anomaly_count']} anomalies {dict(i['counts'])}"
+            f"{i['anomaly_count']} anomalies { ({t: n for t, n in i['counts'].items() if n}) }"
         )
     for i, ex in enumerate(r.examples, 1):
         dl = ex["deeplog"]
