@@ -19,8 +19,6 @@ Contract:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections import Counter
@@ -28,10 +26,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write
 from .config import SourceConfig
 from .errors import ArtifactError, ConfigError
 from .source import get_field
+from .statefile import read_state, write_state
 from .templater import ParsedEvent
 from .vocab import NUM_RESERVED, UNK, Vocabulary
 
@@ -126,43 +124,23 @@ class FieldKeys:
         }
 
     def save(self, directory: Path | str) -> Path:
-        path = Path(directory) / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        doc = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-            "state": state,
-        }
-        with atomic_write(path) as f:
-            f.write(json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+        path = write_state(
+            Path(directory) / STATE_FILE, kind=STATE_FORMAT, version=STATE_VERSION, state=self.state_dict()
+        )
         log.info("fieldkeys: saved %d keys of %s to %s", self.num_templates, self.key_field, path)
         return path
 
     @classmethod
     def load(cls, directory: Path | str, source: SourceConfig) -> FieldKeys:
         path = Path(directory) / STATE_FILE
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ArtifactError(
-                f"{path} not found: the model version was not trained with keys from a field "
-                "(source.key_field); train again with this configuration"
-            ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{path}: cannot read ({e})") from None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != STATE_FORMAT
-            or doc.get("version") != STATE_VERSION
-        ):
-            raise ArtifactError(f"{path}: not a deeplog-siem field-keys file of version {STATE_VERSION}")
-        state = doc.get("state")
-        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if hashlib.sha256(body.encode("utf-8")).hexdigest() != doc.get("sha256"):
-            raise ArtifactError(f"{path}: corrupted (checksum mismatch)")
+        state = read_state(
+            path,
+            kind=STATE_FORMAT,
+            version=STATE_VERSION,
+            what="field-keys state",
+            missing="the model version was not trained with keys from a field (source.key_field); train "
+            "again with this configuration",
+        )
         try:
             saved = (state["key_field"], tuple(state["param_fields"]))
             vocab = Vocabulary.from_dict(state["vocab"])

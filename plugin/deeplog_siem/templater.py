@@ -59,13 +59,13 @@ from drain3.drain import LogCluster
 from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
 
-from .atomic import atomic_write
 from .config import TemplaterConfig
 from .drain_state import DRAIN3_VERSION, ClusterState, DrainState, export_drain, remove_cluster, restore_drain
 from .errors import ArtifactError, ConfigError
 from .formats import PRESETS, ResolvedTemplating, resolve
 from .regex_syntax import digit_tests
 from .siblings import Siblings, kind_blind_match
+from .statefile import read_state, write_state
 from .vocab import NUM_RESERVED, UNK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -680,48 +680,22 @@ class Templater:
         """Write the state to `directory/templater.json` atomically; returns the file's path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        doc = {
-            "format": STATE_FORMAT,
-            "version": STATE_VERSION,
-            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-            "state": state,
-        }
-        path = directory / STATE_FILE
-        with atomic_write(path) as f:
-            f.write(
-                json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            )
+        path = write_state(
+            directory / STATE_FILE, kind=STATE_FORMAT, version=STATE_VERSION, state=self.state_dict()
+        )
         log.info("templater: saved %d templates to %s", len(self._cluster_key), path)
         return path
 
     @classmethod
     def load(cls, directory: Path | str, cfg: TemplaterConfig) -> Templater:
         path = Path(directory) / STATE_FILE
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ArtifactError(
-                f"templater state not found: {path} (train first, or point model.dir at the artifacts)"
-            ) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ArtifactError(f"templater state {path}: cannot read: {e}") from None
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"templater state {path}: corrupted (not valid JSON: {e})") from None
-        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-            raise ArtifactError(f"templater state {path}: not a deeplog-siem templater state file")
-        if doc.get("version") != STATE_VERSION:
-            raise ArtifactError(
-                f"templater state {path}: version {doc.get('version')!r} is not supported "
-                f"(expected {STATE_VERSION})"
-            )
-        state = doc.get("state")
-        body = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if hashlib.sha256(body.encode("utf-8")).hexdigest() != doc.get("sha256"):
-            raise ArtifactError(f"templater state {path}: corrupted (checksum mismatch)")
+        state = read_state(
+            path,
+            kind=STATE_FORMAT,
+            version=STATE_VERSION,
+            what="templater state",
+            missing="train first, or point model.dir at the artifacts",
+        )
         return cls.from_state(state, cfg, source=str(path))
 
     @classmethod
