@@ -58,6 +58,10 @@ class FakeKibana:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                # A Kibana without the Security app: no detection engine routes (setup skips its rules).
+                self._send(404, {"statusCode": 404, "error": "Not Found", "message": "Not Found"})
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 url = urlsplit(self.path)
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
