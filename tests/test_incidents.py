@@ -25,10 +25,11 @@ from deeplog_siem.feedback import apply_feedback
 from deeplog_siem.kibana import saved_objects
 from deeplog_siem.risk import ECS_SEVERITY, severity
 from deeplog_siem.runner import run_once
-from deeplog_siem.setup_assets import create_indices, index_mappings
+from deeplog_siem.setup_assets import create_indices
 
 from . import test_reliability as reliability
 from .conftest import real_cluster
+from .test_alerting import mapped
 from .test_reliability import CLI, config_data, index_docs, write_config
 
 # The reliability tests' small real model and HDFS sample, shared by these tests.
@@ -361,7 +362,7 @@ def test_the_dashboard_opens_on_incidents_by_risk_with_a_job_control():
         json.loads(dash["attributes"]["panelsJSON"]), key=lambda p: (p["gridData"]["y"], p["gridData"]["x"])
     )
     first, second = (objects[refs[p["panelRefName"]]] for p in panels[:2])
-    types = incident_field_types()
+    types = mapped("incidents")
 
     vis = json.loads(first["attributes"]["visState"])
     assert vis["type"] == "input_control_vis"
@@ -376,20 +377,6 @@ def test_the_dashboard_opens_on_incidents_by_risk_with_a_job_control():
         assert column in types, column
     view = objects["deeplog-incidents"]["attributes"]
     assert view["title"] == "deeplog-incidents*" and types[view["timeFieldName"]] == "date"
-
-
-def incident_field_types() -> dict[str, str]:
-    out: dict[str, str] = {}
-
-    def walk(props: dict[str, Any], prefix: str) -> None:
-        for name, spec in props.items():
-            if "properties" in spec:
-                walk(spec["properties"], f"{prefix}{name}.")
-            else:
-                out[f"{prefix}{name}"] = spec.get("type", "object")
-
-    walk(index_mappings("incidents")["properties"], "")
-    return out
 
 
 def test_an_anomalies_index_without_the_shipped_mapping_skips_incidents_not_detection(
