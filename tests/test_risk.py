@@ -63,6 +63,20 @@ def test_a_parameter_anomaly_is_as_rare_as_its_distance_beyond_the_threshold():
     assert param_rarity(float("inf"), threshold, confidence) < 1e-200
 
 
+def test_beyond_its_threshold_a_parameter_error_gets_rarer_by_e_per_standard_deviation():
+    confidence, threshold = 0.9998, 3.72
+    at = param_rarity(threshold, threshold, confidence)
+    # Just outside the held-out errors is not yet beyond 1 in 10,000: the Gaussian's own tail would say so.
+    assert severity(risk_score(param_rarity(1.05 * threshold, threshold, confidence))) == "medium"
+    assert param_rarity(threshold + 1.0, threshold, confidence) == pytest.approx(at / math.e)
+    assert param_rarity(threshold + 3.0, threshold, confidence) == pytest.approx(at / math.e**3)
+    assert severity(risk_score(param_rarity(threshold + 1.0, threshold, confidence))) == "high"
+    # Many standard deviations out (a step five times its usual length) stays critical.
+    assert severity(risk_score(param_rarity(20.0, threshold, confidence))) == "critical"
+    # Without a confidence (a document written before rarities were stored): the Gaussian tail, as before.
+    assert param_rarity(5.0, threshold, None) == pytest.approx(math.erfc(5.0 / math.sqrt(2.0)))
+
+
 # ------------------------------------------------------------------------------------------ calibration
 
 
