@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import pytest
 import torch
 
+from deeplog_lab.evaluate import rarity_reliability
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.calibration import META_KEY, KeyCalibration, calibrate_keys, calibrate_version
@@ -145,6 +146,20 @@ def test_the_detector_gives_every_window_its_rarity_the_same_in_any_batch(traine
     # Without a calibration: vocabulary size x p, at most 1.
     bare = KeyDetector(model, 2, cache_size=0).score(w)
     assert torch.allclose(bare.rarity, (s.prob.double() * model.args.vocab_size).clamp(max=1.0))
+
+
+def test_the_evaluation_reports_how_many_normal_events_the_calibration_rates_beyond_each_level(trained):
+    model, sessions, cfg = trained
+    cal = calibrate_version(model, sessions, cfg)
+    unseen = syn.sessions(200, seed=11)  # normal sessions the version never saw
+    det = KeyDetector(model, 2, calibration=cal)
+    r = rarity_reliability(det, unseen, chunk=70)
+    q = det.score(build_windows(unseen, cfg.window)).rarity
+    assert r["events"] == q.numel() == sum(len(s) + 1 for s in unseen)
+    assert r["below"] == {f"{x:g}": int((q < x).sum()) for x in (1e-2, 1e-3, 1e-4, 1e-6)}
+    assert r["expected"]["0.0001"] == pytest.approx(1e-4 * r["events"])
+    below = list(r["below"].values())
+    assert below == sorted(below, reverse=True)
 
 
 # ---------------------------------------------------------------------------------- on the real server
