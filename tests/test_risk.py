@@ -116,6 +116,14 @@ def test_the_calibration_survives_its_json_form_and_a_damaged_one_names_the_fiel
     keys, prob = torch.tensor([syn.A, syn.B, syn.E, syn.G] * 3), torch.logspace(0, -9, 12)
     assert torch.allclose(back.rarity(keys, prob), cal.rarity(keys, prob), rtol=1e-5)
     assert KeyCalibration.from_meta({}) is None  # a version trained before calibration existed
+    # Exactly, also at a table's own points: many normal events share a surprise that is one of them, and a
+    # version is scored from its stored form, the evaluation from the calibration it has just made.
+    full = calibrate_version(model, sessions, cfg)
+    points = [(k, x) for k, t in full.keys.items() for x in t.surprise]
+    keys = torch.tensor([k for k, _ in points])
+    prob = torch.exp(-torch.tensor([x for _, x in points], dtype=torch.float64))
+    stored = KeyCalibration.from_dict(json.loads(json.dumps(full.to_dict())))
+    assert torch.equal(stored.rarity(keys, prob), full.rarity(keys, prob))
     d = cal.to_dict()
     first = next(iter(d["keys"]))
     for damage, field in (
