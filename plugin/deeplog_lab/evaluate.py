@@ -9,8 +9,8 @@ sessions whose highest severity (the risk of their rarest anomalous event, `deep
 anomalies found), and `risk_reliability` (`rarity_reliability`: how many of the normal file's events the
 calibration rates rarer than 1 in 100, ... 1 in 1,000,000, beside the count a calibrated rarity gives).
 The risk calibration is the one `deeplog-siem train` makes (validation sessions). No session is
-de-duplicated. `run_evaluation(...)` is the whole
-train-or-load / score / report pipeline behind `deeplog-siem evaluate`.
+de-duplicated. `run_evaluation(...)` is the whole train-or-load / score / report pipeline behind
+`deeplog-siem evaluate`.
 
 The figures on the dev files, by seed, and what was tried to lower the FP rate are in BENCHMARKS.md
 ("Log-key model: detection accuracy on HDFS", "Tried and dropped").

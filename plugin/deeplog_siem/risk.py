@@ -32,8 +32,8 @@ ECS_SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}
 TINY = 1e-300  # the smallest rarity kept (risk 100 long before it)
 # Beyond its threshold a series' error is rated by an exponential tail, one factor e per this many standard
 # deviations: the Gaussian fitted to a few hundred held-out errors says nothing about how fast its tail
-# falls that far out, and its own rate there (about the threshold, in std units) would make a normal
-# vector just outside the errors held out look rarer than 1 in 10,000.
+# falls that far out, and its own rate there (about the threshold, in std units) would rate a normal
+# vector just outside the held-out errors `high`.
 BEYOND_SCALE = 1.0
 
 
