@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import pytest
 import torch
 
+from deeplog_lab.evaluate import rarity_reliability
 from deeplog_lab.replay import EPOCH, index_lines, load_sample, render
 from deeplog_siem.artifacts import KEYMODEL, ModelStore
 from deeplog_siem.calibration import META_KEY, KeyCalibration, calibrate_keys, calibrate_version
@@ -63,6 +64,20 @@ def test_a_parameter_anomaly_is_as_rare_as_its_distance_beyond_the_threshold():
     assert param_rarity(float("inf"), threshold, confidence) < 1e-200
 
 
+def test_beyond_its_threshold_a_parameter_error_gets_rarer_by_e_per_standard_deviation():
+    confidence, threshold = 0.9998, 3.72
+    at = param_rarity(threshold, threshold, confidence)
+    # Just outside the held-out errors is not yet beyond 1 in 10,000: the Gaussian's own tail would say so.
+    assert severity(risk_score(param_rarity(1.05 * threshold, threshold, confidence))) == "medium"
+    assert param_rarity(threshold + 1.0, threshold, confidence) == pytest.approx(at / math.e)
+    assert param_rarity(threshold + 3.0, threshold, confidence) == pytest.approx(at / math.e**3)
+    assert severity(risk_score(param_rarity(threshold + 1.0, threshold, confidence))) == "high"
+    # Many standard deviations out (a step five times its usual length) stays critical.
+    assert severity(risk_score(param_rarity(20.0, threshold, confidence))) == "critical"
+    # Without a confidence (a document written before rarities were stored): the Gaussian tail, as before.
+    assert param_rarity(5.0, threshold, None) == pytest.approx(math.erfc(5.0 / math.sqrt(2.0)))
+
+
 # ------------------------------------------------------------------------------------------ calibration
 
 
@@ -101,6 +116,14 @@ def test_the_calibration_survives_its_json_form_and_a_damaged_one_names_the_fiel
     keys, prob = torch.tensor([syn.A, syn.B, syn.E, syn.G] * 3), torch.logspace(0, -9, 12)
     assert torch.allclose(back.rarity(keys, prob), cal.rarity(keys, prob), rtol=1e-5)
     assert KeyCalibration.from_meta({}) is None  # a version trained before calibration existed
+    # Exactly, also at a table's own points: many normal events share a surprise that is one of them, and a
+    # version is scored from its stored form, the evaluation from the calibration it has just made.
+    full = calibrate_version(model, sessions, cfg)
+    points = [(k, x) for k, t in full.keys.items() for x in t.surprise]
+    keys = torch.tensor([k for k, _ in points])
+    prob = torch.exp(-torch.tensor([x for _, x in points], dtype=torch.float64))
+    stored = KeyCalibration.from_dict(json.loads(json.dumps(full.to_dict())))
+    assert torch.equal(stored.rarity(keys, prob), full.rarity(keys, prob))
     d = cal.to_dict()
     first = next(iter(d["keys"]))
     for damage, field in (
@@ -131,6 +154,20 @@ def test_the_detector_gives_every_window_its_rarity_the_same_in_any_batch(traine
     # Without a calibration: vocabulary size x p, at most 1.
     bare = KeyDetector(model, 2, cache_size=0).score(w)
     assert torch.allclose(bare.rarity, (s.prob.double() * model.args.vocab_size).clamp(max=1.0))
+
+
+def test_the_evaluation_reports_how_many_normal_events_the_calibration_rates_beyond_each_level(trained):
+    model, sessions, cfg = trained
+    cal = calibrate_version(model, sessions, cfg)
+    unseen = syn.sessions(200, seed=11)  # normal sessions the version never saw
+    det = KeyDetector(model, 2, calibration=cal)
+    r = rarity_reliability(det, unseen, chunk=70)
+    q = det.score(build_windows(unseen, cfg.window)).rarity
+    assert r["events"] == q.numel() == sum(len(s) + 1 for s in unseen)
+    assert r["below"] == {f"{x:g}": int((q < x).sum()) for x in (1e-2, 1e-3, 1e-4, 1e-6)}
+    assert r["expected"]["0.0001"] == pytest.approx(1e-4 * r["events"])
+    below = list(r["below"].values())
+    assert below == sorted(below, reverse=True)
 
 
 # ---------------------------------------------------------------------------------- on the real server

@@ -76,8 +76,10 @@ class Tail:
         return {
             "windows": self.windows,
             "levels": list(self.levels),
-            "surprise": [round(x, 6) for x in self.surprise],
-            "scale": round(self.scale, 6),
+            # Unrounded: many held-out windows share the surprise a level sits at, and a rounded level would
+            # rate them differently once stored than the calibration that was just made.
+            "surprise": list(self.surprise),
+            "scale": self.scale,
         }
 
     @classmethod

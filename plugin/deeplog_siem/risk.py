@@ -14,9 +14,10 @@ Contract:
   chance at most vocab_size * t).
 - Parameter anomalies: `param_rarity(error, threshold, confidence)`: the error is in standard deviations of
   its series' held-out prediction errors, and the series' threshold is where the configured per-vector
-  false-alarm rate `1 - confidence` lies; the rarity is that rate scaled by how much rarer the error's
-  two-sided Gaussian tail is than the threshold's (a threshold widened by feedback widens this too).
-  Without a confidence (`None`), the error's two-sided tail alone.
+  false-alarm rate `1 - confidence` lies; the rarity is that rate, scaled up to the threshold by how much
+  rarer the error's two-sided Gaussian tail is than the threshold's and beyond it by an exponential tail
+  that falls by e every `BEYOND_SCALE` standard deviations past the threshold (a threshold widened by
+  feedback widens this too). Without a confidence (`None`), the error's two-sided Gaussian tail alone.
 No torch here: the anomaly builders and the feedback job import this module.
 """
 
@@ -29,6 +30,11 @@ BANDS = (("critical", 75.0), ("high", 50.0), ("medium", 25.0), ("low", 0.0))
 SEVERITIES = ("low", "medium", "high", "critical")
 ECS_SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}
 TINY = 1e-300  # the smallest rarity kept (risk 100 long before it)
+# Beyond its threshold a series' error is rated by an exponential tail, one factor e per this many standard
+# deviations: the Gaussian fitted to a few hundred held-out errors says nothing about how fast its tail
+# falls that far out, and its own rate there (about the threshold, in std units) would rate a normal
+# vector just outside the held-out errors `high`.
+BEYOND_SCALE = 1.0
 
 
 def risk_score(rarity: float) -> float:
@@ -62,6 +68,8 @@ def param_rarity(error: float, threshold: float, confidence: float | None) -> fl
         return min(1.0, max(TINY, tail))
     if threshold <= 0:
         return 1.0
+    if abs(error) > threshold:
+        return min(1.0, max(TINY, (1.0 - confidence) * math.exp(-(abs(error) - threshold) / BEYOND_SCALE)))
     at_threshold = math.erfc(threshold / math.sqrt(2.0))
     if at_threshold <= 0:
         return 1.0
