@@ -78,6 +78,7 @@ class Metrics:
             "that could tell",
             registry=r,
         )
+        self.lag.set(float("nan"))  # unknown until a detection run can tell; 0 would say "caught up"
         self.leases = Gauge(
             "deeplog_partition_leases_held", "Job-state leases this process holds now", registry=r
         )
