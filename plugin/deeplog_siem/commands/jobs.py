@@ -3,7 +3,8 @@
 Contract: config -> `train` publishes a new model version; `detect` runs detection once (--once: new
 documents since the checkpoint; --start/--end: a backfill with its own checkpoint; with --preview, a backfill
 into `output.preview` that alerts nobody: no incident, the live checkpoint, tails and recent-traffic sample
-untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C (`--listen` overrides `health.listen`). The clients are closed on every path.
+untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C (`--listen`
+overrides `health.listen`). The clients are closed on every path.
 """
 
 from __future__ import annotations
