@@ -137,6 +137,14 @@ def test_the_containerfile_builds_a_non_root_image_of_the_cli():
             assert all((REPO / s).exists() for s in sources), arg
 
 
+def test_hadolint_passes_the_containerfile():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed here")
+    done = subprocess.run([hadolint, str(CONTAINERFILE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_statefulset_probes_the_endpoint_and_names_each_worker_by_its_pod():
     docs = [d for d in yaml.safe_load_all(STATEFULSET.read_text(encoding="utf-8")) if d]
     (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
