@@ -130,11 +130,16 @@ def test_the_containerfile_builds_a_non_root_image_of_the_cli():
     assert cmd[0] == "run"
     check_command_line(cmd)
     assert cmd[cmd.index("--listen") + 1] == f"0.0.0.0:{DEFAULT_PORT}"
-    # Everything it copies exists in the repository, whose root is the build context.
-    for word, arg in ins:
-        if word == "COPY":
-            *sources, _ = arg.split()
-            assert all((REPO / s).exists() for s in sources), arg
+    # Everything it copies exists in the repository, whose root is the build context, and every link in
+    # it (the package's assets link to folders at the top) points into what is copied too.
+    copied = [REPO / src for word, arg in ins if word == "COPY" for src in arg.split()[:-1]]
+    assert all(p.exists() for p in copied), copied
+    for top in copied:
+        for link in (p for p in top.rglob("*") if p.is_symlink()):
+            target = link.resolve()
+            assert any(target.is_relative_to(c.resolve()) for c in copied), (
+                f"{link} -> {target} is not copied"
+            )
 
 
 def test_hadolint_passes_the_containerfile():
