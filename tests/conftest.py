@@ -112,6 +112,8 @@ def config_data(es_section: dict, prefix: str, model_dir: Path, **sections: dict
             "workflows_index": f"{prefix}-workflows",
             "state_index": f"{prefix}-state",
         },
+        # Test daemons run side by side: each takes a free port, never the default one.
+        "health": {"listen": "127.0.0.1:0"},
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}

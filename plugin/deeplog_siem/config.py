@@ -535,6 +535,48 @@ class LoggingConfig:
         pass
 
 
+@dataclass(frozen=True)
+class HealthConfig:
+    """The daemon's HTTP endpoint: `/healthz` and Prometheus `/metrics` (README "Health and metrics")."""
+
+    # HOST:PORT; "" turns the endpoint off; port 0 picks a free port (the daemon logs the one it bound).
+    listen: str = "127.0.0.1:9464"
+    # /healthz fails when no detection run finished for this long; None: as `deeplog-siem check`, three
+    # detection intervals, at least 10 minutes.
+    max_age_seconds: int | None = None
+    # /healthz fails once this many detection runs in a row have failed.
+    max_failed_runs: int = 3
+
+    def validate(self, key: str) -> None:
+        parse_listen(self.listen, f"{key}.listen")
+        if self.max_age_seconds is not None:
+            _check(
+                f"{key}.max_age_seconds",
+                self.max_age_seconds >= 1,
+                f"must be >= 1, got {self.max_age_seconds}",
+            )
+        _check(
+            f"{key}.max_failed_runs", self.max_failed_runs >= 1, f"must be >= 1, got {self.max_failed_runs}"
+        )
+
+
+def parse_listen(value: str, key: str) -> tuple[str, int] | None:
+    """`HOST:PORT` (an IPv6 host in brackets) -> (host, port); "" -> None (off); `ConfigError` naming `key`."""
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    _check(
+        key,
+        bool(sep and host.strip() and port.isdigit()),
+        f"must be HOST:PORT (or empty to turn it off), got {value!r}",
+    )
+    _check(key, " " not in host and ("[" not in host and "]" not in host), f"invalid host in {value!r}")
+    _check(key, 0 <= int(port) <= 65535, f"port must be in 0..65535, got {port}")
+    return host, int(port)
+
+
 # Setup assets: retention policies and the Kibana saved-objects import.
 
 _SIZE_RE = re.compile(r"\d+(b|kb|mb|gb|tb|pb)")
@@ -630,6 +672,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     kibana: KibanaConfig = field(default_factory=KibanaConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def validate(self, key: str = "") -> None:
         for f in dataclasses.fields(self):

@@ -8,6 +8,8 @@ configuration that ran it), `line()` -> the summary log line.
 `extra_fields()` and `extra_line()` are what a job adds of its own (the feedback job's figures: see
 `feedback.FeedbackSummary`). `record_run(clients, config, summary)` writes the document and logs the line;
 a failure to record is logged, never raised, and the document waits to go with the next run's.
+`add_observer(fn)` / `remove_observer(fn)`: `fn(config, summary, written=, pending=)` is called for every run
+`record_run` records, after its write was tried (`metrics`, `health`); an observer that raises is logged.
 `recorded(clients, config, summary)` is the context manager every job runs inside: it times the run and
 records it, failed or not; a failure is recorded with its message and stack trace, then re-raised. A run
 that ends without an error but with documents the server refused for good is `degraded`, never `ok`; a run
@@ -22,7 +24,7 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +147,32 @@ _UNRECORDED: deque[dict[str, Any]] = deque(maxlen=1000)
 _UNRECORDED_LOCK = threading.Lock()
 
 
+Observer = Callable[..., None]
+_OBSERVERS: list[Observer] = []
+
+
+def add_observer(fn: Observer) -> None:
+    """Call `fn(config, summary, written=, pending=)` for every run recorded from now on."""
+    with _UNRECORDED_LOCK:
+        _OBSERVERS.append(fn)
+
+
+def remove_observer(fn: Observer) -> None:
+    with _UNRECORDED_LOCK:
+        if fn in _OBSERVERS:
+            _OBSERVERS.remove(fn)
+
+
+def _notify(config: Config, summary: RunSummary, *, written: bool) -> None:
+    with _UNRECORDED_LOCK:
+        observers, pending = list(_OBSERVERS), len(_UNRECORDED)
+    for fn in observers:
+        try:
+            fn(config, summary, written=written, pending=pending)
+        except Exception:  # noqa: BLE001 - an observer must not turn a finished run into a failure
+            log.exception("run %s: an observer of finished runs failed", summary.run_id)
+
+
 def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
     """The run document and the one summary line; a failure to record is logged, never raised."""
     name = config.job.name
@@ -163,6 +191,9 @@ def record_run(clients: Clients, config: Config, summary: RunSummary) -> None:
             config.output.runs_index,
             e,
         )
+        _notify(config, summary, written=False)
+        return
+    _notify(config, summary, written=True)
 
 
 @contextmanager

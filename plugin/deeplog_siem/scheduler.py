@@ -8,7 +8,8 @@ when configured. One instance of each job at a time, missed runs coalesced,
 recorded in the runs index (`runs.recorded`) and logged here; the daemon keeps going. On stop, a detection run
 finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends; retraining and the
 feedback job end at their next safe point (`stopping`) without publishing a model version, recorded
-`stopped`. Retraining logs its progress (one line per epoch).
+`stopped`. Retraining logs its progress (one line per epoch). While it runs, `health.serve` answers
+`/healthz` and `/metrics` on `health.listen`; a port it cannot bind stops the daemon before it starts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExe
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from . import health
 from .artifacts import ModelStore
 from .config import Config
 from .cron import parse_cron
@@ -133,6 +135,7 @@ def build_scheduler(config: Config, clients: Clients, stop: threading.Event) -> 
 
 def run_daemon(config: Config, clients: Clients, stop: threading.Event) -> None:
     sched = build_scheduler(config, clients, stop)
+    endpoint = health.serve(config, alive=lambda: sched.running)
     sched.start()
     log.info(
         "deeplog-siem running: detection every %s s, feedback every %s s%s; stop with SIGTERM or Ctrl-C",
@@ -145,3 +148,5 @@ def run_daemon(config: Config, clients: Clients, stop: threading.Event) -> None:
     finally:
         log.info("stopping: waiting for the running job to finish its chunk")
         sched.shutdown(wait=True)
+        if endpoint is not None:
+            endpoint.close()

@@ -174,6 +174,11 @@ def save_state(clients: Clients, index: str, state: JobState, prepared: dict[str
     state.seq_no, state.primary_term = int(resp["_seq_no"]), int(resp["_primary_term"])
 
 
+def leases_held() -> int:
+    """How many job-state leases runs of this process hold now."""
+    return len(_LIVE)
+
+
 def lease_owner(run_id: str) -> str:
     """The lease owner of run `run_id` of this process: host, process id and run id."""
     return f"{socket.gethostname()}:{os.getpid()}:{run_id}"

@@ -37,10 +37,12 @@ def check(what: str) -> None:
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     name = signal.Signals(signum).name
     if not _requested.is_set():
+        # Set before logging: a second signal can arrive while the line is written (the handler runs again
+        # inside this one), and must find the first one counted.
+        _requested.set()
         log.info(
             "received %s: stopping once the running job reaches a safe point (again to exit at once)", name
         )
-        _requested.set()
         return
     log.critical("received %s again: exiting at once, without waiting for the running job", name)
     for h in logging.getLogger().handlers:

@@ -3,14 +3,17 @@
 Contract: config -> `train` publishes a new model version; `detect` runs detection once (--once: new
 documents since the checkpoint; --start/--end: a backfill with its own checkpoint; with --preview, a backfill
 into `output.preview` that alerts nobody: no incident, the live checkpoint, tails and recent-traffic sample
-untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C. The clients are closed on every path.
+untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C (`--listen`
+overrides `health.listen`). The clients are closed on every path.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
+from ..config import parse_listen
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
 from .common import add_config_arg, connect, load, report_run
@@ -66,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..scheduler import run_daemon
 
     cfg = load(args)
+    if args.listen is not None:
+        parse_listen(args.listen, "--listen")
+        cfg = cfg.replace(health=dataclasses.replace(cfg.health, listen=args.listen))
     stop = stopping.install()
     clients = connect(cfg)
     try:
@@ -107,4 +113,9 @@ def register(sub: Subparsers, wanted: Wanted) -> None:
 
     p = add_parser(sub, "run")
     add_config_arg(p)
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve /healthz and /metrics here instead of health.listen (port 0: a free port; '' : off)",
+    )
     p.set_defaults(func=cmd_run)
