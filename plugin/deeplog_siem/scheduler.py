@@ -9,6 +9,12 @@ recorded in the runs index (`runs.recorded`) and logged here; the daemon keeps g
 finishes the chunk it is in (its anomalies written and its checkpoint saved) and ends; retraining and the
 feedback job end at their next safe point (`stopping`) without publishing a model version, recorded
 `stopped`. Retraining logs its progress (one line per epoch).
+
+With `workers.partitions` > 1 the detection job is one worker of a pool (`membership`): each run renews this
+worker's heartbeat, works out its share of the partitions among the live workers and runs each of them
+whose lease it can take (`runner.run_partition`); a partition another worker still holds is tried again
+at the next run. `DetectJob.worker_id` and `DetectJob.leases_held()` say who this worker is and how many
+partition leases it holds now.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from .config import Config
 from .cron import parse_cron
 from .errors import JobStopped
 from .es import Clients
-from .runner import Detection, run_once
+from .membership import Membership, worker_id
+from .partitions import Partition
+from .runner import Detection, run_once, run_partition
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,21 @@ class DetectJob:
     def __init__(self, config: Config, clients: Clients, stop: threading.Event) -> None:
         self.config, self.clients, self.stop = config, clients, stop
         self.detection: Detection | None = None
+        self.worker_id = worker_id(config)
+        partitioned = config.workers.partitions > 1
+        self.membership = Membership(clients, config, stop) if partitioned else None
+        self.assigned: list[int] = []  # this worker's partitions at its last run
+        self.lease_requests = 0  # partition leases asked for, taken or not
+        self._holding: int | None = None  # the partition whose run is in progress
+
+    def leases_held(self) -> int:
+        """How many partition leases this worker holds now (its partitions run one at a time)."""
+        return 0 if self._holding is None else 1
+
+    def close(self) -> None:
+        """Leave the pool (the heartbeat is deleted, so the others take this worker's partitions at once)."""
+        if self.membership is not None:
+            self.membership.leave()
 
     def __call__(self) -> None:
         t0 = time.monotonic()
@@ -49,7 +72,10 @@ class DetectJob:
         except Exception:  # noqa: BLE001 - run_once loads it again and records why it cannot
             self.detection = None
         try:
-            run_once(self.config, self.clients, detection=self.detection, stop=self.stop)
+            if self.membership is None:
+                run_once(self.config, self.clients, detection=self.detection, stop=self.stop)
+            else:
+                self._run_partitions(self.membership)
         except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the schedule must go on
             log.error("detection run failed: %s", e)
         elapsed = time.monotonic() - t0
@@ -59,6 +85,40 @@ class DetectJob:
                 elapsed,
                 self.config.schedule.detect_interval_seconds,
             )
+
+    def _run_partitions(self, membership: Membership) -> None:
+        membership.beat()
+        membership.start()
+        live = membership.live()
+        mine = membership.assigned(live)
+        if mine != self.assigned:
+            log.info(
+                "worker %s runs partitions %s of %s (%s live workers)",
+                self.worker_id,
+                mine,
+                self.config.workers.partitions,
+                len(live),
+            )
+        self.assigned = mine
+        cfg = self.config.workers
+        for index in mine:
+            if self.stop.is_set():
+                break
+            self.lease_requests += 1
+            self._holding = index
+            try:
+                run_partition(
+                    self.config,
+                    self.clients,
+                    partition=Partition(index, cfg.partitions, cfg.partition_field),
+                    worker=self.worker_id,
+                    detection=self.detection,
+                    stop=self.stop,
+                )
+            except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the other partitions go on
+                log.error("detection run of partition %s of %s failed: %s", index, cfg.partitions, e)
+            finally:
+                self._holding = None
 
 
 def retrain_job(config: Config, clients: Clients) -> None:
@@ -145,3 +205,10 @@ def run_daemon(config: Config, clients: Clients, stop: threading.Event) -> None:
     finally:
         log.info("stopping: waiting for the running job to finish its chunk")
         sched.shutdown(wait=True)
+        _leave(sched)
+
+
+def _leave(sched: BackgroundScheduler) -> None:
+    detect = sched.get_job("detect")
+    if detect is not None and isinstance(detect.func, DetectJob):
+        detect.func.close()
