@@ -5,6 +5,7 @@ dead worker's partitions are taken over within two lease periods."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -27,7 +28,8 @@ from deeplog_siem.es import Clients
 from deeplog_siem.membership import rendezvous_owner
 from deeplog_siem.partitions import Partition, all_partitions, partition_key
 from deeplog_siem.runner import run_once, run_partition, train
-from deeplog_siem.state import JobState, load_state, state_id, take_partition_lease
+from deeplog_siem.scheduler import feedback_job, retrain_job
+from deeplog_siem.state import JobState, load_state, release_lease, state_id, take_lease, take_partition_lease
 
 from .conftest import REPO, config_data, real_cluster
 
@@ -287,3 +289,47 @@ def test_detect_once_runs_every_partition_it_can_lease(clients, es_section, pref
     parts = all_partitions(3, FIELD)
     expected = sum(1 for d in docs if not parts[1].owns(d["deeplog"]["partition"]))
     assert sum(r["docs_read"] for r in out["runs"]) == expected
+
+
+def test_feedback_and_retraining_run_on_one_worker_of_the_pool(
+    clients, es_section, prefix, small_model, caplog
+):
+    """Every worker schedules feedback and retraining; while one runs either, the others skip it (logged)."""
+    cfg = parse_config(
+        config_data(
+            es_section,
+            prefix,
+            small_model,
+            model={"device": "cpu"},
+            params={"enabled": False},
+            workers={"partitions": 2, "worker_id": "w2"},
+        )
+    )
+    caplog.set_level(logging.INFO)
+    held = [
+        take_lease_as(clients, cfg, what, owner="another-host:4242:run") for what in ("feedback", "retrain")
+    ]
+    feedback_job(cfg, clients)
+    retrain_job(cfg, clients)
+    assert "feedback skipped: another worker of this job runs it" in caplog.text
+    assert "retrain skipped: another worker of this job runs it" in caplog.text
+    assert "failed" not in caplog.text
+    assert not all_runs(clients, cfg)  # nothing ran, so nothing was recorded
+    for state in held:
+        release_lease(clients, cfg.output.state_index, state)
+    feedback_job(cfg, clients)
+    assert [r["job"] for r in all_runs(clients, cfg)] == ["feedback"]
+
+
+def take_lease_as(clients: Clients, cfg: Config, what: str, *, owner: str) -> JobState:
+    return take_lease(
+        clients, cfg.output.state_index, f"{state_id(cfg.job.name)}.{what}", owner=owner, lease_s=600
+    )
+
+
+def all_runs(clients: Clients, cfg: Config) -> list[dict]:
+    if not clients.es.indices.exists(index=cfg.output.runs_index):
+        return []
+    clients.es.indices.refresh(index=cfg.output.runs_index)
+    hits = clients.es.search(index=cfg.output.runs_index, size=100)["hits"]["hits"]
+    return [h["_source"]["deeplog"]["run"] for h in hits]

@@ -10,6 +10,10 @@ lease does; this worker always counts). `assigned(live)` is this worker's share 
 rendezvous hashing: each partition goes to the live worker with the highest hash of (job, partition,
 worker), so a worker that joins or leaves moves only its own share. Assignment only says which leases to
 try: the partition's lease and compare-and-set saves (`state`) are what keep two workers off one partition.
+
+`take_writer(clients, config, what)` keeps the jobs that write the model (feedback, retraining) to one worker
+of the pool: it takes the lease of the state document `<job state id>.<what>` for the job's run
+(`release_writer` gives it back), and returns None (logged) while another worker's run holds it.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import os
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 from .config import Config
+from .errors import StateConflict
 from .es import Clients
-from .state import owner_gone, state_id
+from .state import JobState, lease_owner, owner_gone, release_lease, state_id, take_lease
 from .timefmt import epoch_seconds, iso_utc, utc_now
 
 log = logging.getLogger(__name__)
@@ -144,3 +150,22 @@ def _heartbeat(src: Any) -> tuple[str, float] | None:
         return None
     expires = epoch_seconds(w.get("expires_at"))
     return None if expires is None else (w["id"], expires)
+
+
+def take_writer(clients: Clients, config: Config, what: str) -> JobState | None:
+    """The pool's lease on `what` (held until `release_writer`), or None when another worker's run holds it."""
+    try:
+        return take_lease(
+            clients,
+            config.output.state_index,
+            f"{state_id(config.job.name)}.{what}",
+            owner=lease_owner(uuid.uuid4().hex),
+            lease_s=config.schedule.lease_seconds,
+        )
+    except StateConflict as e:
+        log.info("%s skipped: another worker of this job runs it (%s)", what, e)
+        return None
+
+
+def release_writer(clients: Clients, config: Config, held: JobState) -> None:
+    release_lease(clients, config.output.state_index, held)

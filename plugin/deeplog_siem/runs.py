@@ -87,7 +87,7 @@ class RunSummary:
         secs = self.durations_ms.get("total", 0) / 1000
         rate = self.docs_read / secs if secs else 0.0
         return (
-            f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
+            f"{self.job} run {self.run_id}{self._where()} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
             f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, "
@@ -133,6 +133,12 @@ class RunSummary:
             },
             **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
         }
+
+    def _where(self) -> str:
+        """Which partition, on which worker, for a partitioned detection run."""
+        if self.partition is None:
+            return ""
+        return f" (partition {self.partition[0]} of {self.partition[1]}, worker {self.worker})"
 
     def _detection_fields(self) -> dict[str, Any]:
         if self.job != "detect":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
@@ -33,7 +34,7 @@ from .config import Config
 from .cron import parse_cron
 from .errors import JobStopped
 from .es import Clients
-from .membership import Membership, worker_id
+from .membership import Membership, release_writer, take_writer, worker_id
 from .partitions import Partition
 from .runner import Detection, run_once, run_partition
 
@@ -122,6 +123,10 @@ class DetectJob:
 
 
 def retrain_job(config: Config, clients: Clients) -> None:
+    _as_sole_writer(config, clients, "retrain", _retrain)
+
+
+def _retrain(config: Config, clients: Clients) -> None:
     from .retrain import retrain  # imports torch training code only when the job runs
 
     try:
@@ -139,6 +144,31 @@ def retrain_job(config: Config, clients: Clients) -> None:
 
 
 def feedback_job(config: Config, clients: Clients) -> None:
+    _as_sole_writer(config, clients, "feedback", _feedback)
+
+
+def _as_sole_writer(
+    config: Config, clients: Clients, what: str, job: Callable[[Config, Clients], None]
+) -> None:
+    """Run `job`; with several workers, only while this one holds the pool's lease on `what`
+    (`membership.take_writer`): the others skip that run, logged."""
+    if config.workers.partitions <= 1:
+        job(config, clients)
+        return
+    try:
+        held = take_writer(clients, config, what)
+    except Exception as e:  # noqa: BLE001 - the schedule must go on; the next run tries again
+        log.error("%s not run: could not take its lease: %s", what, e)
+        return
+    if held is None:
+        return
+    try:
+        job(config, clients)
+    finally:
+        release_writer(clients, config, held)
+
+
+def _feedback(config: Config, clients: Clients) -> None:
     from .feedback import apply_feedback  # imports torch training code only when the job runs
 
     try:
