@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -86,6 +87,8 @@ def small_model(clients: Clients, es_section: dict, tmp_path_factory) -> Iterato
 
 
 class Worker:
+    """`deeplog-siem run` in a subprocess; its stderr read as it comes (a full pipe would stall it)."""
+
     def __init__(self, config: Path, name: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO / "plugin"), "DEEPLOG_WORKER": name}
         self.name = name
@@ -96,16 +99,27 @@ class Worker:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
 
     def stop(self) -> str:
+        """SIGTERM, then its whole log once it has exited."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-        return err or ""
+                self.proc.wait()
+        self._reader.join(timeout=10)
+        return "".join(self.lines)
 
 
 def states(clients: Clients, cfg: Config) -> list[JobState]:
@@ -132,9 +146,7 @@ def wait_for(what: str, cond, timeout: float, workers: list[Worker]):
         if v:
             return v
         for w in workers:
-            assert w.proc.poll() is None, (
-                f"worker {w.name} exited: {w.proc.stderr.read() if w.proc.stderr else ''}"
-            )
+            assert w.proc.poll() is None, f"worker {w.name} exited: {''.join(w.lines[-30:])}"
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
