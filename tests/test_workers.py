@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,11 +27,12 @@ from elasticsearch import helpers
 from deeplog_lab.replay import documents, load_sample, render
 from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients
-from deeplog_siem.membership import rendezvous_owner
+from deeplog_siem.membership import Membership, rendezvous_owner
 from deeplog_siem.partitions import Partition, all_partitions, partition_key
 from deeplog_siem.runner import run_once, run_partition, train
 from deeplog_siem.scheduler import feedback_job, retrain_job
 from deeplog_siem.state import JobState, load_state, release_lease, state_id, take_lease, take_partition_lease
+from deeplog_siem.timefmt import iso_utc
 
 from .conftest import REPO, config_data, real_cluster
 
@@ -222,6 +224,10 @@ def test_three_workers_one_killed_one_joining_process_every_document_once(
         outputs = [w.stop() for w in workers[1:]]
         workers[0].proc.kill()
     assert "Traceback" not in "".join(outputs), outputs
+    # The workers that stopped cleanly left the pool; the killed one's heartbeat is left to expire.
+    clients.es.indices.refresh(index=cfg.output.state_index)
+    ids = {h["_id"] for h in clients.es.search(index=cfg.output.state_index, size=100)["hits"]["hits"]}
+    assert {i for i in ids if ".worker." in i} == {"detect.worker.w1"}
 
     # Every source document was processed exactly once over the committed runs: per partition, the runs
     # that moved the checkpoint tile its range from the start to the saved checkpoint, and their counts add
@@ -345,3 +351,37 @@ def all_runs(clients: Clients, cfg: Config) -> list[dict]:
     clients.es.indices.refresh(index=cfg.output.runs_index)
     hits = clients.es.search(index=cfg.output.runs_index, size=100)["hits"]["hits"]
     return [h["_source"]["deeplog"]["run"] for h in hits]
+
+
+def test_live_workers_are_the_unexpired_readable_heartbeats_of_the_job(clients, make_config):
+    cfg = make_config(workers={"partitions": 4, "worker_id": "me"}, schedule={"lease_seconds": 30})
+    stop = threading.Event()
+    me = Membership(clients, cfg, stop)
+    now = time.time()
+
+    def beat(doc_id: str, worker: object) -> None:
+        clients.es.index(index=cfg.output.state_index, id=doc_id, document={"deeplog": {"worker": worker}})
+
+    beat("detect.worker.live", {"id": "live", "expires_at": iso_utc(now + 30)})
+    beat("detect.worker.expired", {"id": "expired", "expires_at": iso_utc(now - 1)})
+    beat("detect.worker.garbled", {"id": ["x"], "expires_at": iso_utc(now + 30)})
+    beat("detect.worker.noexpiry", {"id": "noexpiry"})
+    beat(
+        "detect.worker.gone", {"id": f"{socket.gethostname()}:{dead_pid()}", "expires_at": iso_utc(now + 30)}
+    )
+    beat("other.detect.worker.elsewhere", {"id": "elsewhere", "expires_at": iso_utc(now + 30)})
+    clients.es.indices.refresh(index=cfg.output.state_index)
+    assert me.live() == {"me", "live"}
+    me.beat()
+    mine = me.assigned(me.live())
+    assert mine == [p for p in range(4) if rendezvous_owner("detect", p, {"me", "live"}) == "me"]
+    me.leave()
+    assert not clients.es.options(ignore_status=404).get(index=cfg.output.state_index, id=me.doc_id)["found"]
+
+
+def dead_pid() -> int:
+    """The id of a process of this host that has ended."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(proc.stdout)
