@@ -55,12 +55,12 @@ def test_rendezvous_moves_only_the_joining_or_leaving_workers_share():
     assert set(before.values()) == {"a", "b", "c"}
 
 
-def index_keyed(clients: Clients, index: str, lines) -> list[dict]:
+def index_keyed(clients: Clients, index: str, lines, *, batch: int = 0) -> list[dict]:
     """Replayed HDFS lines as a shipper with the deeplog-hdfs pipeline sends them: the block's partition key,
-    event.ingested stamped per batch."""
+    event.ingested stamped per bulk; a later `batch` is ingested a day later."""
     docs = []
-    stamp = datetime(2026, 1, 1, tzinfo=UTC)
-    for i, d in enumerate(documents(lines, index, run="src")):
+    stamp = datetime(2026, 1, 1 + batch, tzinfo=UTC)
+    for i, d in enumerate(documents(lines, index, run=f"src{batch}")):
         block = re.search(r"blk_-?\d+", d["message"])
         assert block is not None
         d["deeplog"] = {"partition": partition_key(block.group(0))}
@@ -153,6 +153,10 @@ def wait_for(what: str, cond, timeout: float, workers: list[Worker]):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def live_workers(clients: Clients, cfg: Config) -> set[str]:
+    return Membership(clients, cfg, threading.Event()).live()
+
+
 def anomaly_ids(clients: Clients, index: str) -> set[str]:
     clients.es.indices.refresh(index=index)
     hits = clients.es.search(index=index, size=10000, source=False)["hits"]["hits"]
@@ -215,6 +219,13 @@ def test_three_workers_one_killed_one_joining_process_every_document_once(
         wait_for("w1's partitions to be taken over", taken_over, 4 * LEASE_S, workers[1:])
         assert time.monotonic() - killed_at <= 2 * LEASE_S
 
+        # More logs once w3 has joined (its heartbeat is there): the pool of w2 and w3 shares them.
+        wait_for("w3 to join", lambda: "w3" in live_workers(clients, cfg), 60, workers[1:])
+        later = index_keyed(clients, cfg.source.index, render(load_sample().test[120:180], seed=12), batch=1)
+        for d in later:
+            owned[next(p.index for p in parts if p.owns(d["deeplog"]["partition"]))] += 1
+        docs += later
+
         def all_done() -> bool:
             runs = run_docs(clients, cfg)
             return sum(r["docs_read"] for r in runs) >= len(docs)
@@ -234,7 +245,7 @@ def test_three_workers_one_killed_one_joining_process_every_document_once(
     # up to the partition's documents.
     runs = run_docs(clients, cfg)
     assert any(r["status"] == "interrupted" and r["worker"] == "w1" for r in runs)
-    assert {r["worker"] for r in runs} == {"w1", "w2", "w3"}
+    assert {r["worker"] for r in runs if r["docs_read"]} == {"w1", "w2", "w3"}
     final = states(clients, cfg)
     for p in parts:
         mine = [r for r in runs if r["partition"] == {"id": p.index, "of": PARTS}]
