@@ -168,6 +168,14 @@ def test_the_statefulset_probes_the_endpoint_and_names_each_worker_by_its_pod():
     assert env["DEEPLOG_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 120
+    # Feedback and retraining publish into model.dir on whichever worker runs them: every pod must mount the
+    # same volume there, not one of its own.
+    (models,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/deeplog-siem"]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == models["name"]]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    assert not sts["spec"].get("volumeClaimTemplates")
 
 
 def test_the_deployment_files_are_not_packaged():

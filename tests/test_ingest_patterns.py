@@ -2,7 +2,8 @@
 
 The shipped pipelines are executed by a small Python interpreter of the processors they use (grok expanded
 to Python regular expressions from the standard grok pattern definitions, set with mustache fields, date
-with the Java formats we use, remove, append, pipeline, on_failure). HDFS lines are the real ones from
+with the Java formats we use, remove, append, pipeline, on_failure, and the one Painless script form the
+pipelines use: the partition key of the session field). HDFS lines are the real ones from
 ../shared/data/hdfs_raw, checked against loghub's structured ground truth; OpenStack and syslog lines are
 representative lines in the loghub OpenStack and Linux formats (no raw files of those are available here).
 When DEEPLOG_TEST_ES_URL names a real Elasticsearch with ingest, the same documents go through the real
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from deeplog_siem.partitions import partition_key
 from deeplog_siem.setup_assets import PIPELINES, ingest_pipelines
 
 from .conftest import need_data, real_cluster
@@ -149,6 +151,22 @@ def _parse_date(value: str, formats: list[str]) -> str:
     raise Failure(f"unable to parse date [{value}]")
 
 
+# The only Painless the shipped pipelines may use: deeplog.partition from one session field, when present.
+_PARTITION_SCRIPT = re.compile(
+    r"if \(ctx\.(\w+)\?\.(\w+) != null\) \{ if \(ctx\.deeplog == null\) \{ ctx\.deeplog = new HashMap\(\); \} "
+    r"ctx\.deeplog\.partition = Math\.floorMod\(ctx\.\1\.\2\.hashCode\(\), 1024\); \}"
+)
+
+
+def _run_script(opts: dict, doc: dict) -> None:
+    m = _PARTITION_SCRIPT.fullmatch(opts["source"])
+    if opts.get("lang", "painless") != "painless" or m is None:
+        raise AssertionError(f"script {opts['source']!r} is not the form this test interprets: add it")
+    value = _get(doc, f"{m.group(1)}.{m.group(2)}")
+    if value is not None:
+        _set(doc, "deeplog.partition", partition_key(str(value)))
+
+
 def run_pipeline(name: str, doc: dict, pipelines: dict[str, dict]) -> dict:
     body = pipelines[name]
     try:
@@ -205,6 +223,8 @@ def _run_processor(proc: dict, doc: dict, pipelines: dict[str, dict], ctx: dict 
                             _set(doc, field, int(v) if typ in ("int", "long") else v)
                     return
             raise Failure("Provided Grok expressions do not match field value", "grok")
+        elif ptype == "script":
+            _run_script(opts, doc)
         else:
             raise AssertionError(f"processor {ptype} is not interpreted by this test: add it")
     except Failure:
@@ -247,6 +267,31 @@ def test_hdfs_pipeline_matches_loghub_ground_truth(pipelines):
         assert "_tmp" not in doc
         levels.add(row["Level"])
     assert levels >= {"INFO", "WARN"}  # the sample exercises more than one level
+
+
+def test_session_pipelines_stamp_the_partition_key_of_the_session(pipelines):
+    lines = need_data("hdfs_raw", "HDFS_2k.log").read_text(encoding="utf-8").splitlines()
+    keyed = 0
+    for line in lines:
+        doc = ingest(pipelines, "deeplog-hdfs", line)
+        block = doc.get("hdfs", {}).get("block_id")
+        if block is None:
+            assert "deeplog" not in doc, line  # no session: no key (partition 0 reads it)
+            continue
+        assert doc["deeplog"] == {"partition": partition_key(block)}
+        keyed += 1
+    assert keyed == len(lines)  # every line of the sample names a block
+    no_block = ingest(
+        pipelines, "deeplog-hdfs", "081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.heartbeat"
+    )
+    assert "tags" not in no_block and "hdfs" not in no_block and "deeplog" not in no_block
+    for line, expected in OPENSTACK:
+        doc = ingest(pipelines, "deeplog-openstack", line)
+        instance = expected.get("openstack.instance_id")
+        assert _get(doc, "deeplog.partition") == (partition_key(instance) if instance else None), line
+    assert all(
+        0 <= _get(ingest(pipelines, "deeplog-hdfs", x), "deeplog.partition") < 1024 for x in lines[:50]
+    )
 
 
 def test_hdfs_pipeline_session_id_agrees_with_block_labels(pipelines):
@@ -423,7 +468,7 @@ def test_pipelines_through_real_simulate_api(clients, pipelines):
             resp = es.ingest.simulate(id=renamed[name], docs=[{"_source": {"message": line}}])
             real = resp["docs"][0]["doc"]["_source"]
             mine = ingest(pipelines, name, line)
-            for field in ("process", "log", "hdfs", "openstack", "tags"):
+            for field in ("process", "log", "hdfs", "openstack", "tags", "deeplog"):
                 assert real.get(field) == mine.get(field), (name, line, field)
             if "tags" not in mine and "syslog" not in name:
                 assert real["@timestamp"].startswith(mine["@timestamp"][:19]), (name, line)

@@ -26,10 +26,11 @@ from deeplog_siem import runs
 from deeplog_siem.artifacts import ModelStore
 from deeplog_siem.config import Config, parse_config
 from deeplog_siem.es import Clients
+from deeplog_siem.health import Health
 from deeplog_siem.metrics import Metrics
 from deeplog_siem.runner import train
 from deeplog_siem.runs import RunSummary, record_run
-from deeplog_siem.scheduler import run_daemon
+from deeplog_siem.scheduler import DetectJob, run_daemon
 
 from .conftest import closed_port, config_data
 
@@ -246,3 +247,42 @@ def test_a_run_whose_document_could_not_be_written_is_counted_and_its_document_f
     finally:
         runs.remove_observer(metrics.observe)
         away.close()
+
+
+def test_a_detection_run_catching_up_on_a_backlog_keeps_healthz_ok_while_it_commits_chunks(
+    clients, es_section, prefix, trained, sample, tmp_path
+):
+    cfg = daemon_config(es_section, prefix, trained, tmp_path, health={"max_age_seconds": 60})
+    backlog = render(sample.test[:60], seed=73, start=EPOCH + timedelta(days=3))
+    index_docs(clients, list(documents(backlog, cfg.source.index, run="backlog")))
+    job = DetectJob(cfg, clients, threading.Event())
+    health = Health(cfg, alive=lambda: True, progress=job.last_commit)
+    # The daemon started long ago and no detection run has finished since: only the run in progress can
+    # keep it healthy.
+    health.started = time.time() - 10_000
+    assert job.last_commit() is None
+    assert not health.verdict().ok
+    seen: list[tuple[float | None, Any, Any]] = []
+
+    def at_the_end_of_the_run(config: Config, summary: RunSummary, *, written: bool, pending: int) -> None:
+        committed = job.last_commit()
+        if summary.job == "detect" and committed is not None:
+            stale = health.verdict(now=committed + 61)
+            seen.append((committed, health.verdict(now=committed + 30), stale))
+
+    t0 = time.time()
+    runs.add_observer(at_the_end_of_the_run)
+    try:
+        job()
+    finally:
+        runs.remove_observer(at_the_end_of_the_run)
+    ((committed, fresh, stale),) = seen
+    # The run committed several chunks (chunk_size 200): the last commit is later than its start.
+    assert committed is not None and committed > t0
+    assert fresh.ok and fresh.reason.startswith(
+        "catching up: the detection run in progress committed a chunk"
+    )
+    assert not stale.ok and "since the daemon started" in stale.reason
+    # Once the run is over, only finished runs count again.
+    assert job.last_commit() is None
+    assert not health.verdict().ok

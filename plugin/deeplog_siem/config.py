@@ -526,6 +526,27 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class WorkersConfig:
+    """One detection job shared by worker processes: the source split into `partitions` by the integer
+    field `partition_field` (see `partitions`); `worker_id` names this process (None: `<hostname>:<pid>`)."""
+
+    partitions: int = 1
+    partition_field: str = "deeplog.partition"
+    worker_id: str | None = None
+
+    def validate(self, key: str) -> None:
+        _check(f"{key}.partitions", 1 <= self.partitions <= 1024, f"must be 1 to 1024, got {self.partitions}")
+        _check(f"{key}.partition_field", bool(self.partition_field.strip()), "must name a field")
+        if self.worker_id is not None:
+            ok = bool(re.fullmatch(r"[A-Za-z0-9_.:@-]{1,200}", self.worker_id))
+            _check(
+                f"{key}.worker_id",
+                ok,
+                f"must be 1 to 200 letters, digits or _.:@- (it names a document), got {self.worker_id!r}",
+            )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: str | None = None
@@ -669,6 +690,7 @@ class Config:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     kibana: KibanaConfig = field(default_factory=KibanaConfig)

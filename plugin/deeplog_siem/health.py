@@ -1,13 +1,14 @@
 """health: the daemon's HTTP endpoint, `GET /healthz` and Prometheus `GET /metrics`.
 
-Contract: `serve(config, alive=)` -> a started `Endpoint` on `health.listen` (None when it is ""), served
+Contract: `serve(config, alive=, progress=)` -> a started `Endpoint` on `health.listen` (None when it is ""), served
 by a stdlib `ThreadingHTTPServer` in a daemon thread until `Endpoint.close()`; a port that cannot be bound
 (already in use, an address not of this host) raises `ConfigError` naming `health.listen` before anything
 else starts, so a daemon an operator cannot watch does not run. `GET /metrics` -> `metrics.Metrics` as
 Prometheus text; `GET /healthz` -> 200 with a small JSON body while `alive()` (the scheduler runs) and the
 last detection run finished (any status) within `health.max_age_seconds` (default: as `deeplog-siem check`,
 three detection intervals, at least 10 minutes), or none has been due for that long since the daemon
-started; 503 with the reason in the same body otherwise, and also once the last `health.max_failed_runs`
+started, or the detection run in progress committed a chunk (`progress()`: when it last did, or started;
+None while none runs) within that age: a run working through a long backlog is catching up, not stuck; 503 with the reason in the same body otherwise, and also once the last `health.max_failed_runs`
 detection runs all failed (runs that keep failing still finish, yet detect nothing). Any other path or
 method: 404. Nothing here reads the cluster: the verdict comes from the runs this process recorded.
 """
@@ -45,9 +46,15 @@ class Verdict:
 class Health:
     """The detection runs of one configuration as far as `/healthz` needs them."""
 
-    def __init__(self, config: Config, *, alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        alive: Callable[[], bool],
+        progress: Callable[[], float | None] = lambda: None,
+    ) -> None:
         self.key = config_key(config)
-        self.alive = alive
+        self.alive, self.progress = alive, progress
         self.max_age_s = config.health.max_age_seconds or default_max_age(config)
         self.max_failed = config.health.max_failed_runs
         self.started = time.time()
@@ -67,6 +74,14 @@ class Health:
                 self.last_error = summary.error
             else:
                 self.failed_in_a_row, self.last_error = 0, None
+
+    def _busy_for(self, now: float) -> float | None:
+        """Seconds since the detection run in progress last committed a chunk (or started), when that is
+        within the allowed age; None otherwise."""
+        committed = self.progress()
+        if committed is None or now - committed > self.max_age_s:
+            return None
+        return max(0.0, now - committed)
 
     def verdict(self, now: float | None = None) -> Verdict:
         now = time.time() if now is None else now
@@ -89,6 +104,11 @@ class Health:
             reason = "the scheduler is not running"
         elif failed >= self.max_failed:
             reason = f"the last {failed} detection runs failed; the last one: {error}"
+        elif age > self.max_age_s and (busy := self._busy_for(now)) is not None:
+            # A run working through a backlog finishes only at its end; while it keeps committing chunks
+            # it is alive, and a liveness probe must not restart it.
+            reason = f"catching up: the detection run in progress committed a chunk {busy:.0f} s ago"
+            return Verdict(True, reason, {"status": "ok", "reason": reason, **body})
         elif age > self.max_age_s:
             reason = (
                 f"no detection run finished in the {age:.0f} s since the daemon started"
@@ -172,14 +192,16 @@ class Endpoint:
         self.thread.join(timeout=5)
 
 
-def serve(config: Config, *, alive: Callable[[], bool]) -> Endpoint | None:
+def serve(
+    config: Config, *, alive: Callable[[], bool], progress: Callable[[], float | None] = lambda: None
+) -> Endpoint | None:
     """Start the endpoint `health.listen` names (None when it is off); `ConfigError` when it cannot bind."""
     address = parse_listen(config.health.listen, "health.listen")
     if address is None:
         log.info("health and metrics endpoint off (health.listen is empty)")
         return None
     server = _bind(*address)
-    server.metrics, server.health = Metrics(config), Health(config, alive=alive)
+    server.metrics, server.health = Metrics(config), Health(config, alive=alive, progress=progress)
     server.metrics.set_leases(state.leases_held)
     endpoint = Endpoint(server)
     runs.add_observer(server.metrics.observe)

@@ -105,6 +105,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _e("document index", "PUT|POST /{index}/_doc/{id}", "write", "index"),
     _e("document update", "POST /{index}/_update/{id}", "write", "index"),
     _e("document create", "PUT|POST /{index}/_create/{id}", "write", "index"),
+    _e("document delete", "DELETE /{index}/_doc/{id}", "write", "index"),
     # OpenSearch Alerting (setup installs the monitors); its permission stands in the privilege's place.
     _e(
         "alerting monitor search",
@@ -160,6 +161,7 @@ RETENTION = "retention is configured"
 MODEL = "a model version exists"
 PREVIEW = "detect --preview"
 ALERTING = "OpenSearch with the Alerting plugin"
+WORKERS = "workers.partitions > 1"
 
 
 def _reads_source() -> tuple[Use, ...]:
@@ -194,6 +196,10 @@ _DETECT = (
     Use("document create", "state", "the job has no state yet"),
     Use("document update", "state"),
     Use("index create", "state", "the index is missing (the state write auto-creates it)"),
+    # Several workers: their heartbeats listed and deleted, a killed run's document looked up.
+    Use("search", "state", WORKERS),
+    Use("document delete", "state", WORKERS),
+    Use("document get", "runs", WORKERS),
     *_reads_source(),
     Use("bulk", "anomalies"),
     Use("index create", "anomalies", "the index is missing (bulk auto-creates it)"),

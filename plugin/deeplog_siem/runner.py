@@ -14,6 +14,11 @@ Contracts:
   and one summary log line (runs). `DetectionRun` is that run's state and stages; `Detection` the loaded
   model version, which the daemon keeps between runs. The checkpoint and tails are the job's own
   (`state.state_id(job.name)`), and every anomaly document names the job (`deeplog.job`).
+- `run_partition(config, clients, partition=, worker=)`: the same run over one partition of the source
+  (`partitions`), on that partition's own state; None, with nothing recorded, when another process holds it.
+  Each save carries the run's tally; a run that finds the tally of a run that never recorded itself (killed)
+  records it, status `interrupted`, with what it had committed, so the committed runs of a partition account
+  for every committed chunk.
 - Training and detection read documents through the same `EventReader` (what is usable: templated, with a
   session and an event time `timefmt.epoch_seconds` accepts; the rest counted by reason, `bad_timestamp`
   for the time) and compute parameter vectors through the same `SessionTracker.observe`, so the parameter
@@ -52,17 +57,18 @@ from .artifacts import KEYMODEL, PARAMMODEL, TEMPLATER, ModelStore
 from .calibration import KeyCalibration, calibrate_version
 from .config import Config
 from .detector import KeyDetector, KeyScores, Windows, build_windows, load_anchor
-from .errors import ArtifactError, DeeplogError
+from .errors import ArtifactError, DeeplogError, StateConflict
 from .es import Clients
 from .fieldkeys import STATE_FILE as FIELDKEYS_FILE
 from .fieldkeys import FieldKeys
 from .format_detect import config_for_source
 from .model import fingerprint, load_checkpoint, resolve_device, save_checkpoint, train_key_model, use_threads
 from .parammodel import ParameterModel
+from .partitions import Partition, document_key
 from .prefetch import Prefetch
 from .recent import RecentSample
 from .risk import param_rarity
-from .runs import RunSummary, Timer, recorded
+from .runs import RunSummary, Timer, record_run, recorded
 from .samples import NORMAL_SAMPLE, build_normal_sample
 from .sessions import MISSING_ENTITY, Observed, SessionKeyer, SessionTail, SessionTracker, series_key
 from .setup_assets import ensure_index_like
@@ -75,6 +81,7 @@ from .state import (
     save_state,
     state_id,
     take_lease,
+    take_partition_lease,
 )
 from .templater import STATE_FILE as TEMPLATER_FILE
 from .templater import ParsedEvent, Templater
@@ -637,6 +644,102 @@ def run_once(
         return summary
 
 
+def run_partition(
+    config: Config,
+    clients: Clients,
+    *,
+    partition: Partition,
+    worker: str,
+    detection: Detection | None = None,
+    stop: threading.Event | None = None,
+    progress: Progress = quiet,
+    close_sessions: bool = False,
+) -> RunSummary | None:
+    """One detection pass over partition `partition` of the source, on its own state; None when another
+    process holds that state's lease (nothing is read or recorded: the caller tries again later)."""
+    summary = RunSummary(run_id=uuid.uuid4().hex, job=DETECT_JOB)
+    summary.partition, summary.worker = (partition.index, partition.of), worker
+    span = Span(close_sessions=close_sessions)
+    try:
+        state = take_partition_lease(
+            clients,
+            config.output.state_index,
+            state_id(config.job.name),
+            partition=partition,
+            owner=lease_owner(summary.run_id),
+            lease_s=config.schedule.lease_seconds,
+        )
+    except StateConflict as e:
+        log.info("partition %s of %s skipped: %s", partition.index, partition.of, e)
+        return None
+    except Exception:
+        with recorded(clients, config, summary):
+            raise
+    with recorded(clients, config, summary):
+        job = Job(config, clients, summary)
+        try:
+            _record_interrupted(job, state, partition)
+            det = detection or Detection.load(config)
+            summary.model_version = det.version
+            run = DetectionRun(job, det, span, state, partition=partition)
+        except BaseException:
+            release_lease(clients, config.output.state_index, state)
+            raise
+        try:
+            run.run(stop, progress)
+            run.finish()
+        finally:
+            run.release()
+        return summary
+
+
+def _record_interrupted(job: Job, state: JobState, partition: Partition) -> None:
+    """Record the run whose tally `state` carries when that run never recorded itself (its process was
+    killed between a committed chunk and its run document): status `interrupted`, with what it committed."""
+    tally = state.tally
+    run_id = tally.get("run_id") if tally else None
+    if not tally or not isinstance(run_id, str) or not run_id or run_id == job.summary.run_id:
+        return
+    runs_index = job.config.output.runs_index
+    got = job.clients.es.options(ignore_status=404).get(index=runs_index, id=run_id, source=False)
+    if got.get("found"):
+        return
+
+    def count(name: str) -> int:
+        return _count(tally.get(name))
+
+    def counts(name: str) -> Counter[str]:
+        raw = tally.get(name)
+        return Counter({str(k): _count(v) for k, v in raw.items()}) if isinstance(raw, dict) else Counter()
+
+    lost = RunSummary(run_id=run_id, job=DETECT_JOB, status="interrupted")
+    lost.docs_read, lost.processed = count("docs_read"), count("docs_processed")
+    lost.skipped, lost.anomalies = counts("skipped"), counts("anomalies")
+    lost.docs_unpartitioned = count("docs_unpartitioned")
+    lost.docs_other_partition = count("docs_other_partition")
+    lost.checkpoint_from = _sort_list(tally.get("checkpoint_from"))
+    lost.checkpoint_to = _sort_list(tally.get("checkpoint_to"))
+    lost.partition = (partition.index, partition.of)
+    lost.worker = str(tally.get("worker")) if tally.get("worker") is not None else None
+    mv = tally.get("model_version")
+    lost.model_version = mv if isinstance(mv, str) else None
+    lost.error = (
+        f"the process running it ended before it recorded the run; recorded by run {job.summary.run_id}, "
+        "which took the partition over: the counts are what it had committed"
+    )
+    log.warning("partition %s of %s: run %s %s", partition.index, partition.of, run_id, lost.error)
+    record_run(job.clients, job.config, lost)
+
+
+def _count(v: Any) -> int:
+    """A count from a saved tally (a document anyone may have edited): a non-negative integer, else 0."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def _sort_list(v: Any) -> list[Any] | None:
+    return list(v) if isinstance(v, list) else None
+
+
 @dataclass
 class _Chunk:
     """One bounded chunk in progress: scored page by page, committed (written, checkpointed) as a whole."""
@@ -645,6 +748,8 @@ class _Chunk:
     anomalies: list[dict[str, Any]] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     processed: int = 0
+    foreign: int = 0  # read by the partition's range but another partition's (not processed here)
+    unpartitioned: int = 0  # without a usable partition key (partition 0's)
     first: float | None = None
     newest: float | None = None
     # Templated and observed events not scored yet: scoring waits for SCORE_BATCH of them, because every
@@ -664,13 +769,17 @@ class DetectionRun:
     and the chunk in progress. `open` loads the state, `run` reads, scores and commits chunk by chunk,
     `finish` fills in what the summary says about the whole run."""
 
-    def __init__(self, job: Job, det: Detection, span: Span, state: JobState) -> None:
+    def __init__(
+        self, job: Job, det: Detection, span: Span, state: JobState, *, partition: Partition | None = None
+    ) -> None:
         config = job.config
         self.config, self.clients, self.summary = config, job.clients, job.summary
         self.det, self.span, self.state = det, span, state
+        self.partition = partition if partition is not None and partition.of > 1 else None
         self.tracker = _tracker(config, det.window, state.sessions)
         self.reader = EventReader(det.templater, SessionKeyer(config.source), config)
-        self.source = Source(job.clients, config.source)
+        self.source = Source(job.clients, config.source, partition=self.partition)
+        self.summary.checkpoint_from = self.summary.checkpoint_to = _sort_of(state)
         self.writer: sink.BackgroundWriter | None = None  # started by `run`, which closes it
         self.chunk = _Chunk()
         self.seen: set[str] = set()
@@ -782,6 +891,12 @@ class DetectionRun:
 
     def finish(self) -> None:
         summary, tracker = self.summary, self.tracker
+        if summary.docs_unpartitioned:
+            log.warning(
+                "%s documents had no usable %s: partition 0 processed them (README, Several workers)",
+                summary.docs_unpartitioned,
+                self.config.workers.partition_field,
+            )
         if not self.span.preview:
             _save_recent(self.config, self.det)
         summary.sessions = len(self.seen)
@@ -800,6 +915,8 @@ class DetectionRun:
         is written or checkpointed here)."""
         chunk = self.chunk
         chunk.docs.extend(docs)
+        if self.partition is not None:
+            docs = self._own(docs)
         with Timer(self.summary, "template"):
             rows = self.reader.rows(docs, chunk.skipped, learn=self.config.templater.learn_at_detection)
             if not rows:
@@ -820,6 +937,22 @@ class DetectionRun:
         chunk.pending_observed.extend(observed)
         if len(chunk.pending_rows) >= SCORE_BATCH:
             self.score_pending()
+
+    def _own(self, docs: list[SourceDoc]) -> list[SourceDoc]:
+        """The page's documents this partition processes; the others are counted (their partition's
+        range reads them too) and only move the checkpoint."""
+        part, chunk = self.partition, self.chunk
+        assert part is not None
+        own = []
+        for d in docs:
+            value = d.get(part.field)
+            if not part.owns(value):
+                chunk.foreign += 1
+                continue
+            if document_key(value) is None:
+                chunk.unpartitioned += 1
+            own.append(d)
+        return own
 
     def score_pending(self) -> None:
         """Score the pending events; their anomalies go to the writer at once (ids are deterministic, so a
@@ -921,7 +1054,10 @@ class DetectionRun:
         with Timer(summary, "write"):
             result = self._save()
         # Committed: the chunk counts in the summary (a chunk that fails before this is read again next run).
-        summary.docs_read += len(chunk.docs)
+        summary.docs_read += len(chunk.docs) - chunk.foreign
+        summary.docs_other_partition += chunk.foreign
+        summary.docs_unpartitioned += chunk.unpartitioned
+        summary.checkpoint_to = _sort_of(self.state)
         summary.processed += chunk.processed
         summary.skipped.update(chunk.skipped)
         summary.rejected.update(result.rejected)
@@ -943,6 +1079,8 @@ class DetectionRun:
             sessions=self.tracker.to_dict(),
             model_version=self.det.version,
         )
+        if self.partition is not None:
+            nxt.tally = self._tally(nxt)
         prepared = prepare_state(nxt)
         result = self.active_writer().flush()
         if not self.span.preview and self.chunk.anomalies and self._incidents_usable():
@@ -958,6 +1096,26 @@ class DetectionRun:
         save_state(self.clients, self.config.output.state_index, nxt, prepared)
         self.state = nxt
         return result
+
+    def _tally(self, nxt: JobState) -> dict[str, Any]:
+        """What this run will have committed once `nxt` is saved: saved with it, in the same document."""
+        summary, chunk = self.summary, self.chunk
+        anomalies = Counter(summary.anomalies)
+        for a in chunk.anomalies:
+            anomalies[a["deeplog"]["anomaly_type"]] += 1
+        return {
+            "run_id": summary.run_id,
+            "worker": summary.worker,
+            "model_version": self.det.version,
+            "docs_read": summary.docs_read + len(chunk.docs) - chunk.foreign,
+            "docs_processed": summary.processed + chunk.processed,
+            "docs_unpartitioned": summary.docs_unpartitioned + chunk.unpartitioned,
+            "docs_other_partition": summary.docs_other_partition + chunk.foreign,
+            "skipped": dict(summary.skipped + chunk.skipped),
+            "anomalies": dict(anomalies),
+            "checkpoint_from": summary.checkpoint_from,
+            "checkpoint_to": _sort_of(nxt),
+        }
 
     def _incidents_usable(self) -> bool:
         """Whether this run can compute incidents (asked once per run; a wrong mapping is warned about and
@@ -1029,6 +1187,10 @@ class _Scored:
     scores: KeyScores
     windows: Windows
     i: int
+
+
+def _sort_of(state: JobState) -> list[Any] | None:
+    return list(state.checkpoint.sort) if state.checkpoint is not None else None
 
 
 def _tracker(config: Config, window: int, saved: dict[str, Any]) -> SessionTracker:

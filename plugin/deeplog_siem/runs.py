@@ -2,7 +2,8 @@
 
 Contract: `RunSummary` holds a run's figures (documents read, processed and skipped by reason, sessions,
 anomalies by type, rejected writes, documents already written by an earlier run, stage durations, window,
-lag, model version, error); `document(index, job_name=)`
+lag, model version, error; for detection the checkpoint before and after, and with partitions which one,
+the worker and the documents without a partition key); `document(index, job_name=)`
 -> the run document (`deeplog.run.*`, README "Run documents"; `deeplog.job`: the `job.name` of the
 configuration that ran it), `line()` -> the summary log line.
 `extra_fields()` and `extra_line()` are what a job adds of its own (the feedback job's figures: see
@@ -63,6 +64,14 @@ class RunSummary:
     model_version: str | None = None
     error: str | None = None
     stack_trace: str | None = None
+    # Detection: the checkpoint's sort values before and after the run (None: none yet), so the runs of a
+    # state can be checked to tile the source; with partitions, which one (index, count) and which worker.
+    checkpoint_from: list[Any] | None = None
+    checkpoint_to: list[Any] | None = None
+    partition: tuple[int, int] | None = None
+    worker: str | None = None
+    docs_unpartitioned: int = 0  # read without a usable partition key (partition 0 reads them all)
+    docs_other_partition: int = 0  # read by this partition's range but another partition's (not counted)
 
     @property
     def anomalies_total(self) -> int:
@@ -80,7 +89,7 @@ class RunSummary:
         secs = self.durations_ms.get("total", 0) / 1000
         rate = self.docs_read / secs if secs else 0.0
         return (
-            f"{self.job} run {self.run_id} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
+            f"{self.job} run {self.run_id}{self._where()} {self.status}: {self.docs_read} docs read ({rate:.0f}/s), "
             f"{self.processed} processed, skipped {dict(self.skipped) or 0}, {self.sessions} sessions, "
             f"{self.anomalies_total} anomalies {dict(self.anomalies) or ''}, "
             f"{sum(self.rejected.values())} rejected writes, "
@@ -120,11 +129,29 @@ class RunSummary:
                     "duration_ms": dict(self.durations_ms),
                     "lag_seconds": self.lag_seconds,
                     "model_version": self.model_version,
+                    **self._detection_fields(),
                     **self.extra_fields(),
                 },
             },
             **({"error": {"message": self.error, "stack_trace": self.stack_trace}} if self.error else {}),
         }
+
+    def _where(self) -> str:
+        """Which partition, on which worker, for a partitioned detection run."""
+        if self.partition is None:
+            return ""
+        return f" (partition {self.partition[0]} of {self.partition[1]}, worker {self.worker})"
+
+    def _detection_fields(self) -> dict[str, Any]:
+        if self.job != "detect":
+            return {}
+        out: dict[str, Any] = {"checkpoint_from": self.checkpoint_from, "checkpoint_to": self.checkpoint_to}
+        if self.partition is not None:
+            out["partition"] = {"id": self.partition[0], "of": self.partition[1]}
+            out["worker"] = self.worker
+            out["docs_unpartitioned"] = self.docs_unpartitioned
+            out["docs_other_partition"] = self.docs_other_partition
+        return out
 
 
 class Timer:

@@ -19,6 +19,10 @@ In timestamp order (no `event.ingested`), each read also goes `overlap_seconds` 
 the checkpoint keeps the ids of the documents it processed in that window: a late event inside the window
 is processed once, a re-read one is skipped.
 Documents without the order field are never read (they cannot be placed in order).
+
+`Source(clients, cfg, partition=)` reads one partition of the source (`partitions.Partition.clause`) and
+also returns the partition field; the field must be numeric in the index (a text or keyword one would
+compare as strings), else `ConfigError`.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from typing import Any
 from elasticsearch import ApiError
 
 from .config import SourceConfig
+from .errors import ConfigError
 from .es import Clients
+from .partitions import Partition
 from .prefetch import Prefetch
 
 log = logging.getLogger(__name__)
@@ -127,15 +133,37 @@ def get_field(source: Mapping[str, Any], dotted: str) -> Any:
 
 
 class Source:
-    def __init__(self, clients: Clients, cfg: SourceConfig) -> None:
+    def __init__(self, clients: Clients, cfg: SourceConfig, *, partition: Partition | None = None) -> None:
         self.clients = clients
         self.cfg = cfg
+        self.partition = partition
         # 1 where the server refused sliced reads (this run or an earlier one of this process).
         self.slices = 1 if cfg.index in clients.unsliced else cfg.slices
         # Whether the order field is a date: the query delay bounds only a time order (a sequence number
         # has no `now`).
         self.order_is_date = True
         self.order_field = self._order_field()
+        if partition is not None and partition.of > 1:
+            self._check_partition_field(partition.field)
+
+    def _field_types(self, name: str) -> Any:
+        # A plain GET: the client's field_caps() sends a body that some OpenSearch-compatible servers ignore.
+        caps = self.clients.es.perform_request(
+            "GET",
+            f"/{self.cfg.index}/_field_caps",
+            params={"fields": name, "ignore_unavailable": "true", "allow_no_indices": "true"},
+            headers={"accept": "application/json"},
+        ).body
+        return caps.get("fields", {}).get(name)
+
+    def _check_partition_field(self, name: str) -> None:
+        types = self._field_types(name)
+        numeric = {"long", "integer", "short", "byte", "unsigned_long", "float", "double", "half_float"}
+        if isinstance(types, dict) and not set(types) <= numeric:
+            raise ConfigError(
+                f"workers.partition_field: {name} is mapped as {', '.join(sorted(types))} in {self.cfg.index}; "
+                "partitions read it by numeric range: map it as an integer (see README, Several workers)"
+            )
 
     def _order_field(self) -> str:
         """The checkpoint field when the documents have it, else the timestamp field (said once, at start)."""
@@ -181,6 +209,8 @@ class Source:
             # Several fields joined name one session ("host.name,process.pid"): each is read.
             wanted += [f.strip() for f in cfg.session_field.split(",") if f.strip()]
         wanted += [*cfg.entity_fields, *([cfg.key_field] if cfg.key_field else []), *cfg.param_fields]
+        if self.partition is not None and self.partition.of > 1:
+            wanted.append(self.partition.field)
         return sorted(set(wanted))
 
     def _sort(self) -> list[dict[str, Any]]:
@@ -229,6 +259,8 @@ class Source:
             filters.append({"range": {self.cfg.timestamp_field: ts}})
         if self.cfg.query:
             filters.append(self.cfg.query)
+        if self.partition is not None and self.partition.of > 1:
+            filters.append(self.partition.clause())
         return {"bool": {"filter": filters}}
 
     # PIT differs between the flavours: Elasticsearch `_pit`, OpenSearch `_search/point_in_time`.

@@ -19,6 +19,14 @@ between, `StateConflict` is raised and nothing is saved, so a checkpoint never m
 (`lease_owner(run_id)`: host, process id, run id) is a process of this host that is gone is taken over at
 once, so a job restarted after a crash does not wait for it to expire. `release_lease` clears the lease at
 the end of a run (best effort: a lease left behind on another host expires).
+
+Partitions (`workers.partitions` > 1): partition i of P keeps its own state document, `state_id(...)` +
+`.p<i>of<P>` (`take_partition_lease`), with its own checkpoint, tails and lease. The job's unpartitioned
+document records the layout (`split`: P): a partition state created while an unpartitioned one exists
+starts from its checkpoint with the tails of its own sessions; an unpartitioned run on a split state, or a
+partitioned one with another P, stops with `ConfigError` naming what to do. Each save also carries the
+tally of the run that made it (`JobState.tally`: run id, worker, counts, checkpoint before and after), so
+a run that dies without recording itself can be recorded by the next one (`runner`).
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ from typing import Any
 from elasticsearch import ConflictError
 
 from .config import DEFAULT_JOB
-from .errors import ArtifactError, StateConflict
+from .errors import ArtifactError, ConfigError, StateConflict
 from .es import Clients
+from .partitions import Partition
 from .source import Checkpoint
 from .timefmt import epoch_seconds, iso_utc, utc_now
 
@@ -69,15 +78,23 @@ class JobState:
     primary_term: int | None = None
     lease: Lease | None = None
     lease_s: float | None = None  # this process's lease, renewed for this long by every save
+    # The unpartitioned document of a partitioned job: the number of partitions it was split into.
+    split: int | None = None
+    # What the run that made the last save had committed by then (see `runner.DetectionRun`).
+    tally: dict[str, Any] | None = None
 
 
-def state_id(job_name: str, *, backfill: bool = False, preview: bool = False) -> str:
+def state_id(
+    job_name: str, *, backfill: bool = False, preview: bool = False, partition: Partition | None = None
+) -> str:
     """The id of job `job_name`'s detection state (a backfill, and a preview, keep their own, so neither
-    moves the live checkpoint)."""
+    moves the live checkpoint; a partition of a partitioned job its own)."""
     base = "detect" if job_name == DEFAULT_JOB else f"{job_name}.detect"
     if preview:
         return f"{base}-preview"
-    return f"{base}-backfill" if backfill else base
+    if backfill:
+        return f"{base}-backfill"
+    return base + partition.suffix if partition is not None and partition.of > 1 else base
 
 
 def _pack(obj: Any) -> str:
@@ -103,6 +120,14 @@ def _lease(raw: Any, where: str) -> Lease | None:
     return Lease(owner, expires)
 
 
+def _split(raw: Any, where: str) -> int | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 2:
+        raise ValueError(f"split is {raw!r}, not a number of partitions ({where})")
+    return raw
+
+
 def load_state(clients: Clients, index: str, job: str) -> JobState:
     resp = clients.es.options(ignore_status=404).get(index=index, id=job)
     if not resp.get("found"):
@@ -122,6 +147,8 @@ def load_state(clients: Clients, index: str, job: str) -> JobState:
             seq_no=int(resp["_seq_no"]),
             primary_term=int(resp["_primary_term"]),
             lease=_lease(d.get("lease"), f"{index}/{job}"),
+            split=_split(d.get("split"), f"{index}/{job}"),
+            tally=d["run"] if isinstance(d.get("run"), dict) else None,
         )
     except (KeyError, ValueError, TypeError, AttributeError, zlib.error) as e:
         raise ArtifactError(
@@ -139,6 +166,8 @@ def prepare_state(state: JobState) -> dict[str, Any]:
         "checkpoint": state.checkpoint.to_dict() if state.checkpoint else None,
         "tails": _pack(state.sessions) if state.sessions else None,
         "data": {"format": FORMAT},
+        **({"split": state.split} if state.split is not None else {}),
+        **({"run": state.tally} if state.tally is not None else {}),
     }
 
 
@@ -184,7 +213,7 @@ def lease_owner(run_id: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{run_id}"
 
 
-def _gone(owner: str) -> bool:
+def owner_gone(owner: str) -> bool:
     """Whether `owner` is a run of a process of this host that no longer exists (or of this process that
     has ended); a process elsewhere cannot be checked."""
     host, _, rest = owner.partition(":")
@@ -207,9 +236,22 @@ def take_lease(clients: Clients, index: str, job: str, *, owner: str, lease_s: f
     """The job's state, held by `owner` for `lease_s` seconds (renewed by each save); `StateConflict` while
     another owner's lease runs."""
     state = load_state(clients, index, job)
+    if state.split is not None:
+        raise ConfigError(
+            f"workers.partitions: the state of this job ({index}/{job}) was split into {state.split} "
+            f"partitions, each with its own checkpoint; set workers.partitions: {state.split} (an "
+            "unpartitioned run would read again what the partitions processed)"
+        )
+    _hold(clients, index, state, owner=owner, lease_s=lease_s)
+    return state
+
+
+def _hold(clients: Clients, index: str, state: JobState, *, owner: str, lease_s: float) -> None:
+    """Mark `state` held by `owner` and save it; `StateConflict` while another owner's lease runs."""
+    job = state.job
     held = state.lease
     if held is not None and held.owner != owner:
-        if held.expires_at > time.time() and not _gone(held.owner):
+        if held.expires_at > time.time() and not owner_gone(held.owner):
             raise _conflict(index, job, f"is held by {held.owner} until {iso_utc(held.expires_at)}")
         log.warning(
             "state %s/%s: taking over the lease of %s (expired or its process is gone)",
@@ -220,6 +262,64 @@ def take_lease(clients: Clients, index: str, job: str, *, owner: str, lease_s: f
     state.lease, state.lease_s = Lease(owner, time.time() + lease_s), lease_s
     save_state(clients, index, state)
     _LIVE.add(owner)
+
+
+def _live_lease(lease: Lease | None) -> bool:
+    return lease is not None and lease.expires_at > time.time() and not owner_gone(lease.owner)
+
+
+def mark_split(clients: Clients, index: str, base_job: str, partitions: int) -> JobState:
+    """The job's unpartitioned state, marked as split into `partitions` (created as a mark alone when there
+    is none); `ConfigError` when it was split into another number, `StateConflict` while an unpartitioned
+    run holds it or another process marks it at the same time."""
+    base = load_state(clients, index, base_job)
+    if base.split == partitions:
+        return base
+    if base.split is not None:
+        raise ConfigError(
+            f"workers.partitions: the state of this job ({index}/{base_job}) was split into {base.split} "
+            f"partitions, not {partitions}; set workers.partitions: {base.split} on every worker (README, "
+            "Several workers: changing the number of partitions)"
+        )
+    if _live_lease(base.lease):
+        assert base.lease is not None
+        raise _conflict(index, base_job, f"is held by an unpartitioned run ({base.lease.owner})")
+    base.split, base.lease = partitions, None
+    base.lease_s = None
+    save_state(clients, index, base)
+    log.warning(
+        "state %s/%s: this job now runs in %s partitions; each starts from this checkpoint (%s)",
+        index,
+        base_job,
+        partitions,
+        base.checkpoint.sort if base.checkpoint else "none: the start of the source",
+    )
+    return base
+
+
+def _own_tails(saved: dict[str, Any], partition: Partition) -> dict[str, Any]:
+    """The tracker state `saved` (`SessionTracker.to_dict`) with only the sessions of `partition`; the
+    parameter series, which all sessions share, go to every partition."""
+    if not saved:
+        return {}
+    sessions = saved.get("sessions")
+    if not isinstance(sessions, dict):
+        return saved
+    return {**saved, "sessions": {s: t for s, t in sessions.items() if partition.owner_of_session(s)}}
+
+
+def take_partition_lease(
+    clients: Clients, index: str, base_job: str, *, partition: Partition, owner: str, lease_s: float
+) -> JobState:
+    """Partition `partition`'s state (`state_id` + its suffix), held by `owner` as `take_lease` holds a
+    job's; a partition with no state yet starts from the job's unpartitioned checkpoint and tails."""
+    job = base_job + partition.suffix
+    state = load_state(clients, index, job)
+    if state.seq_no is None:
+        base = mark_split(clients, index, base_job, partition.of)
+        state.checkpoint, state.model_version = base.checkpoint, base.model_version
+        state.sessions = _own_tails(base.sessions, partition)
+    _hold(clients, index, state, owner=owner, lease_s=lease_s)
     return state
 
 

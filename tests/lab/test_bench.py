@@ -84,3 +84,20 @@ def test_bench_parsing_reports_grouping_accuracy_per_system_beside_drain3():
         sum(v["ga_content"] for v in r["systems"].values()) / 2, abs=1e-4
     )
     assert r["lines_per_s"] > 0
+
+
+def test_bench_scale_reports_each_pool_with_nothing_missing_or_repeated():
+    if real_cluster():
+        pytest.skip("the benchmark starts its own embedded server")
+    out = subprocess.run(
+        [sys.executable, "-m", "deeplog_siem.cli", "bench", "scale", "--json", "--docs", "1500",
+         "--workers", "1,2", "--partitions", "4", "--chunk-size", "100", "--train-sessions", "60"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [x["workers"] for x in r["runs"]] == [1, 2]
+    for x in r["runs"]:
+        assert x["docs_per_s"] > 0 and x["lease_requests"] >= 4
+        assert x["docs_missing"] == x["docs_repeated"] == 0
+        assert x["anomalies"] == x["anomalies_as_one_worker"]
+    assert [x["killed_one"] for x in r["runs"]] == [False, True]

@@ -5,4 +5,4 @@ printed as one JSON object on the last line with `--json`. Targets live here and
 timed tests.
 """
 
-BENCHES = ("templater", "parsing", "keymodel", "pipeline", "anomalydocs")
+BENCHES = ("templater", "parsing", "keymodel", "pipeline", "anomalydocs", "scale")

@@ -3,8 +3,10 @@
 Contract: config -> `train` publishes a new model version; `detect` runs detection once (--once: new
 documents since the checkpoint; --start/--end: a backfill with its own checkpoint; with --preview, a backfill
 into `output.preview` that alerts nobody: no incident, the live checkpoint, tails and recent-traffic sample
-untouched) and exits 1 unless the run is ok; `run` is the scheduled job until SIGTERM or Ctrl-C (`--listen`
-overrides `health.listen`). The clients are closed on every path.
+untouched) and exits 1 unless the run is ok; with `workers.partitions` > 1, --once runs every partition whose
+lease it can take, one after the other (those another worker holds are listed as skipped), and exits 1 unless
+every run it made is ok; `run` is the scheduled job until SIGTERM or Ctrl-C (`--listen` overrides
+`health.listen`). The clients are closed on every path.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import argparse
 import dataclasses
 import logging
 
-from ..config import parse_listen
+from ..config import Config, parse_listen
 from ..errors import DeeplogError
 from . import Subparsers, Wanted, add_parser
 from .common import add_config_arg, connect, load, report_run
-from .console import progress
+from .console import print_json, progress
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise DeeplogError(
             "detect needs --once (new documents since the checkpoint) or --start/--end (backfill)"
         )
+    if args.once and cfg.workers.partitions > 1:
+        return _detect_partitions(cfg, args)
     clients = connect(cfg)
     try:
         summary = run_once(
@@ -62,6 +66,40 @@ def cmd_detect(args: argparse.Namespace) -> int:
     finally:
         clients.close()
     return report_run(summary, cfg, args.json)
+
+
+def _detect_partitions(cfg: Config, args: argparse.Namespace) -> int:
+    from ..membership import worker_id
+    from ..partitions import all_partitions
+    from ..runner import run_partition
+
+    clients = connect(cfg)
+    runs, skipped = [], []
+    try:
+        for part in all_partitions(cfg.workers.partitions, cfg.workers.partition_field):
+            summary = run_partition(
+                cfg,
+                clients,
+                partition=part,
+                worker=worker_id(cfg),
+                close_sessions=args.close_sessions,
+                progress=progress,
+            )
+            if summary is None:
+                skipped.append(part.index)
+            else:
+                runs.append(summary)
+    finally:
+        clients.close()
+    if args.json:
+        docs = [s.document(cfg.output.runs_index)["deeplog"]["run"] for s in runs]
+        print_json({"runs": docs, "skipped_partitions": skipped})
+    else:
+        for s in runs:
+            print(s.line())
+        if skipped:
+            print(f"partitions held by another worker, skipped: {skipped}")
+    return 0 if all(s.status == "ok" for s in runs) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
