@@ -377,9 +377,10 @@ def test_live_workers_are_the_unexpired_readable_heartbeats_of_the_job(clients, 
     beat("detect.worker.expired", {"id": "expired", "expires_at": iso_utc(now - 1)})
     beat("detect.worker.garbled", {"id": ["x"], "expires_at": iso_utc(now + 30)})
     beat("detect.worker.noexpiry", {"id": "noexpiry"})
-    beat(
-        "detect.worker.gone", {"id": f"{socket.gethostname()}:{dead_pid()}", "expires_at": iso_utc(now + 30)}
-    )
+    gone = f"{socket.gethostname()}:{dead_pid()}"
+    beat(f"detect.worker.{gone}", {"id": gone, "expires_at": iso_utc(now + 30)})
+    # A heartbeat under another worker's id (by hand, or forged) names nobody.
+    beat("detect.worker.live2", {"id": "impostor", "expires_at": iso_utc(now + 30)})
     beat("other.detect.worker.elsewhere", {"id": "elsewhere", "expires_at": iso_utc(now + 30)})
     clients.es.indices.refresh(index=cfg.output.state_index)
     assert me.live() == {"me", "live"}

@@ -130,6 +130,10 @@ class Membership:
                 log.warning("ignoring the unreadable heartbeat %s/%s", self.index, hit.get("_id"))
                 continue
             wid, expires = w
+            if hit.get("_id") != self.prefix + wid:
+                # Written by hand or by something else: a worker's heartbeat is always under its own id.
+                log.warning("ignoring heartbeat %s/%s: it names worker %r", self.index, hit.get("_id"), wid)
+                continue
             if expires > now and not owner_gone(wid):
                 workers.add(wid)
         return workers
