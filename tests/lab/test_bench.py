@@ -101,3 +101,6 @@ def test_bench_scale_reports_each_pool_with_nothing_missing_or_repeated():
         assert x["docs_missing"] == x["docs_repeated"] == 0
         assert x["anomalies"] == x["anomalies_as_one_worker"]
     assert [x["killed_one"] for x in r["runs"]] == [False, True]
+    assert (
+        r["read_docs_per_s"] > 0 and r["partitioned_read_docs_per_s"] > 0 and r["one_process_docs_per_s"] > 0
+    )

@@ -12,8 +12,12 @@ output indices with `workers.partitions: --partitions`; in a pool of several, th
 as soon as it is seen holding a partition's lease (in a run). `docs_per_s` is the backlog over the wall time
 from the workers' start until the run documents account for every document (process start and model
 loading included, and the takeover after the kill). `lease_requests`: partition runs started plus leases
-refused (the workers' log lines). `docs_missing`/`docs_repeated`: per partition, the documents the source
-holds against the `docs_read` of its committed run documents (`interrupted` ones included: the kill's).
+refused (the workers' log lines). `docs_missing`/`docs_repeated`: per source document, how many committed run documents of
+its partition (`interrupted` ones included: the kill's) have it in the checkpoint range they moved over (0:
+missing, more than 1: repeated), plus any run whose `docs_read` differs from the documents of its range.
+`read_docs_per_s` / `partitioned_read_docs_per_s`: the job's read path over the backlog, whole and one
+partition after another (what the pool's reads together cost the cluster); `one_process_docs_per_s`: one
+unpartitioned in-process run (the model loaded).
 `anomalies`: the pool's anomaly documents; `anomalies_as_one_worker`: those of one unpartitioned
 in-process run over the same documents. Everything shares the machine with the embedded server.
 """
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from bisect import bisect_right
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,9 +44,10 @@ from elasticsearch import helpers
 
 from deeplog_siem.config import parse_config
 from deeplog_siem.es import Clients, connect
-from deeplog_siem.partitions import all_partitions, partition_key
+from deeplog_siem.partitions import Partition, all_partitions, partition_key
 from deeplog_siem.runner import run_once, train
 from deeplog_siem.setup_assets import run_setup
+from deeplog_siem.source import Source
 from deeplog_siem.state import load_state, state_id
 
 from ..replay import documents, index_lines, load_sample, render
@@ -79,6 +84,8 @@ def _config(url: str, prefix: str, model_dir: str, args: argparse.Namespace, par
             "feedback_interval_seconds": 86400,
         },
         "workers": {"partitions": partitions},
+        # Each worker its own free port: several daemons on one host cannot share the default one.
+        "health": {"listen": "127.0.0.1:0"},
         "output": {
             "anomalies_index": f"{prefix}-anomalies",
             "runs_index": f"{prefix}-runs",
@@ -88,18 +95,22 @@ def _config(url: str, prefix: str, model_dir: str, args: argparse.Namespace, par
     }
 
 
-def _index_backlog(clients: Clients, n: int) -> Counter[int]:
-    """The backlog with partition keys; how many documents each key holds."""
-    keys: Counter[int] = Counter()
-    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+STAMP = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _index_backlog(clients: Clients, n: int) -> list[int | None]:
+    """The backlog with partition keys: document i is ingested at STAMP + i ms (so its order value is unique)
+    and has the i-th key of the list returned (None: no session, no key)."""
+    keys: list[int | None] = []
 
     def docs():
         for i, d in enumerate(documents(_lines(n), "scale-logs", run="scale")):
             block = re.search(r"blk_-?\d+", d["message"])
-            if block is not None:
-                d["deeplog"] = {"partition": partition_key(block.group(0))}
-                keys[d["deeplog"]["partition"]] += 1
-            d["event"]["ingested"] = (stamp + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z")
+            key = None if block is None else partition_key(block.group(0))
+            if key is not None:
+                d["deeplog"] = {"partition": key}
+            keys.append(key)
+            d["event"]["ingested"] = (STAMP + timedelta(milliseconds=i)).isoformat().replace("+00:00", "Z")
             yield d
 
     for ok, item in helpers.streaming_bulk(clients.es, docs(), chunk_size=2000, raise_on_error=False):
@@ -107,6 +118,53 @@ def _index_backlog(clients: Clients, n: int) -> Counter[int]:
             raise RuntimeError(f"indexing the backlog failed: {item}")
     clients.es.indices.refresh(index="scale-logs")
     return keys
+
+
+def _order_values(keys: list[int | None], parts: list[Partition]) -> dict[int, list[int]]:
+    """Per partition, the order values (epoch ms of `event.ingested`) of the documents it owns, ascending."""
+    base = int(STAMP.timestamp() * 1000)
+    out: dict[int, list[int]] = {p.index: [] for p in parts}
+    for i, key in enumerate(keys):
+        owner = next((p.index for p in parts if key is not None and p.covers(key)), 0)
+        out[owner].append(base + i)
+    return out
+
+
+def _tally(runs: list[dict[str, Any]], owned: dict[int, list[int]]) -> tuple[int, int]:
+    """(missing, repeated): per source document, how many committed runs of its partition processed it, from
+    the checkpoint range each run moved over (after `checkpoint_from`, up to `checkpoint_to`); a run whose
+    `docs_read` differs from the documents of its range counts the difference as repeated (more) or
+    missing (fewer)."""
+    missing = repeated = 0
+    for index, values in owned.items():
+        cover = [0] * (len(values) + 1)
+        for r in runs:
+            if (r.get("partition") or {}).get("id") != index or not r.get("checkpoint_to"):
+                continue
+            lo = bisect_right(values, r["checkpoint_from"][0]) if r.get("checkpoint_from") else 0
+            hi = bisect_right(values, r["checkpoint_to"][0])
+            cover[lo] += 1
+            cover[hi] -= 1
+            diff = r["docs_read"] - (hi - lo)
+            repeated += max(0, diff)
+            missing += max(0, -diff)
+        depth = 0
+        for i in range(len(values)):
+            depth += cover[i]
+            missing += depth == 0
+            repeated += max(0, depth - 1)
+    return missing, repeated
+
+
+def _read_rate(clients: Clients, cfg: Any, parts: list[Partition] | None) -> float:
+    """Documents per second of the job's read path over the whole backlog: one read, or one read per
+    partition one after another (what a pool's reads cost the cluster together)."""
+    t0 = time.perf_counter()
+    n = 0
+    for part in parts or [None]:
+        for page in Source(clients, cfg.source, partition=part).pages():
+            n += len(page)
+    return n / (time.perf_counter() - t0)
 
 
 class _Worker:
@@ -179,6 +237,12 @@ def _pool(
                         break
             if sum(r["docs_read"] for r in _runs(clients, f"{prefix}-runs")) >= total:
                 return time.monotonic() - t0, pool, killed
+            ended = [w for w in pool[1 if killed else 0 :] if w.proc.poll() is not None]
+            if ended:
+                raise RuntimeError(
+                    f"a worker of the pool of {workers} exited with {ended[0].proc.returncode}: "
+                    + "".join(ended[0].lines[-20:])
+                )
             time.sleep(0.25 if killed or workers == 1 else 0.02)
         raise RuntimeError(f"a pool of {workers} workers did not finish in {args.timeout:g} s")
     finally:
@@ -202,12 +266,21 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             progress(f"indexing a backlog of {args.docs} documents with partition keys ...")
             keys = _index_backlog(clients, args.docs)
             total = _count(clients, "scale-logs")
+            parts = all_partitions(args.partitions, FIELD)
+            owned = _order_values(keys, parts)
+            # What the cluster's reads allow: the job's read path over the backlog, whole and partition by
+            # partition (each read twice, the second timed: a fresh index reads slowest the first time).
+            for _ in range(2):
+                whole, split = _read_rate(clients, one, None), _read_rate(clients, one, parts)
+            result.update(read_docs_per_s=round(whole, 1), partitioned_read_docs_per_s=round(split, 1))
+            progress(
+                f"reads: whole {whole:.0f} docs/s, {args.partitions} partitions one after another {split:.0f}"
+            )
+            t0 = time.perf_counter()
             ref = run_once(one, clients)
+            result["one_process_docs_per_s"] = round(ref.docs_read / (time.perf_counter() - t0), 1)
             one_worker = _count(clients, "scale-one-anomalies")
             progress(f"one unpartitioned in-process run: {ref.docs_read} docs, {one_worker} anomalies")
-            parts = all_partitions(args.partitions, FIELD)
-            owned = Counter({p.index: sum(n for k, n in keys.items() if p.covers(k)) for p in parts})
-            owned[0] += total - sum(keys.values())  # documents without a key: partition 0's
             runs = []
             for n in sizes:
                 prefix = f"scale-w{n}"
@@ -218,11 +291,7 @@ def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
                 )
                 wall, pool, killed = _pool(clients, cfg_path, prefix, n, total, args)
                 docs = _runs(clients, f"{prefix}-runs")
-                read = Counter()
-                for r in docs:
-                    read[r["partition"]["id"]] += r["docs_read"]
-                missing = sum(max(0, owned[p.index] - read[p.index]) for p in parts)
-                repeated = sum(max(0, read[p.index] - owned[p.index]) for p in parts)
+                missing, repeated = _tally(docs, owned)
                 log = "".join(line for w in pool for line in w.lines)
                 entry = {
                     "workers": n,
