@@ -120,6 +120,16 @@ def config_data(es_section: dict, prefix: str, model_dir: Path, **sections: dict
     return data
 
 
+def for_subprocess(data: dict) -> dict:
+    """`data` as a job subprocess's configuration file: the test cluster's secrets as `${ENV}` references
+    (the subprocess inherits the environment), so none is written to disk."""
+    es = dict(data["elasticsearch"])
+    for key, var in (("api_key", "DEEPLOG_TEST_ES_API_KEY"), ("password", "DEEPLOG_TEST_ES_PASSWORD")):
+        if key in es and os.environ.get(var) is not None:
+            es[key] = "${" + var + "}"
+    return {**data, "elasticsearch": es}
+
+
 @pytest.fixture
 def make_config(es_section: dict, prefix: str, tmp_path: Path):
     """Build a validated Config for this test: its indices carry the test prefix, models go to tmp_path."""

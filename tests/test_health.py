@@ -27,7 +27,7 @@ from deeplog_siem.health import Health
 from deeplog_siem.runs import RunSummary, record_run
 from deeplog_siem.scheduler import run_daemon
 
-from .conftest import config_data, real_cluster
+from .conftest import config_data, for_subprocess
 from .test_metrics import daemon, daemon_config, get, small_model, wait_for
 
 CLI = Path(sys.executable).with_name("deeplog-siem")
@@ -156,8 +156,6 @@ def test_run_listen_flag_is_checked(tmp_path, es_section, prefix, capsys):
 
 
 def test_the_cli_daemon_binds_a_free_port_logs_it_and_stops_on_sigterm(es_section, prefix, trained, tmp_path):
-    if real_cluster():
-        pytest.skip("the daemon subprocess is given the embedded server's URL only")
     shutil.copytree(trained, tmp_path / "models")
     data = config_data(
         es_section,
@@ -168,7 +166,7 @@ def test_the_cli_daemon_binds_a_free_port_logs_it_and_stops_on_sigterm(es_sectio
         health={"listen": "127.0.0.1:9"},  # what --listen overrides
     )
     cfg_file = tmp_path / "job.yml"
-    cfg_file.write_text(yaml.safe_dump(data))
+    cfg_file.write_text(yaml.safe_dump(for_subprocess(data)))
     log_file = tmp_path / "daemon.log"
     cmd = [str(CLI), "run", "--config", str(cfg_file), "--listen", "127.0.0.1:0"]
     with log_file.open("w") as err:

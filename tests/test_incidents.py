@@ -28,7 +28,6 @@ from deeplog_siem.runner import run_once
 from deeplog_siem.setup_assets import create_indices
 
 from . import test_reliability as reliability
-from .conftest import real_cluster
 from .test_alerting import mapped
 from .test_reliability import CLI, config_data, index_docs, write_config
 
@@ -107,8 +106,6 @@ def test_one_incident_per_session_idempotent_under_reprocessing(
 def test_sigkill_mid_run_then_rerun_gives_the_incidents_of_an_uninterrupted_run(
     clients, es_section, prefix, model_dir, sample, tmp_path
 ):
-    if real_cluster():
-        pytest.skip("the job subprocess is given the embedded server's URL only")
     sched = {"chunk_size": 100}
     killed = config_data(es_section, prefix, model_dir, schedule=sched, source={"page_size": 100})
     ref = config_data(es_section, f"{prefix}-ref", model_dir, schedule=sched, source={"page_size": 100})

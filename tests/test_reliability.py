@@ -29,7 +29,7 @@ from deeplog_siem.scheduler import run_daemon
 from deeplog_siem.state import load_state
 
 from .conftest import config_data as shared_config_data
-from .conftest import real_cluster
+from .conftest import for_subprocess, real_cluster
 
 CLI = Path(sys.executable).with_name("deeplog-siem")
 
@@ -167,15 +167,13 @@ def test_timestamp_order_overlap_reads_late_events_once(clients, es_section, pre
 
 
 def write_config(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    path.write_text(yaml.safe_dump(for_subprocess(data)), encoding="utf-8")
     return path
 
 
 def test_sigkill_mid_backlog_then_restart_equals_an_uninterrupted_run(
     clients, es_section, prefix, model_dir, sample, tmp_path
 ):
-    if real_cluster():
-        pytest.skip("the job subprocess is given the embedded server's URL only")
     sched = {"chunk_size": 100}
     killed = config_data(es_section, prefix, model_dir, schedule=sched, source={"page_size": 100})
     ref = config_data(es_section, f"{prefix}-ref", model_dir, schedule=sched, source={"page_size": 100})

@@ -34,7 +34,7 @@ from deeplog_siem.scheduler import feedback_job, retrain_job
 from deeplog_siem.state import JobState, load_state, release_lease, state_id, take_lease, take_partition_lease
 from deeplog_siem.timefmt import iso_utc
 
-from .conftest import REPO, config_data, real_cluster
+from .conftest import REPO, config_data, for_subprocess
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -166,8 +166,6 @@ def anomaly_ids(clients: Clients, index: str) -> set[str]:
 def test_three_workers_one_killed_one_joining_process_every_document_once(
     clients, es_section, prefix, small_model, tmp_path
 ):
-    if real_cluster():
-        pytest.skip("the worker subprocesses are given the embedded server's URL only")
     data = config_data(
         es_section,
         prefix,
@@ -184,7 +182,7 @@ def test_three_workers_one_killed_one_joining_process_every_document_once(
         workers={"partitions": PARTS, "worker_id": "${DEEPLOG_WORKER}"},
     )
     cfg_file = tmp_path / "workers.yml"
-    cfg_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    cfg_file.write_text(yaml.safe_dump(for_subprocess(data)), encoding="utf-8")
     cfg = parse_config({**data, "workers": {"partitions": PARTS, "worker_id": "test"}})
     docs = index_keyed(clients, cfg.source.index, render(load_sample().test[:120], seed=11))
     parts = all_partitions(PARTS, FIELD)
