@@ -14,8 +14,7 @@ feedback job end at their next safe point (`stopping`) without publishing a mode
 With `workers.partitions` > 1 the detection job is one worker of a pool (`membership`): each run renews this
 worker's heartbeat, works out its share of the partitions among the live workers and runs each of them
 whose lease it can take (`runner.run_partition`); a partition another worker still holds is tried again
-at the next run. `DetectJob.worker_id` and `DetectJob.leases_held()` say who this worker is and how many
-partition leases it holds now.
+at the next run. The leases it holds are the `deeplog_partition_leases_held` metric (`state.leases_held`).
 """
 
 from __future__ import annotations
@@ -53,16 +52,10 @@ class DetectJob:
         partitioned = config.workers.partitions > 1
         self.membership = Membership(clients, config, stop) if partitioned else None
         self.assigned: list[int] = []  # this worker's partitions at its last run
-        self.lease_requests = 0  # partition leases asked for, taken or not
-        self._holding: int | None = None  # the partition whose run is in progress
         # When the detection run in progress last committed a chunk (None: no run in progress): a run
         # working through a long backlog finishes only at its end, and `/healthz` must tell it from a
         # stuck one.
         self._committed_at: float | None = None
-
-    def leases_held(self) -> int:
-        """How many partition leases this worker holds now (its partitions run one at a time)."""
-        return 0 if self._holding is None else 1
 
     def last_commit(self) -> float | None:
         """When the detection run in progress last committed a chunk (epoch seconds; its start until its first
@@ -132,8 +125,6 @@ class DetectJob:
         for index in mine:
             if self.stop.is_set():
                 break
-            self.lease_requests += 1
-            self._holding = index
             try:
                 run_partition(
                     self.config,
@@ -146,8 +137,6 @@ class DetectJob:
                 )
             except Exception as e:  # noqa: BLE001 - recorded by runs.recorded; the other partitions go on
                 log.error("detection run of partition %s of %s failed: %s", index, cfg.partitions, e)
-            finally:
-                self._holding = None
 
 
 def retrain_job(config: Config, clients: Clients) -> None:
