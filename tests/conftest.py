@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +120,18 @@ def config_data(es_section: dict, prefix: str, model_dir: Path, **sections: dict
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return data
+
+
+def wait_for(what: str, cond: Callable[[], Any], timeout: float = 60.0, *, every: float = 0.2) -> Any:
+    """`cond()`'s first truthy value, polled every `every` seconds; AssertionError naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def for_subprocess(data: dict) -> dict:

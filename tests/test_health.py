@@ -27,8 +27,8 @@ from deeplog_siem.health import Health
 from deeplog_siem.runs import RunSummary, record_run
 from deeplog_siem.scheduler import run_daemon
 
-from .conftest import config_data, for_subprocess
-from .test_metrics import daemon, daemon_config, get, small_model, wait_for
+from .conftest import config_data, for_subprocess, wait_for
+from .test_metrics import daemon, daemon_config, get, small_model
 
 CLI = Path(sys.executable).with_name("deeplog-siem")
 

@@ -32,17 +32,7 @@ from deeplog_siem.runner import train
 from deeplog_siem.runs import RunSummary, record_run
 from deeplog_siem.scheduler import DetectJob, run_daemon
 
-from .conftest import closed_port, config_data
-
-
-def wait_for(what: str, cond, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+from .conftest import closed_port, config_data, wait_for
 
 
 def index_docs(clients: Clients, docs: list[dict]) -> None:

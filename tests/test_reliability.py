@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -29,7 +28,7 @@ from deeplog_siem.scheduler import run_daemon
 from deeplog_siem.state import load_state
 
 from .conftest import config_data as shared_config_data
-from .conftest import for_subprocess, real_cluster
+from .conftest import for_subprocess, real_cluster, wait_for
 
 CLI = Path(sys.executable).with_name("deeplog-siem")
 
@@ -230,16 +229,6 @@ class _Failures(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "detection run failed" in record.getMessage():
             self.count += 1
-
-
-def wait_for(what: str, cond, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def test_frozen_server_fails_the_run_daemon_goes_on_and_catches_up(es_section, model_dir, sample):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
 
 import yaml
 
@@ -18,17 +17,7 @@ from deeplog_siem.scheduler import run_daemon
 from deeplog_siem.setup_steps import asset_text
 from deeplog_siem.watchdog import check, default_max_age
 
-from .conftest import config_data
-
-
-def wait_for(what: str, cond, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from .conftest import config_data, wait_for
 
 
 def _runs(clients: Clients, cfg: Config) -> int:
